@@ -1,0 +1,1 @@
+"""Protégé's distiller: curation, training, evaluation, registry, scheduling — and the `protege` CLI."""

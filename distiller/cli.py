@@ -1,0 +1,233 @@
+"""The `protege` command. Each subcommand parses flags, loads settings and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from gateway.auth import new_key
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
+from gateway.store import Store, StoreError, open_store
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags and env override it)")
+    parser.add_argument("--store", metavar="URL", help="store URL, e.g. sqlite:///data/protege.db "
+                        "(env PROTEGE_STORE)")
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, overrides={"store": args.store, **overrides})
+
+
+def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+    async def run() -> int:
+        store = open_store(settings.store)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    overrides: dict[str, Any] = {
+        "host": args.host, "port": args.port, "teacher": args.teacher, "teacher_api_base": args.teacher_api_base,
+        "teacher_api_key": args.teacher_api_key, "student_api_base": args.student_api_base,
+        "admin_token": args.admin_token, "log_level": args.log_level,
+    }
+    settings = _settings(args, **overrides)
+    if args.no_capture:
+        settings = settings.model_copy(update={"capture": settings.capture.model_copy(update={"enabled": False})})
+    return serve(settings)
+
+
+def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway",
+                       description="Run the gateway. With no teacher configured it starts the embedded "
+                       "model server (SmolLM2-135M-Instruct) and uses it as the teacher: no key needed.")
+    _store_flags(p)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--teacher", metavar="MODEL", help="litellm model string, e.g. openai/gpt-4o-mini or "
+                   "anthropic/claude-sonnet-4-5 (env PROTEGE_TEACHER)")
+    p.add_argument("--teacher-api-base", metavar="URL", help="teacher base URL, e.g. http://host:8000/v1")
+    p.add_argument("--teacher-api-key", metavar="KEY", help="teacher key (default: the provider's env var, "
+                   "e.g. OPENAI_API_KEY, ANTHROPIC_API_KEY)")
+    p.add_argument("--student-api-base", metavar="URL", help="OpenAI-compatible server for students")
+    p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for /admin (env PROTEGE_ADMIN_TOKEN)")
+    p.add_argument("--no-capture", action="store_true", help="do not record exchanges")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+
+# --- model-server ------------------------------------------------------------------------------
+
+def add_model_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("model-server", help="run the local OpenAI-compatible model server (base model + LoRA)",
+                       description="Serve a base model and LoRA adapters over OpenAI's chat API, with "
+                       "vLLM's adapter routes. Needs the `local` extra (torch).")
+    try:
+        from distiller.local.server import add_model_server_arguments, run_model_server
+    except ImportError as exc:  # torch not installed: say so when the command is used
+        missing = str(exc)
+
+        def unavailable(_: argparse.Namespace) -> int:
+            print(f"protege model-server needs the local extra: pip install 'protege[local]' ({missing})",
+                  file=sys.stderr)
+            return 2
+
+        p.set_defaults(func=unavailable)
+        return
+    add_model_server_arguments(p)
+    p.set_defaults(func=run_model_server)
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        tasks = await store.list_tasks()
+        if args.json:
+            print(orjson.dumps([{"task": t.name, "source": t.source, "captured": t.captured, "good": t.good,
+                                 "first_seen": t.first_seen, "last_seen": t.last_seen} for t in tasks]).decode())
+            return 0
+        table = Table("task", "source", "captured", "good", "first seen (UTC)", "last seen (UTC)")
+        for t in tasks:
+            table.add_row(t.name, t.source, str(t.captured), str(t.good), _time(t.first_seen), _time(t.last_seen))
+        Console().print(table if tasks else "no tasks captured yet")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def add_tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("tasks", help="list tasks with their captured traffic")
+    _store_flags(p)
+    _json_flag(p)
+    p.set_defaults(func=cmd_tasks)
+
+
+# --- export ------------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    fmt: ExportFormat = args.format
+
+    async def work(store: Store) -> int:
+        exchanges = await store.list_exchanges(task=args.task, status=None if fmt == "jsonl-raw" else "ok")
+        out = sys.stdout.buffer if args.out == "-" else Path(args.out).open("wb")  # noqa: SIM115
+        written = 0
+        try:
+            for line in export_lines(exchanges, fmt):
+                out.write(line)
+                written += 1
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+        print(f"wrote {written} examples of task {args.task} to {args.out}", file=sys.stderr)
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="write a task's captured exchanges as a fine-tuning file")
+    _store_flags(p)
+    p.add_argument("--task", required=True, help="task name (see `protege tasks`)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file, or - for stdout")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="openai",
+                   help="openai: chat fine-tuning JSONL of good exchanges; jsonl-raw: every captured row")
+    p.set_defaults(func=cmd_export)
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        if args.action == "add":
+            key, record = new_key(args.name)
+            await store.add_api_key(record)
+            print(f"{record.key_id}: {key}\nKeep this key: it is stored hashed and cannot be shown again.")
+            return 0
+        if args.action == "revoke":
+            if not await store.revoke_api_key(args.key_id):
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+            return 0
+        records = await store.list_api_keys()
+        if args.json:
+            print(orjson.dumps([{"key_id": r.key_id, "name": r.name, "created_at": r.created_at,
+                                 "revoked": r.revoked} for r in records]).decode())
+            return 0
+        table = Table("key id", "name", "created (UTC)", "revoked")
+        for r in records:
+            table.add_row(r.key_id, r.name, _time(r.created_at), "yes" if r.revoked else "no")
+        Console().print(table if records else "no gateway keys: the gateway accepts any client")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keys", help="manage gateway API keys (stored hashed)")
+    actions = p.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create a key and print it once")
+    add.add_argument("--name", required=True, help="who or what the key is for")
+    listing = actions.add_parser("list", help="list keys (never their values)")
+    _json_flag(listing)
+    revoke = actions.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    for sp in (add, listing, revoke):
+        _store_flags(sp)
+        sp.set_defaults(func=cmd_keys)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
+                                     "captures teacher traffic and distils it into a cheap student.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_serve, add_model_server, add_tasks, add_export, add_keys):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"protege: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"protege: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

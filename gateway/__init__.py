@@ -1,0 +1,1 @@
+"""Protégé gateway: the OpenAI-compatible proxy. Never imports torch."""

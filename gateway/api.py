@@ -1,0 +1,108 @@
+"""OpenAI-compatible routes (`/v1/*`) and the health probes. Thin: parse, call the service, render."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+import orjson
+from fastapi.responses import StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
+
+from gateway.auth import bearer_token
+from gateway.errors import ServiceUnavailableError
+from gateway.http_utils import parse_json_object, read_body, validate
+from gateway.protocol import ChatCompletionRequest, ModelCard, ModelList
+from gateway.service import ROUTE_TEACHER, ChatRequest, ChatService
+from gateway.state import GatewayState
+from gateway.store import StoreError
+from gateway.tasks import resolve_task
+
+
+class SSEResponse(StreamingResponse):
+    """A streaming response that always closes its iterator, so a client that goes away mid-stream
+    is recorded (as incomplete) at once rather than whenever the generator is collected."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.protege
+    return state
+
+
+def _route_headers(req: ChatRequest, route: str) -> dict[str, str]:
+    return {"x-request-id": req.request_id, "x-protege-task": req.task, "x-protege-route": route}
+
+
+def chat_completions_openapi() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+def build_api_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        state = _state(request)
+        await state.keys.check(_bearer(request))
+        body = parse_json_object(await read_body(request, state.settings.max_body_bytes))
+        parsed = validate(ChatCompletionRequest, body)
+        task, source = resolve_task(request.headers.get("x-protege-task"), body)
+        user = request.headers.get("x-protege-user") or parsed.user
+        req = ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
+                          user=user)
+        service: ChatService = state.service
+        if req.stream:
+            chunks = await service.open_stream(req)
+            return SSEResponse(chunks, headers={**_route_headers(req, ROUTE_TEACHER), "cache-control": "no-cache"})
+        result = await service.complete(req)
+        return Response(orjson.dumps(result), media_type="application/json",
+                        headers=_route_headers(req, ROUTE_TEACHER))
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def list_models(request: Request) -> ModelList:
+        state = _state(request)
+        await state.keys.check(_bearer(request))
+        created = int(state.started_at)
+        cards = [ModelCard(id=t.config.served_name, created=created, owned_by=t.config.provider,
+                           protege_role="teacher") for t in state.service.teachers.all]
+        return ModelList(data=cards)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> dict[str, Any]:
+        state = _state(request)
+        if not state.service.teachers.all:
+            raise ServiceUnavailableError("no teacher configured", code="not_ready")
+        try:
+            await state.store.check_writable()
+        except StoreError as exc:
+            raise ServiceUnavailableError(f"store not writable: {exc}", code="not_ready") from None
+        return {"status": "ready", "teachers": [t.config.served_name for t in state.service.teachers.all],
+                "uptime_s": round(time.time() - state.started_at, 1)}
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _bearer(request: Request) -> str | None:
+    return bearer_token(request.headers.get("authorization"))

@@ -1,0 +1,110 @@
+"""`create_app(settings)`: the gateway's FastAPI app. Dependencies are built in the lifespan (or
+injected by tests) and live on `app.state.protege`; there are no module-level globals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.api import build_api_router
+from gateway.auth import KeyRing
+from gateway.capture import CaptureWriter
+from gateway.config import Settings
+from gateway.errors import ProtegeError, error_body, error_type_for_status
+from gateway.metrics import Metrics
+from gateway.pricing import resolve_price
+from gateway.providers import build_provider
+from gateway.providers.base import redactor
+from gateway.service import ChatService, Teacher, TeacherSet
+from gateway.state import GatewayState
+from gateway.store import Store, open_store
+
+log = logging.getLogger("protege.app")
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret the settings hold, for redaction."""
+    values = [t.api_key.get_secret_value() for t in settings.teachers if t.api_key]
+    values += [k.get_secret_value() for k in settings.gateway_keys]
+    if settings.admin_token:
+        values.append(settings.admin_token.get_secret_value())
+    return values
+
+
+def build_teachers(settings: Settings) -> TeacherSet:
+    redact = redactor(secrets_of(settings))
+    return TeacherSet([
+        Teacher(config=t, provider=build_provider(t, settings, redact),
+                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token))
+        for t in settings.teachers
+    ])
+
+
+def json_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every failure leaves as OpenAI's error body; this is the only mapping to HTTP."""
+
+    async def protege_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProtegeError)
+        return json_error(exc.status_code, exc.to_body(), exc.headers())
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = {404: "unknown route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return json_error(exc.status_code, error_body(message, error_type_for_status(exc.status_code)),
+                          dict(exc.headers or {}))
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in err["loc"]) or None
+        return json_error(400, error_body(f"{param}: {err['msg']}", "invalid_request_error", param=param))
+
+    async def unexpected_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return json_error(500, error_body("internal error", "api_error"))
+
+    app.add_exception_handler(ProtegeError, protege_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def create_app(settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None,
+               teachers: Callable[[Settings], TeacherSet] = build_teachers) -> FastAPI:
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_store = store or open_store(settings.store)
+        await the_store.open()
+        capture = CaptureWriter(the_store, settings.capture, metrics)
+        capture.start()
+        teacher_set = teachers(settings)
+        keys = KeyRing([k.get_secret_value() for k in settings.gateway_keys], the_store)
+        await keys.refresh(force=True)
+        service = ChatService(teacher_set, capture, metrics, settings.retry)
+        app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
+                                         keys=keys, service=service)
+        try:
+            yield
+        finally:
+            await teacher_set.aclose()
+            await capture.close()
+            await the_store.close()
+
+    app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.include_router(build_api_router())
+    return app

@@ -1,0 +1,183 @@
+"""Recording exchanges without slowing requests: a bounded queue drained in batches to the store.
+
+`CaptureWriter.submit` never blocks and never raises; a full queue or a store failure is counted
+(`protege_capture_dropped_exchanges`) and logged. `close()` drains what is queued (graceful stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from gateway.config import CaptureConfig
+from gateway.metrics import Metrics
+from gateway.store import Exchange, Store, StoreError
+
+log = logging.getLogger("protege.capture")
+
+# request fields that describe the conversation rather than sampling
+_STRUCTURAL = {"model", "messages", "tools", "tool_choice", "response_format", "stream", "stream_options",
+               "user", "metadata"}
+
+
+def normalise_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The training-relevant part of a request: messages, tools, format and sampling params."""
+    normalised: dict[str, Any] = {"messages": body.get("messages", [])}
+    for key in ("tools", "tool_choice", "response_format"):
+        if body.get(key) is not None:
+            normalised[key] = body[key]
+    params = {k: v for k, v in body.items() if k not in _STRUCTURAL}
+    if params:
+        normalised["params"] = params
+    return normalised
+
+
+def normalise_response(completion: dict[str, Any]) -> dict[str, Any]:
+    """Choices (message + finish reason) and usage of a chat.completion."""
+    choices = []
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") or {}
+        kept = {"role": message.get("role") or "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            kept["tool_calls"] = message["tool_calls"]
+        choices.append({"index": choice.get("index", 0), "message": kept,
+                        "finish_reason": choice.get("finish_reason")})
+    return {"id": completion.get("id"), "model": completion.get("model"), "choices": choices,
+            "usage": completion.get("usage")}
+
+
+class StreamAssembler:
+    """Rebuilds a chat.completion from stream chunks, for capture."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.chunks = 0
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.chunks += 1
+        self.id = self.id or chunk.get("id")
+        self.model = self.model or chunk.get("model")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            state = self._choices.setdefault(int(choice.get("index", 0)),
+                                             {"content": [], "tool_calls": {}, "finish_reason": None})
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                state["content"].append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                self._add_tool_call(state["tool_calls"], call)
+            if choice.get("finish_reason"):
+                state["finish_reason"] = choice["finish_reason"]
+
+    @staticmethod
+    def _add_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+        call = calls.setdefault(int(delta.get("index", 0)),
+                                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            call["function"]["arguments"] += function["arguments"]
+
+    def completion(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self._choices):
+            state = self._choices[index]
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": "".join(state["content"]) if state["content"] else None}
+            if state["tool_calls"]:
+                message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
+            choices.append({"index": index, "message": message, "finish_reason": state["finish_reason"]})
+        return {"id": self.id, "object": "chat.completion", "model": self.model, "choices": choices,
+                "usage": self.usage}
+
+
+class CaptureWriter:
+    def __init__(self, store: Store, config: CaptureConfig, metrics: Metrics) -> None:
+        self._store = store
+        self._config = config
+        self._metrics = metrics
+        # None is the stop sentinel put by close()
+        self._queue: asyncio.Queue[Exchange | None] = asyncio.Queue(maxsize=config.queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._last_error_log = 0.0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="protege-capture")
+
+    def submit(self, exchange: Exchange) -> None:
+        if not self._config.enabled:
+            return
+        try:
+            self._queue.put_nowait(exchange)
+        except asyncio.QueueFull:
+            self._drop(1, "queue_full", "capture queue full")
+        self._metrics.capture_queue.set(self._queue.qsize())
+
+    async def close(self) -> None:
+        """Flush everything queued, then stop the writer."""
+        if self._task is not None:
+            await self._queue.put(None)  # the writer flushes what precedes this and returns
+            await self._task
+            self._task = None
+        while not self._queue.empty():  # anything submitted while closing
+            await self._write([e for e in self._take_batch() if e is not None])
+
+    async def _run(self) -> None:
+        interval = self._config.flush_interval_ms / 1000
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + interval
+            stop = False
+            while len(batch) < self._config.batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._write(batch)
+            if stop:
+                return
+
+    def _take_batch(self) -> list[Exchange | None]:
+        batch: list[Exchange | None] = []
+        while len(batch) < self._config.batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _write(self, batch: list[Exchange]) -> None:
+        if not batch:
+            return
+        try:
+            await self._store.insert_exchanges(batch)
+        except StoreError as exc:
+            self._drop(len(batch), "store_error", str(exc))
+        else:
+            for exchange in batch:
+                self._metrics.captured.labels(exchange.status).inc()
+        self._metrics.capture_queue.set(self._queue.qsize())
+
+    def _drop(self, count: int, reason: str, detail: str) -> None:
+        self._metrics.capture_dropped.labels(reason).inc(count)
+        now = time.monotonic()
+        if now - self._last_error_log > 5:
+            self._last_error_log = now
+            log.warning("dropped %d captured exchange(s): %s", count, detail)

@@ -1,0 +1,181 @@
+"""Settings: data only. Sources, lowest to highest precedence: YAML file, environment, CLI flags.
+
+`load_settings` merges the three into one dict and validates it once; a bad key or value fails
+with a `ConfigError` naming the dotted key (and the file it came from).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(_Strict):
+    """One teacher model the gateway forwards to."""
+
+    model: str = Field(description="litellm model string, e.g. openai/gpt-4o-mini or anthropic/claude-sonnet-4-5")
+    name: str | None = Field(default=None, description="name clients use; default: model without provider prefix")
+    aliases: list[str] = Field(default_factory=list, description="other names that select this teacher")
+    api_base: str | None = Field(default=None, description="base URL of the provider (…/v1 for OpenAI-compatible)")
+    api_key: SecretStr | None = Field(default=None, description="provider key; else the provider's env var")
+    input_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
+    output_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
+
+    @field_validator("model")
+    @classmethod
+    def _model_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0] if "/" in self.model else "openai"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model.split("/", 1)[1] if "/" in self.model else self.model
+
+    @property
+    def served_name(self) -> str:
+        return self.name or self.upstream_model
+
+
+class CaptureConfig(_Strict):
+    enabled: bool = True
+    queue_size: int = Field(default=10_000, ge=1, description="exchanges waiting to be written; beyond, dropped")
+    batch_size: int = Field(default=256, ge=1)
+    flush_interval_ms: int = Field(default=100, ge=1, le=10_000)
+
+
+class RetryConfig(_Strict):
+    attempts: int = Field(default=2, ge=0, le=10, description="retries after the first try, on 429/5xx")
+    backoff_s: float = Field(default=0.25, ge=0, description="first backoff; doubles each retry")
+    max_backoff_s: float = Field(default=4.0, ge=0, description="longest wait, also caps Retry-After")
+
+
+class EmbeddedConfig(_Strict):
+    """The model server `protege serve` starts when no teacher is configured."""
+
+    model: str | None = Field(default=None, description="local model folder; default SmolLM2-135M-Instruct")
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    threads: int | None = Field(default=None, ge=1)
+    startup_timeout_s: float = Field(default=180, gt=0)
+    # priced like a small hosted model so cost figures mean something offline
+    input_cost_per_token: float = Field(default=0.15e-6, ge=0)
+    output_cost_per_token: float = Field(default=0.60e-6, ge=0)
+
+
+class Settings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    store: str = Field(default="sqlite:///data/protege.db", description="sqlite:///path.db or postgresql://…")
+    teachers: list[TeacherConfig] = Field(default_factory=list)
+    student_api_base: str | None = None
+    timeout_s: float = Field(default=120, gt=0, description="upstream read timeout")
+    connect_timeout_s: float = Field(default=5, gt=0)
+    retry: RetryConfig = RetryConfig()
+    capture: CaptureConfig = CaptureConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    gateway_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys, plain")
+    admin_token: SecretStr | None = None
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///path.db or postgresql://user@host/db")
+        return value
+
+
+# environment variable → dotted settings key
+ENV_KEYS: dict[str, str] = {
+    "PROTEGE_HOST": "host",
+    "PROTEGE_PORT": "port",
+    "PROTEGE_STORE": "store",
+    "PROTEGE_TEACHER": "teacher",
+    "PROTEGE_TEACHER_API_BASE": "teacher_api_base",
+    "PROTEGE_TEACHER_API_KEY": "teacher_api_key",
+    "PROTEGE_STUDENT_API_BASE": "student_api_base",
+    "PROTEGE_ADMIN_TOKEN": "admin_token",
+    "PROTEGE_GATEWAY_KEYS": "gateway_keys",
+    "PROTEGE_LOG_LEVEL": "log_level",
+}
+
+# flat keys that describe the single teacher
+_TEACHER_FLAT = {"teacher": "model", "teacher_api_base": "api_base", "teacher_api_key": "api_key"}
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge YAML, environment and CLI overrides (flat keys, None = not given) and validate."""
+    source = str(config_path) if config_path else "defaults"
+    data: dict[str, Any] = _read_yaml(Path(config_path)) if config_path else {}
+    environ = os.environ if env is None else env
+    flat: dict[str, Any] = {}
+    for var, key in ENV_KEYS.items():
+        if environ.get(var):
+            flat[key] = environ[var]
+    flat.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    _apply_flat(data, flat)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return loaded
+
+
+def _apply_flat(data: dict[str, Any], flat: dict[str, Any]) -> None:
+    teacher_patch = {_TEACHER_FLAT[k]: flat.pop(k) for k in list(flat) if k in _TEACHER_FLAT}
+    if "gateway_keys" in flat and isinstance(flat["gateway_keys"], str):
+        flat["gateway_keys"] = [k.strip() for k in flat["gateway_keys"].split(",") if k.strip()]
+    data.update(flat)
+    if not teacher_patch:
+        return
+    teachers = data.get("teachers") or []
+    if "model" in teacher_patch:
+        data["teachers"] = [teacher_patch]
+    elif isinstance(teachers, list) and len(teachers) == 1 and isinstance(teachers[0], dict):
+        data["teachers"] = [{**teachers[0], **teacher_patch}]
+    else:
+        key = next(iter(teacher_patch))
+        raise ConfigError(f"teacher_{key}: set --teacher too, or configure exactly one teacher")
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(root)"
+        lines.append(f"{key}: {err['msg']}")
+    return f"invalid configuration ({source}): " + "; ".join(lines)

@@ -1,0 +1,47 @@
+"""Prometheus metrics on an injected registry, with bounded label sets (no user ids)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, *, max_tasks: int = 200) -> None:
+        self.registry = registry
+        self._max_tasks = max_tasks
+        self._tasks: set[str] = set()
+        self.requests = Counter("protege_requests", "Chat requests by task, route and outcome",
+                                ["task", "route", "status"], registry=registry)
+        self.tokens = Counter("protege_tokens", "Tokens by task, model and kind (input/output)",
+                              ["task", "model", "kind"], registry=registry)
+        self.cost = Counter("protege_cost_usd", "Cost in USD of upstream calls, where the price is known",
+                            ["task", "route"], registry=registry)
+        self.unknown_price = Counter("protege_unknown_price_requests", "Requests whose price is unknown",
+                                     ["model"], registry=registry)
+        self.latency = Histogram("protege_request_duration_seconds", "Total request time seen by the gateway",
+                                 ["route", "stream"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.upstream_latency = Histogram("protege_upstream_duration_seconds", "Time spent waiting on upstream",
+                                          ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.overhead = Histogram("protege_gateway_overhead_seconds", "Gateway time excluding upstream",
+                                  ["route"], buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.ttft = Histogram("protege_time_to_first_token_seconds", "Streams: time to the first chunk",
+                              ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
+        self.capture_queue = Gauge("protege_capture_queue_depth", "Exchanges waiting to be written",
+                                   registry=registry)
+        self.captured = Counter("protege_captured_exchanges", "Exchanges written to the store", ["status"],
+                                registry=registry)
+        self.capture_dropped = Counter("protege_capture_dropped_exchanges", "Exchanges that could not be stored",
+                                       ["reason"], registry=registry)
+
+    def task_label(self, task: str) -> str:
+        """The task as a label value; past `max_tasks` distinct tasks, new ones count as 'other'."""
+        if task in self._tasks:
+            return task
+        if len(self._tasks) >= self._max_tasks:
+            return "other"
+        self._tasks.add(task)
+        return task

@@ -1,0 +1,52 @@
+"""Prices per token: config overrides first, then litellm's bundled price map (read offline as JSON,
+without importing litellm). An unknown price is None, never zero."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_token: float
+    output_per_token: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
+
+
+@cache
+def bundled_price_map() -> dict[str, Any]:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_prices_and_context_window_backup.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lookup_price(model: str) -> Price | None:
+    """Price of a litellm model string (`openai/gpt-4o-mini`, `gpt-4o-mini`, …) from the bundled map."""
+    prices = bundled_price_map()
+    candidates = [model]
+    if "/" in model:
+        candidates.append(model.split("/", 1)[1])
+    for key in candidates:
+        entry = prices.get(key)
+        if isinstance(entry, dict) and "input_cost_per_token" in entry and "output_cost_per_token" in entry:
+            return Price(float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"]))
+    return None
+
+
+def resolve_price(model: str, input_per_token: float | None, output_per_token: float | None) -> Price | None:
+    if input_per_token is not None and output_per_token is not None:
+        return Price(input_per_token, output_per_token)
+    return lookup_price(model)

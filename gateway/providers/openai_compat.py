@@ -1,0 +1,99 @@
+"""Direct httpx calls to an OpenAI-compatible server: OpenAI itself, vLLM, the embedded model server.
+
+This path skips litellm (~3 ms per call) wherever the upstream already speaks OpenAI's API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.errors import ProtegeError, UpstreamError, UpstreamTimeoutError
+from gateway.providers.base import Redactor, error_for_status, parse_retry_after
+
+OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+
+
+class OpenAICompatibleProvider:
+    def __init__(self, *, name: str, api_base: str, api_key: str | None, timeout_s: float,
+                 connect_timeout_s: float, redact: Redactor, max_connections: int = 1000) -> None:
+        self.name = name
+        self._redact = redact
+        headers = {"content-type": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=api_base.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.post("/chat/completions", content=orjson.dumps(body))
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"{self.name} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.name} unreachable: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise self._status_error(response.status_code, response.content, response.headers)
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"{self.name} returned invalid JSON", code="upstream_invalid_json") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            raise UpstreamError(f"{self.name} returned a malformed completion", code="upstream_invalid_json")
+        return payload
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self._client.stream("POST", "/chat/completions", content=orjson.dumps(body)) as resp:
+                if resp.status_code != 200:
+                    raise self._status_error(resp.status_code, await resp.aread(), resp.headers)
+                done = False
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError as exc:
+                        raise UpstreamError(f"{self.name} sent an invalid stream event",
+                                            code="upstream_invalid_json") from exc
+                    if isinstance(chunk, dict) and "error" in chunk:
+                        message = str((chunk["error"] or {}).get("message", "error event"))
+                        raise UpstreamError(f"{self.name} stream failed: {self._redact(message)}")
+                    yield chunk
+                if not done:
+                    raise UpstreamError(f"{self.name} stream ended before [DONE]", code="upstream_stream_cut")
+        except ProtegeError:
+            raise
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"{self.name} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.name} connection failed: {type(exc).__name__}") from exc
+
+    def _status_error(self, status: int, content: bytes, headers: httpx.Headers) -> ProtegeError:
+        message, param, code = "", None, None
+        try:
+            err = orjson.loads(content).get("error")
+            if isinstance(err, dict):
+                message = str(err.get("message") or "")
+                param = err.get("param") if isinstance(err.get("param"), str) else None
+                code = err.get("code") if isinstance(err.get("code"), str) else None
+            elif isinstance(err, str):
+                message = err
+        except (orjson.JSONDecodeError, AttributeError):
+            message = content[:200].decode("utf-8", "replace")
+        return error_for_status(self.name, status, self._redact(message),
+                                retry_after=parse_retry_after(headers.get("retry-after")), param=param, code=code)

@@ -1,0 +1,24 @@
+"""What one running gateway holds; lives on `app.state.protege`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from gateway.auth import KeyRing
+from gateway.capture import CaptureWriter
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.service import ChatService
+from gateway.store import Store
+
+
+@dataclass(slots=True)
+class GatewayState:
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    capture: CaptureWriter
+    keys: KeyRing
+    service: ChatService
+    started_at: float = field(default_factory=time.time)

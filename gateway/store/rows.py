@@ -1,0 +1,56 @@
+"""Exchange ↔ table row, shared by the backends (JSON columns are text in both)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+
+from gateway.store.base import Exchange, ExchangeStatus
+
+EXCHANGE_COLUMNS: tuple[str, ...] = (
+    "request_id", "created_at", "task", "task_source", "route", "model", "upstream_model", "user_id",
+    "status", "http_status", "stream", "request_json", "response_json", "prompt_tokens",
+    "completion_tokens", "latency_ms", "cost_usd", "finish_reason", "error", "system_hash", "extra_json",
+)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def exchange_to_row(ex: Exchange) -> tuple[Any, ...]:
+    return (
+        ex.request_id, ex.created_at, ex.task, ex.task_source, ex.route, ex.model, ex.upstream_model,
+        ex.user, ex.status, ex.http_status, int(ex.stream), _dumps(ex.request), _dumps(ex.response),
+        ex.prompt_tokens, ex.completion_tokens, ex.latency_ms, ex.cost_usd, ex.finish_reason, ex.error,
+        ex.system_hash, _dumps(ex.extra or None),
+    )
+
+
+def row_to_exchange(row: Mapping[str, Any] | Sequence[Any]) -> Exchange:
+    values = dict(zip(EXCHANGE_COLUMNS, row, strict=True)) if not isinstance(row, Mapping) else row
+    return Exchange(
+        request_id=values["request_id"],
+        created_at=float(values["created_at"]),
+        task=values["task"],
+        task_source=values["task_source"],
+        route=values["route"],
+        model=values["model"],
+        upstream_model=values["upstream_model"],
+        user=values["user_id"],
+        status=cast(ExchangeStatus, values["status"]),
+        http_status=int(values["http_status"]),
+        stream=bool(values["stream"]),
+        request=orjson.loads(values["request_json"]),
+        response=orjson.loads(values["response_json"]) if values["response_json"] else None,
+        prompt_tokens=values["prompt_tokens"],
+        completion_tokens=values["completion_tokens"],
+        latency_ms=values["latency_ms"],
+        cost_usd=values["cost_usd"],
+        finish_reason=values["finish_reason"],
+        error=values["error"],
+        system_hash=values["system_hash"],
+        extra=orjson.loads(values["extra_json"]) if values["extra_json"] else {},
+    )

@@ -1,0 +1,47 @@
+"""Schema migrations, in order. Version N is the state after applying MIGRATIONS[:N].
+
+SQL here is the portable subset both SQLite and PostgreSQL accept; a backend may add its own
+statements per version (see `BACKEND_EXTRAS`).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    # 1: captured exchanges and gateway keys
+    [
+        """CREATE TABLE exchanges (
+            request_id TEXT PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            task TEXT NOT NULL,
+            task_source TEXT NOT NULL,
+            route TEXT NOT NULL,
+            model TEXT NOT NULL,
+            upstream_model TEXT NOT NULL,
+            user_id TEXT,
+            status TEXT NOT NULL,
+            http_status INTEGER NOT NULL,
+            stream INTEGER NOT NULL,
+            request_json TEXT NOT NULL,
+            response_json TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE PRECISION,
+            cost_usd DOUBLE PRECISION,
+            finish_reason TEXT,
+            error TEXT,
+            system_hash TEXT,
+            extra_json TEXT
+        )""",
+        "CREATE INDEX exchanges_task_created ON exchanges (task, created_at)",
+        "CREATE INDEX exchanges_status ON exchanges (status)",
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked INTEGER NOT NULL DEFAULT 0
+        )""",
+    ],
+]
+
+LATEST_VERSION = len(MIGRATIONS)

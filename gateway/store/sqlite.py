@@ -1,0 +1,149 @@
+"""SQLite backend (aiosqlite, WAL): the default store for one gateway process."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.store.base import ApiKeyRecord, Exchange, ExchangeStatus, Store, StoreError, TaskSummary
+from gateway.store.rows import EXCHANGE_COLUMNS, exchange_to_row, row_to_exchange
+from gateway.store.schema import LATEST_VERSION, MIGRATIONS
+
+_INSERT_EXCHANGE = (
+    f"INSERT OR IGNORE INTO exchanges ({', '.join(EXCHANGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in EXCHANGE_COLUMNS)})"
+)
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///rel/path.db` → rel/path.db; `sqlite:////abs/path.db` → /abs/path.db."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def _migrate(self) -> None:
+        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await self.schema_version()
+        if current > LATEST_VERSION:
+            raise StoreError(f"store schema v{current} is newer than this Protégé (v{LATEST_VERSION})")
+        for version in range(current + 1, LATEST_VERSION + 1):
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[version - 1]:
+                    await self.db.execute(statement)
+                await self.db.execute("DELETE FROM schema_version")
+                await self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        async with self.db.execute("SELECT MAX(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def check_writable(self) -> None:
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store is not writable: {exc}") from exc
+
+    async def insert_exchanges(self, exchanges: list[Exchange]) -> None:
+        if not exchanges:
+            return
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.executemany(_INSERT_EXCHANGE, [exchange_to_row(e) for e in exchanges])
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {len(exchanges)} exchanges: {exc}") from exc
+
+    async def list_tasks(self) -> list[TaskSummary]:
+        query = (
+            "SELECT task, MIN(task_source), COUNT(*), SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END), "
+            "MIN(created_at), MAX(created_at) FROM exchanges GROUP BY task ORDER BY task"
+        )
+        async with self.db.execute(query) as cur:
+            rows = await cur.fetchall()
+        return [TaskSummary(r[0], r[1], int(r[2]), int(r[3] or 0), float(r[4]), float(r[5])) for r in rows]
+
+    def _where(self, task: str | None, status: ExchangeStatus | None) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if task is not None:
+            clauses.append("task = ?")
+            params.append(task)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
+                             limit: int | None = None) -> list[Exchange]:
+        where, params = self._where(task, status)
+        query = f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges{where} ORDER BY created_at, request_id"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        async with self.db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [row_to_exchange(tuple(r)) for r in rows]
+
+    async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None) -> int:
+        where, params = self._where(task, status)
+        async with self.db.execute(f"SELECT COUNT(*) FROM exchanges{where}", params) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        await self.db.execute(
+            "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
+            (record.key_id, record.name, record.key_hash, record.created_at, int(record.revoked)),
+        )
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        query = "SELECT key_id, name, key_hash, created_at, revoked FROM api_keys ORDER BY created_at"
+        async with self.db.execute(query) as cur:
+            rows = await cur.fetchall()
+        return [ApiKeyRecord(r[0], r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        cur = await self.db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+        return cur.rowcount > 0
