@@ -6,8 +6,8 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
 import orjson
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
@@ -47,8 +47,8 @@ def _route_headers(req: ChatRequest, route: str) -> dict[str, str]:
 
 
 def chat_completions_openapi() -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def build_api_router() -> APIRouter:

@@ -5,6 +5,7 @@ The gateway never imports torch; it runs `python -m distiller.local.server` and 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import socket
@@ -27,10 +28,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _die_with_parent() -> None:
     # Linux: the child gets SIGTERM if the gateway dies without cleaning up (e.g. SIGKILL)
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmbeddedModelServer:
@@ -54,7 +53,7 @@ class EmbeddedModelServer:
         return cmd
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.process = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

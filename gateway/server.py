@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from contextlib import ExitStack
 
 import uvicorn
@@ -16,6 +17,8 @@ log = logging.getLogger("protege")
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one line per upstream call is noise (and costs time on the hot path)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def serve(settings: Settings) -> int:
@@ -36,5 +39,13 @@ def serve(settings: Settings) -> int:
             log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
             timeout_keep_alive=30,
         )
+        # uvicorn re-raises SIGTERM/SIGINT after its graceful stop; exit cleanly instead, so the
+        # ExitStack still stops the embedded model server
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
         uvicorn.Server(config).run()
     return 0
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)

@@ -17,6 +17,26 @@ from gateway.providers.base import Redactor, error_for_status, parse_retry_after
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 
 
+def completion_as_chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat.completion as the chunks a streaming server would have sent."""
+    base = {k: completion.get(k) for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    chunks = []
+    for choice in completion.get("choices") or []:
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        delta: dict[str, Any] = {"role": message.get("role") or "assistant"}
+        if message.get("content") is not None:
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+        chunks.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": index, "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}]})
+    if completion.get("usage"):
+        chunks.append({**base, "choices": [], "usage": completion["usage"]})
+    return chunks
+
+
 class OpenAICompatibleProvider:
     def __init__(self, *, name: str, api_base: str, api_key: str | None, timeout_s: float,
                  connect_timeout_s: float, redact: Redactor, max_connections: int = 1000) -> None:
@@ -44,8 +64,11 @@ class OpenAICompatibleProvider:
             raise UpstreamError(f"{self.name} unreachable: {type(exc).__name__}") from exc
         if response.status_code != 200:
             raise self._status_error(response.status_code, response.content, response.headers)
+        return self._parse_completion(response.content)
+
+    def _parse_completion(self, content: bytes) -> dict[str, Any]:
         try:
-            payload = orjson.loads(response.content)
+            payload = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"{self.name} returned invalid JSON", code="upstream_invalid_json") from exc
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
@@ -57,6 +80,11 @@ class OpenAICompatibleProvider:
             async with self._client.stream("POST", "/chat/completions", content=orjson.dumps(body)) as resp:
                 if resp.status_code != 200:
                     raise self._status_error(resp.status_code, await resp.aread(), resp.headers)
+                if resp.headers.get("content-type", "").startswith("application/json"):
+                    # some servers ignore stream=true (e.g. for tool calls): replay the completion
+                    for chunk in completion_as_chunks(self._parse_completion(await resp.aread())):
+                        yield chunk
+                    return
                 done = False
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):

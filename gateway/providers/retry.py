@@ -19,11 +19,13 @@ def retry_delay(exc: ProtegeError, attempt: int, policy: RetryConfig) -> float |
     if isinstance(exc, UpstreamStatusError | UpstreamTimeoutError):
         return None
     if isinstance(exc, RateLimitError):
-        if exc.retry_after is not None:
-            return exc.retry_after if exc.retry_after <= policy.max_backoff_s else None
+        wait: float | None = exc.retry_after
+        if wait is not None:
+            return wait if wait <= policy.max_backoff_s else None
     elif not isinstance(exc, UpstreamError) or exc.code == "upstream_auth":
         return None
-    return min(policy.backoff_s * (2**attempt), policy.max_backoff_s)
+    backoff: float = policy.backoff_s * 2.0**attempt
+    return min(backoff, policy.max_backoff_s)
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryConfig,

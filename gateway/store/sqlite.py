@@ -47,6 +47,9 @@ class SQLiteStore(Store):
         except (OSError, sqlite3.Error) as exc:
             await self.close()
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:

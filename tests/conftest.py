@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Server, start_gateway, start_katan, stop
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def katan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A healthy llm-katan echo server shared by the session."""
+    server = start_katan(tmp_path_factory.mktemp("katan"))
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture
+def katan_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """llm-katan with failure-injection flags, stopped after the test."""
+    started: list[Server] = []
+
+    def make(*flags: str) -> Server:
+        server = start_katan(tmp_path, *flags)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        stop(server.proc)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Starts `protege serve` processes with the given flags; stops them after the test."""
+    started: list[Server] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = start_gateway(tmp_path, *args, env=env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        stop(server.proc)
+
+
+def teacher_flags(upstream: Server, store: Path, model: str = "openai/gpt-4o-mini") -> list[str]:
+    return ["--store", f"sqlite:///{store}", "--teacher", model, "--teacher-api-base", f"{upstream.url}/v1",
+            "--teacher-api-key", "sk-upstream-secret-123456"]

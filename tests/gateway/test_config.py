@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "protege.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_env_then_flags(tmp_path: Path) -> None:
+    config = write(tmp_path, "port: 9000\nhost: 0.0.0.0\nstore: sqlite:///a.db\nlog_level: debug\n")
+    settings = load_settings(config, env={"PROTEGE_PORT": "9100", "PROTEGE_STORE": "sqlite:///b.db"},
+                             overrides={"store": "sqlite:///c.db", "host": None})
+    assert settings.host == "0.0.0.0"  # yaml only
+    assert settings.port == 9100  # env beats yaml
+    assert settings.store == "sqlite:///c.db"  # flag beats env
+    assert settings.log_level == "debug"
+
+
+def test_teacher_flags_build_one_teacher(tmp_path: Path) -> None:
+    config = write(tmp_path, "teachers:\n  - model: anthropic/claude-sonnet-4-5\n  - model: openai/gpt-4o\n")
+    settings = load_settings(config, env={}, overrides={"teacher": "openai/gpt-4o-mini",
+                                                         "teacher_api_base": "http://x/v1",
+                                                         "teacher_api_key": "sk-1"})
+    [teacher] = settings.teachers
+    assert (teacher.model, teacher.api_base) == ("openai/gpt-4o-mini", "http://x/v1")
+    assert teacher.served_name == "gpt-4o-mini"
+    assert teacher.api_key is not None and teacher.api_key.get_secret_value() == "sk-1"
+    assert "sk-1" not in repr(settings)
+
+
+def test_teacher_key_patches_the_single_configured_teacher(tmp_path: Path) -> None:
+    config = write(tmp_path, "teachers:\n  - model: openai/gpt-4o\n    aliases: [big]\n")
+    settings = load_settings(config, env={"PROTEGE_TEACHER_API_KEY": "sk-env"})
+    assert settings.teachers[0].aliases == ["big"]
+    assert settings.teachers[0].api_key is not None
+
+
+def test_env_gateway_keys_are_split() -> None:
+    settings = load_settings(env={"PROTEGE_GATEWAY_KEYS": "a, b,,c"})
+    assert [k.get_secret_value() for k in settings.gateway_keys] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("prot: 80\n", "prot"),
+    ("port: many\n", "port"),
+    ("teachers:\n  - api_base: http://x\n", "teachers.0.model"),
+    ("capture:\n  batch_size: 0\n", "capture.batch_size"),
+    ("store: mysql://x\n", "store"),
+    ("- just\n- a list\n", "mapping"),
+    ("port: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), env={})
+    assert names in str(err.value) and (str(tmp_path) in str(err.value) or names == "not valid YAML")
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "nope.yaml", env={})

@@ -1,0 +1,90 @@
+"""Real server processes for tests: llm-katan (an independent OpenAI/Anthropic-compatible server)
+and the Protégé gateway itself, each on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_katan(log_dir: Path, *extra: str) -> Server:
+    port = free_port()
+    log = log_dir / f"katan-{port}.log"
+    cmd = [str(BIN / "llm-katan"), "--model", "echo-model", "--backend", "echo", "--providers",
+           "openai,anthropic", "--port", str(port), "--disable-dashboard", "--log-level", "warning", *extra]
+    env = {**os.environ, "HOME": str(log_dir)}  # katan keeps stats under ~/.llm-katan
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return Server(proc, port, log)
+
+
+def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    port = port or free_port()
+    log = log_dir / f"gateway-{port}.log"
+    cmd = [sys.executable, "-m", "distiller.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"gateway failed to start:\n{log.read_text(errors='replace')}") from None
+    return Server(proc, port, log)
