@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -31,6 +31,8 @@ class TeacherConfig(_Strict):
     aliases: list[str] = Field(default_factory=list, description="other names that select this teacher")
     api_base: str | None = Field(default=None, description="base URL of the provider (…/v1 for OpenAI-compatible)")
     api_key: SecretStr | None = Field(default=None, description="provider key; else the provider's env var")
+    client: Literal["auto", "direct", "litellm"] = Field(
+        default="auto", description="auto: direct httpx for OpenAI-compatible upstreams, litellm otherwise")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
 

@@ -21,11 +21,11 @@ def teacher_api_key(teacher: TeacherConfig) -> str | None:
     return os.environ.get(env) if env else None
 
 
-def build_provider(teacher: TeacherConfig, settings: Settings, redact: Redactor,
-                   *, force_litellm: bool = False) -> ChatProvider:
+def build_provider(teacher: TeacherConfig, settings: Settings, redact: Redactor) -> ChatProvider:
     key = teacher_api_key(teacher)
     name = f"teacher {teacher.served_name}"
-    if teacher.provider in OPENAI_COMPATIBLE and not force_litellm:
+    direct = teacher.client == "direct" or (teacher.client == "auto" and teacher.provider in OPENAI_COMPATIBLE)
+    if direct:
         return OpenAICompatibleProvider(
             name=name, api_base=teacher.api_base or OPENAI_DEFAULT_BASE, api_key=key,
             timeout_s=settings.timeout_s, connect_timeout_s=settings.connect_timeout_s, redact=redact)
