@@ -53,3 +53,11 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def teacher_flags(upstream: Server, store: Path, model: str = "openai/gpt-4o-mini") -> list[str]:
     return ["--store", f"sqlite:///{store}", "--teacher", model, "--teacher-api-base", f"{upstream.url}/v1",
             "--teacher-api-key", "sk-upstream-secret-123456"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer (fast stand-in for the real model)."""
+    from distiller.local.model_loading import build_tiny_llama, load_smollm2_tokenizer
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=load_smollm2_tokenizer())

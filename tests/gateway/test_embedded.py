@@ -1,0 +1,55 @@
+"""`protege serve` with no teacher starts the embedded model server as a child, uses it as the
+teacher, and stops it on exit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from tests.servers import Server
+
+
+def test_no_teacher_means_embedded_model_server(gateway_factory: Callable[..., Server], tiny_model: Path,
+                                                tmp_path: Path) -> None:
+    config = tmp_path / "protege.yaml"
+    config.write_text(f"embedded:\n  model: {tiny_model}\n  threads: 1\n"
+                      "  input_cost_per_token: 0.000001\n  output_cost_per_token: 0.000002\n")
+    store = tmp_path / "store.db"
+    gateway = gateway_factory("--config", str(config), "--store", f"sqlite:///{store}")
+    children = psutil.Process(gateway.proc.pid).children(recursive=True)
+    assert any("distiller.local.server" in " ".join(c.cmdline()) for c in children)
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="no-key-needed", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="anything", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0)
+    reply = raw.parse()
+    assert raw.headers["x-protege-route"] == "teacher"
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+    stream = client.chat.completions.create(model="anything", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=5, temperature=0, stream=True)
+    assert sum(1 for _ in stream) >= 2
+
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 15
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, "embedded model server outlived the gateway"
+        time.sleep(0.2)
+
+    with sqlite3.connect(store) as db:
+        row = db.execute("SELECT status, cost_usd, prompt_tokens, completion_tokens, response_json FROM exchanges "
+                         "WHERE stream = 0").fetchone()
+    assert row[0] == "ok"
+    assert row[1] == pytest.approx(row[2] * 1e-6 + row[3] * 2e-6)  # the configured embedded price
+    assert json.loads(row[4])["choices"][0]["message"]["content"] == reply.choices[0].message.content
