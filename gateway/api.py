@@ -16,7 +16,7 @@ from gateway.auth import bearer_token
 from gateway.errors import ServiceUnavailableError
 from gateway.http_utils import parse_json_object, read_body, validate
 from gateway.protocol import ChatCompletionRequest, ModelCard, ModelList
-from gateway.service import ROUTE_TEACHER, ChatRequest, ChatService
+from gateway.service import ChatRequest, ChatService, RouteInfo
 from gateway.state import GatewayState
 from gateway.store import StoreError
 from gateway.tasks import resolve_task
@@ -42,8 +42,8 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-def _route_headers(req: ChatRequest, route: str) -> dict[str, str]:
-    return {"x-request-id": req.request_id, "x-protege-task": req.task, "x-protege-route": route}
+def _route_headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:
+    return {"x-request-id": req.request_id, "x-protege-task": req.task, **info.headers()}
 
 
 def chat_completions_openapi() -> dict[str, Any]:
@@ -66,11 +66,11 @@ def build_api_router() -> APIRouter:
                           user=user)
         service: ChatService = state.service
         if req.stream:
-            chunks = await service.open_stream(req)
-            return SSEResponse(chunks, headers={**_route_headers(req, ROUTE_TEACHER), "cache-control": "no-cache"})
-        result = await service.complete(req)
+            chunks, info = await service.open_stream(req)
+            return SSEResponse(chunks, headers={**_route_headers(req, info), "cache-control": "no-cache"})
+        result, info = await service.complete(req)
         return Response(orjson.dumps(result), media_type="application/json",
-                        headers=_route_headers(req, ROUTE_TEACHER))
+                        headers=_route_headers(req, info))
 
     @router.get("/v1/models", response_model=ModelList)
     async def list_models(request: Request) -> ModelList:
@@ -79,6 +79,12 @@ def build_api_router() -> APIRouter:
         created = int(state.started_at)
         cards = [ModelCard(id=t.config.served_name, created=created, owned_by=t.config.provider,
                            protege_role="teacher") for t in state.service.teachers.all]
+        students = state.service.students
+        if students is not None:
+            await students.table.refresh()
+            cards += [ModelCard(id=r.student.model, created=int(r.student.created_at), owned_by="protege",
+                                protege_role="student", protege_task=task)
+                      for task, r in sorted(students.table.active().items())]
         return ModelList(data=cards)
 
     @router.get("/healthz")

@@ -14,16 +14,19 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.admin import build_admin_router
 from gateway.api import build_api_router
 from gateway.auth import KeyRing
 from gateway.capture import CaptureWriter
 from gateway.config import Settings
 from gateway.errors import ProtegeError, error_body, error_type_for_status
 from gateway.metrics import Metrics
-from gateway.pricing import resolve_price
+from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
-from gateway.service import ChatService, Teacher, TeacherSet
+from gateway.providers.openai_compat import OpenAICompatibleProvider
+from gateway.routing_table import RoutingTable
+from gateway.service import ChatService, Students, Teacher, TeacherSet
 from gateway.state import GatewayState
 from gateway.store import Store, open_store
 
@@ -46,6 +49,19 @@ def build_teachers(settings: Settings) -> TeacherSet:
                 price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token))
         for t in settings.teachers
     ])
+
+
+def build_students(settings: Settings, store: Store) -> Students | None:
+    if not settings.student_api_base:
+        return None
+    cascade = settings.cascade
+    provider = OpenAICompatibleProvider(name="student", api_base=settings.student_api_base, api_key=None,
+                                        timeout_s=cascade.timeout_s, connect_timeout_s=min(2.0, cascade.timeout_s),
+                                        redact=redactor(secrets_of(settings)))
+    price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
+             if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
+    return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s), price=price,
+                    degraded_mode=cascade.degraded_mode)
 
 
 def json_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
@@ -94,17 +110,23 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
         teacher_set = teachers(settings)
         keys = KeyRing([k.get_secret_value() for k in settings.gateway_keys], the_store)
         await keys.refresh(force=True)
-        service = ChatService(teacher_set, capture, metrics, settings.retry)
+        students = build_students(settings, the_store)
+        if students is not None:
+            await students.table.refresh(force=True)
+        service = ChatService(teacher_set, capture, metrics, settings.retry, students)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service)
         try:
             yield
         finally:
             await teacher_set.aclose()
+            if students is not None:
+                await students.provider.aclose()
             await capture.close()
             await the_store.close()
 
     app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.include_router(build_api_router())
+    app.include_router(build_admin_router())
     return app

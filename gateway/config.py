@@ -69,6 +69,16 @@ class RetryConfig(_Strict):
     max_backoff_s: float = Field(default=4.0, ge=0, description="longest wait, also caps Retry-After")
 
 
+class CascadeConfig(_Strict):
+    """How the gateway uses students."""
+
+    timeout_s: float = Field(default=10, gt=0, description="a slower student falls back to the teacher")
+    degraded_mode: bool = Field(default=False, description="serve the student's answer when the teacher is down")
+    refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")
+    input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student input token")
+    output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student output token")
+
+
 class EmbeddedConfig(_Strict):
     """The model server `protege serve` starts when no teacher is configured."""
 
@@ -90,6 +100,7 @@ class Settings(_Strict):
     timeout_s: float = Field(default=120, gt=0, description="upstream read timeout")
     connect_timeout_s: float = Field(default=5, gt=0)
     retry: RetryConfig = RetryConfig()
+    cascade: CascadeConfig = CascadeConfig()
     capture: CaptureConfig = CaptureConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

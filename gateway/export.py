@@ -17,7 +17,8 @@ EXPORT_FORMATS: tuple[str, ...] = ("openai", "jsonl-raw")
 def training_example(exchange: Exchange) -> dict[str, Any] | None:
     """`{"messages": [...], "tools": [...]}` for a good exchange; None when it has no usable answer."""
     choices = (exchange.response or {}).get("choices") or []
-    if exchange.status != "ok" or not choices:
+    # the student's own answers are not teacher data
+    if exchange.status != "ok" or exchange.route == "student" or not choices:
         return None
     answer = dict(choices[0].get("message") or {})
     if not answer.get("content") and not answer.get("tool_calls"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CONFIDENCE_BUCKETS = (-5, -3, -2, -1.5, -1, -0.75, -0.5, -0.3, -0.2, -0.1, -0.05, -0.02, -0.01, 0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -29,6 +30,14 @@ class Metrics:
                                   ["route"], buckets=OVERHEAD_BUCKETS, registry=registry)
         self.ttft = Histogram("protege_time_to_first_token_seconds", "Streams: time to the first chunk",
                               ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.fallbacks = Counter("protege_fallbacks", "Student answers replaced by the teacher's, by reason",
+                                 ["task", "reason"], registry=registry)
+        self.confidence = Histogram("protege_student_confidence", "Student confidence scores (log-probability)",
+                                    ["task"], buckets=CONFIDENCE_BUCKETS, registry=registry)
+        self.degraded = Counter("protege_degraded_answers", "Student answers served because the teacher was down",
+                                ["task"], registry=registry)
+        self.rollout = Gauge("protege_rollout_percent", "Share of a task's traffic routed to its student",
+                             ["task"], registry=registry)
         self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
         self.capture_queue = Gauge("protege_capture_queue_depth", "Exchanges waiting to be written",
                                    registry=registry)

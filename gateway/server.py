@@ -30,7 +30,9 @@ def serve(settings: Settings) -> int:
             embedded = EmbeddedModelServer(settings.embedded)
             stack.callback(embedded.stop)
             embedded.start()
-            settings = settings.model_copy(update={"teachers": [embedded.teacher()]})
+            # the embedded server is also where local students (LoRA adapters) are served
+            settings = settings.model_copy(update={"teachers": [embedded.teacher()],
+                                                   "student_api_base": settings.student_api_base or embedded.api_base})
         teachers = ", ".join(f"{t.served_name} ({t.model})" for t in settings.teachers)
         print(f"Protégé gateway on http://{settings.host}:{settings.port}/v1 — teacher: {teachers}; "
               f"store: {settings.store}", flush=True)

@@ -1,5 +1,6 @@
-"""The one place that wires a chat request through: teacher selection → upstream call (with
-retries) → capture → metrics. The HTTP layer only parses and renders."""
+"""The one place that wires a chat request through: routing decision → student (with validators and
+confidence) → teacher fallback (with retries) → capture → metrics. The HTTP layer only parses and
+renders; the decisions themselves are the pure functions of `router.py`."""
 
 from __future__ import annotations
 
@@ -13,17 +14,22 @@ import orjson
 
 from gateway.capture import CaptureWriter, StreamAssembler, normalise_request, normalise_response
 from gateway.config import RetryConfig, TeacherConfig
-from gateway.errors import NotFoundError, ProtegeError
+from gateway.errors import NotFoundError, ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.metrics import Metrics
 from gateway.pricing import Price
 from gateway.providers import ChatProvider
+from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
-from gateway.store import Exchange, ExchangeStatus
+from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
+from gateway.routing_table import RoutingTable
+from gateway.store import Exchange, ExchangeStatus, StudentVersion
 from gateway.tasks import system_prompt, text_hash
 
 log = logging.getLogger("protege.service")
 
 ROUTE_TEACHER = "teacher"
+ROUTE_STUDENT = "student"
+ROUTE_FALLBACK = "fallback"
 
 
 @dataclass(slots=True)
@@ -46,12 +52,52 @@ class ChatRequest:
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 
+    @property
+    def sticky_key(self) -> str:
+        return self.user or self.request_id
+
 
 @dataclass(slots=True)
 class Teacher:
     config: TeacherConfig
     provider: ChatProvider
     price: Price | None
+
+
+@dataclass(slots=True)
+class Students:
+    """The student server and how the cascade treats it."""
+
+    provider: ChatProvider
+    table: RoutingTable
+    price: Price | None = None
+    degraded_mode: bool = False
+
+
+@dataclass(slots=True)
+class RouteInfo:
+    """How a request was served; rendered as `x-protege-*` response headers."""
+
+    route: str = ROUTE_TEACHER
+    student: StudentVersion | None = None
+    confidence: float | None = None
+    fallback_reason: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        out = {"x-protege-route": self.route}
+        if self.student is not None:
+            out["x-protege-student"] = f"{self.student.model}@v{self.student.version}"
+        if self.confidence is not None:
+            out["x-protege-confidence"] = f"{self.confidence:.4f}"
+        return out
+
+
+@dataclass(slots=True)
+class StudentAttempt:
+    student: StudentVersion
+    completion: dict[str, Any] | None
+    confidence: float | None
+    verdict: Verdict
 
 
 class TeacherSet:
@@ -98,6 +144,22 @@ def upstream_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     return out
 
 
+def student_body(body: dict[str, Any], student: StudentVersion, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request for the student: never streamed (it is judged whole), always with logprobs."""
+    out = upstream_body({k: v for k, v in body.items() if k not in ("stream", "stream_options")}, student.model)
+    out["messages"] = messages
+    out["logprobs"] = True
+    return out
+
+
+def for_client(completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The student's answer as the client asked for it (logprobs only if requested)."""
+    if request.get("logprobs"):
+        return completion
+    choices = [{k: v for k, v in c.items() if k != "logprobs"} for c in completion.get("choices") or []]
+    return {**completion, "choices": choices}
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
@@ -106,47 +168,144 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 class ChatService:
-    def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics,
-                 retry: RetryConfig) -> None:
+    def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics, retry: RetryConfig,
+                 students: Students | None = None) -> None:
         self.teachers = teachers
         self.capture = capture
         self.metrics = metrics
         self.retry = retry
+        self.students = students
 
     def _on_retry(self, exc: ProtegeError) -> None:
         self.metrics.retries.labels(ROUTE_TEACHER).inc()
         log.info("retrying teacher after %s", type(exc).__name__)
 
-    async def complete(self, req: ChatRequest) -> dict[str, Any]:
+    # --- routing ---------------------------------------------------------------------------
+
+    async def _student_plan(self, req: ChatRequest) -> tuple[StudentVersion, list[dict[str, Any]]] | None:
+        """The active student and its messages when this request is routed to it."""
+        if self.students is None or (req.body.get("n") or 1) != 1:
+            return None
+        route = await self.students.table.route(req.task)
+        if route is None or not in_rollout(req.task, req.sticky_key, route.rollout_percent):
+            return None
+        messages = student_messages(req.body.get("messages") or [], route.student)
+        return None if messages is None else (route.student, messages)
+
+    async def _ask_student(self, req: ChatRequest, student: StudentVersion,
+                           messages: list[dict[str, Any]]) -> StudentAttempt:
+        assert self.students is not None
+        started = time.perf_counter()
+        try:
+            completion = await self.students.provider.complete(student_body(req.body, student, messages))
+        except ProtegeError as exc:
+            reason = "student_timeout" if isinstance(exc, UpstreamTimeoutError) else "student_error"
+            log.info("student %s failed (%s): %s", student.model, reason, exc.message)
+            return StudentAttempt(student, None, None, Verdict(False, reason, exc.message))  # type: ignore[arg-type]
+        self.metrics.upstream_latency.labels(ROUTE_STUDENT).observe(time.perf_counter() - started)
+        score = confidence(completion, student.confidence_method)
+        if score is not None:
+            self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
+        verdict = judge(score, student.threshold, validate_output(req.body, completion))
+        return StudentAttempt(student, completion, score, verdict)
+
+    def _fell_back(self, req: ChatRequest, attempt: StudentAttempt) -> RouteInfo:
+        reason = attempt.verdict.reason or "student_error"
+        self.metrics.fallbacks.labels(self.metrics.task_label(req.task), reason).inc()
+        return RouteInfo(ROUTE_FALLBACK, attempt.student, attempt.confidence, reason)
+
+    # --- non-streaming -----------------------------------------------------------------------
+
+    async def complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
         teacher = self.teachers.select(req.model)
+        plan = await self._student_plan(req)
+        attempt: StudentAttempt | None = None
+        info = RouteInfo()
+        if plan is not None:
+            attempt = await self._ask_student(req, *plan)
+            if attempt.verdict.accept and attempt.completion is not None:
+                info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
+                self._record_student(req, attempt, info)
+                return for_client(attempt.completion, req.body), info
+            info = self._fell_back(req, attempt)
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:
             result = await with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry)
         except ProtegeError as exc:
-            self._record(req, teacher, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message)
-            raise
-        self._record(req, teacher, "ok", 200, result, time.perf_counter() - started)
-        return result
+            self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
+                         error=exc.message, attempt=attempt)
+            degraded = await self._degraded_answer(req, exc, attempt, plan)
+            if degraded is None:
+                raise
+            return degraded
+        self._record(req, teacher, info, "ok", 200, result, time.perf_counter() - started, attempt=attempt)
+        return result, info
 
-    async def open_stream(self, req: ChatRequest) -> AsyncIterator[bytes]:
-        """Start the teacher's stream. Errors before the first chunk raise (the client gets a proper
-        HTTP error); afterwards the returned iterator relays SSE bytes and records the exchange."""
+    async def _degraded_answer(self, req: ChatRequest, exc: ProtegeError, attempt: StudentAttempt | None,
+                               plan: tuple[StudentVersion, list[dict[str, Any]]] | None,
+                               ) -> tuple[dict[str, Any], RouteInfo] | None:
+        """With the teacher down (5xx, unreachable, timeout), serve the active student's answer."""
+        if self.students is None or not self.students.degraded_mode or not isinstance(exc, UpstreamError):
+            return None
+        if exc.status_code < 500:
+            return None
+        if attempt is None:
+            route = await self.students.table.route(req.task)
+            if route is None:
+                return None
+            messages = student_messages(req.body.get("messages") or [], route.student)
+            if messages is None:
+                return None
+            attempt = await self._ask_student(req, route.student, messages)
+        if attempt.completion is None:
+            return None
+        self.metrics.degraded.labels(self.metrics.task_label(req.task)).inc()
+        info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence, "teacher_down")
+        self._record_student(req, attempt, info)
+        return for_client(attempt.completion, req.body), info
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    async def open_stream(self, req: ChatRequest) -> tuple[AsyncIterator[bytes], RouteInfo]:
+        """Decide the route and start the answer. Errors before the first byte raise (the client gets
+        a proper HTTP error); afterwards the iterator relays SSE bytes and records the exchange."""
         teacher = self.teachers.select(req.model)
+        plan = await self._student_plan(req)
+        attempt: StudentAttempt | None = None
+        info = RouteInfo()
+        if plan is not None:
+            attempt = await self._ask_student(req, *plan)
+            if attempt.verdict.accept and attempt.completion is not None:
+                info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
+                self._record_student(req, attempt, info, stream=True)
+                return self._replay(req, for_client(attempt.completion, req.body)), info
+            info = self._fell_back(req, attempt)
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:
             first, rest = await open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry)
         except ProtegeError as exc:
-            self._record(req, teacher, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message, stream=True)
-            raise
-        self.metrics.ttft.labels(ROUTE_TEACHER).observe(time.perf_counter() - req.received_at)
-        return self._relay(req, teacher, first, rest, started)
+            self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
+                         error=exc.message, stream=True, attempt=attempt)
+            degraded = await self._degraded_answer(req, exc, attempt, plan)
+            if degraded is None:
+                raise
+            return self._replay(req, degraded[0]), degraded[1]
+        self.metrics.ttft.labels(info.route).observe(time.perf_counter() - req.received_at)
+        return self._relay(req, teacher, info, first, rest, started, attempt), info
 
-    async def _relay(self, req: ChatRequest, teacher: Teacher, first: dict[str, Any] | None,
-                     rest: AsyncIterator[dict[str, Any]], started: float) -> AsyncIterator[bytes]:
+    async def _replay(self, req: ChatRequest, completion: dict[str, Any]) -> AsyncIterator[bytes]:
+        """A whole answer (the student's) as one well-formed SSE stream."""
+        wants_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
+        for chunk in completion_as_chunks(completion):
+            if chunk.get("choices") or wants_usage:
+                yield sse(chunk)
+        yield SSE_DONE
+
+    async def _relay(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, first: dict[str, Any] | None,
+                     rest: AsyncIterator[dict[str, Any]], started: float,
+                     attempt: StudentAttempt | None) -> AsyncIterator[bytes]:
         assembler = StreamAssembler()
         client_wants_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
         status: ExchangeStatus = "incomplete"
@@ -170,42 +329,74 @@ class ChatService:
             aclose = getattr(rest, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self._record(req, teacher, status, http_status, assembler.completion(),
-                         time.perf_counter() - started, error=error, stream=True)
+            self._record(req, teacher, info, status, http_status, assembler.completion(),
+                         time.perf_counter() - started, error=error, stream=True, attempt=attempt)
 
-    def _record(self, req: ChatRequest, teacher: Teacher, status: ExchangeStatus, http_status: int,
-                completion: dict[str, Any] | None, upstream_s: float, *, error: str | None = None,
-                stream: bool = False) -> None:
+    # --- recording ---------------------------------------------------------------------------
+
+    def _record(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, status: ExchangeStatus,
+                http_status: int, completion: dict[str, Any] | None, upstream_s: float, *,
+                error: str | None = None, stream: bool = False, attempt: StudentAttempt | None = None) -> None:
+        extra = {}
+        if attempt is not None:
+            answer = (attempt.completion or {}).get("choices") or [{}]
+            extra["student"] = {"version": attempt.student.version, "model": attempt.student.model,
+                                "confidence": attempt.confidence, "reason": attempt.verdict.reason,
+                                "detail": attempt.verdict.detail[:500], "message": answer[0].get("message")}
+        self._observe(req, info.route, teacher.config.served_name, teacher.price, status, completion,
+                      upstream_s, stream)
+        self.capture.submit(self._exchange(req, info.route, teacher.config.model, status, http_status, completion,
+                                           error=error, stream=stream, extra=extra, price=teacher.price))
+
+    def _record_student(self, req: ChatRequest, attempt: StudentAttempt, info: RouteInfo, *,
+                        stream: bool = False) -> None:
+        assert self.students is not None and attempt.completion is not None
+        price = self.students.price
+        self._observe(req, ROUTE_STUDENT, attempt.student.model, price, "ok", attempt.completion, 0.0, stream)
+        extra = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
+                             "reason": info.fallback_reason}}
+        self.capture.submit(self._exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
+                                           stream=stream, extra=extra, price=price))
+
+    def _observe(self, req: ChatRequest, route: str, model: str, price: Price | None, status: ExchangeStatus,
+                 completion: dict[str, Any] | None, upstream_s: float, stream: bool) -> None:
         total_s = time.perf_counter() - req.received_at
         task_label = self.metrics.task_label(req.task)
         usage = (completion or {}).get("usage") or {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        cost = None
-        if teacher.price is not None and prompt_tokens is not None and completion_tokens is not None:
-            cost = teacher.price.cost(prompt_tokens, completion_tokens)
-            self.metrics.cost.labels(task_label, ROUTE_TEACHER).inc(cost)
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if price is not None and prompt_tokens is not None and completion_tokens is not None:
+            self.metrics.cost.labels(task_label, route).inc(price.cost(prompt_tokens, completion_tokens))
         elif status == "ok":
-            self.metrics.unknown_price.labels(teacher.config.served_name).inc()
+            self.metrics.unknown_price.labels(model).inc()
         if prompt_tokens is not None:
-            self.metrics.tokens.labels(task_label, teacher.config.served_name, "input").inc(prompt_tokens)
+            self.metrics.tokens.labels(task_label, model, "input").inc(prompt_tokens)
         if completion_tokens is not None:
-            self.metrics.tokens.labels(task_label, teacher.config.served_name, "output").inc(completion_tokens)
-        self.metrics.requests.labels(task_label, ROUTE_TEACHER, status).inc()
-        self.metrics.latency.labels(ROUTE_TEACHER, str(stream).lower()).observe(total_s)
-        self.metrics.upstream_latency.labels(ROUTE_TEACHER).observe(upstream_s)
-        if status == "ok":
-            self.metrics.overhead.labels(ROUTE_TEACHER).observe(max(0.0, total_s - upstream_s))
+            self.metrics.tokens.labels(task_label, model, "output").inc(completion_tokens)
+        self.metrics.requests.labels(task_label, route, status).inc()
+        self.metrics.latency.labels(route, str(stream).lower()).observe(total_s)
+        if route != ROUTE_STUDENT:
+            self.metrics.upstream_latency.labels(route).observe(upstream_s)
+            if status == "ok":
+                self.metrics.overhead.labels(route).observe(max(0.0, total_s - upstream_s))
+
+    def _exchange(self, req: ChatRequest, route: str, upstream_model: str, status: ExchangeStatus, http_status: int,
+                  completion: dict[str, Any] | None, *, error: str | None = None, stream: bool = False,
+                  extra: dict[str, Any] | None = None, price: Price | None = None) -> Exchange:
         response = normalise_response(completion) if completion else None
+        usage = (completion or {}).get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cost = (price.cost(prompt_tokens, completion_tokens)
+                if price is not None and prompt_tokens is not None and completion_tokens is not None else None)
         choices = (response or {}).get("choices") or [{}]
-        self.capture.submit(Exchange(
+        return Exchange(
             request_id=req.request_id, created_at=req.created_at, task=req.task, task_source=req.task_source,
-            route=ROUTE_TEACHER, model=req.model, upstream_model=teacher.config.model, status=status,
-            http_status=http_status, stream=stream, request=normalise_request(req.body), response=response,
-            user=req.user, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            latency_ms=round(total_s * 1000, 3), cost_usd=cost, finish_reason=choices[0].get("finish_reason"),
-            error=error, system_hash=_system_hash(req.body),
-        ))
+            route=route, model=req.model, upstream_model=upstream_model, status=status, http_status=http_status,
+            stream=stream, request=normalise_request(req.body), response=response, user=req.user,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            latency_ms=round((time.perf_counter() - req.received_at) * 1000, 3), cost_usd=cost,
+            finish_reason=choices[0].get("finish_reason"), error=error, system_hash=_system_hash(req.body),
+            extra=extra or {},
+        )
 
 
 def _system_hash(body: dict[str, Any]) -> str | None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from gateway.store.base import ApiKeyRecord, Exchange, ExchangeStatus, Store, StoreError, TaskSummary
+from gateway.store.base import (
+    ApiKeyRecord,
+    ConfidenceMethod,
+    Exchange,
+    ExchangeStatus,
+    Store,
+    StoreError,
+    StudentStatus,
+    StudentVersion,
+    TaskSummary,
+)
 
-__all__ = ["ApiKeyRecord", "Exchange", "ExchangeStatus", "Store", "StoreError", "TaskSummary", "open_store"]
+__all__ = ["ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeStatus", "Store", "StoreError",
+           "StudentStatus", "StudentVersion", "TaskSummary", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -55,6 +55,31 @@ class ApiKeyRecord:
     revoked: bool
 
 
+StudentStatus = Literal["candidate", "active", "retired", "rejected"]
+ConfidenceMethod = Literal["mean_logprob", "min_logprob", "quantile_logprob"]
+
+
+@dataclass(slots=True)
+class StudentVersion:
+    """One trained student of a task, as registered by the distiller."""
+
+    task: str
+    version: int
+    status: StudentStatus
+    model: str  # its name on the student server (LoRA adapter name or hosted model id)
+    created_at: float
+    updated_at: float
+    base_model: str | None = None
+    trainer: str | None = None
+    artifact: str | None = None  # adapter path or hosted model id
+    dataset_hash: str | None = None
+    system_prompt_hash: str | None = None  # the system prompt it was trained without, if prompt-distilled
+    prompt_distilled: bool = False
+    threshold: float | None = None  # calibrated confidence threshold; None → accept on validators alone
+    confidence_method: ConfidenceMethod = "mean_logprob"
+    details: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, evaluation results
+
+
 class StoreError(RuntimeError):
     """The store could not be read or written."""
 
@@ -101,3 +126,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_api_key(self, key_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def add_student(self, student: StudentVersion) -> None: ...
+
+    @abc.abstractmethod
+    async def list_students(self, *, task: str | None = None) -> list[StudentVersion]:
+        """By task, then version."""
+
+    @abc.abstractmethod
+    async def set_student_status(self, task: str, version: int, status: StudentStatus) -> bool:
+        """Making a version `active` retires the task's previously active one, atomically."""
+
+    @abc.abstractmethod
+    async def set_student_threshold(self, task: str, version: int, threshold: float | None) -> bool: ...
+
+    @abc.abstractmethod
+    async def set_rollout(self, task: str, percent: float) -> None: ...
+
+    @abc.abstractmethod
+    async def rollouts(self) -> dict[str, float]:
+        """Rollout percentage per task that has one."""

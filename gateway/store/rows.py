@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import orjson
 
-from gateway.store.base import Exchange, ExchangeStatus
+from gateway.store.base import Exchange, ExchangeStatus, StudentVersion
 
 EXCHANGE_COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "task", "task_source", "route", "model", "upstream_model", "user_id",
@@ -53,4 +53,30 @@ def row_to_exchange(row: Mapping[str, Any] | Sequence[Any]) -> Exchange:
         error=values["error"],
         system_hash=values["system_hash"],
         extra=orjson.loads(values["extra_json"]) if values["extra_json"] else {},
+    )
+
+
+STUDENT_COLUMNS: tuple[str, ...] = (
+    "task", "version", "status", "model", "base_model", "trainer", "artifact", "dataset_hash",
+    "system_prompt_hash", "prompt_distilled", "threshold", "confidence_method", "details_json", "created_at",
+    "updated_at",
+)
+
+
+def student_to_row(s: StudentVersion) -> tuple[Any, ...]:
+    return (s.task, s.version, s.status, s.model, s.base_model, s.trainer, s.artifact, s.dataset_hash,
+            s.system_prompt_hash, int(s.prompt_distilled), s.threshold, s.confidence_method,
+            _dumps(s.details or None), s.created_at, s.updated_at)
+
+
+def row_to_student(row: Sequence[Any]) -> StudentVersion:
+    v = dict(zip(STUDENT_COLUMNS, row, strict=True))
+    return StudentVersion(
+        task=v["task"], version=int(v["version"]), status=v["status"], model=v["model"],
+        created_at=float(v["created_at"]), updated_at=float(v["updated_at"]), base_model=v["base_model"],
+        trainer=v["trainer"], artifact=v["artifact"], dataset_hash=v["dataset_hash"],
+        system_prompt_hash=v["system_prompt_hash"], prompt_distilled=bool(v["prompt_distilled"]),
+        threshold=None if v["threshold"] is None else float(v["threshold"]),
+        confidence_method=v["confidence_method"],
+        details=orjson.loads(v["details_json"]) if v["details_json"] else {},
     )

@@ -42,6 +42,33 @@ MIGRATIONS: list[list[str]] = [
             revoked INTEGER NOT NULL DEFAULT 0
         )""",
     ],
+    # 2: student versions (the registry) and per-task routing settings
+    [
+        """CREATE TABLE students (
+            task TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            model TEXT NOT NULL,
+            base_model TEXT,
+            trainer TEXT,
+            artifact TEXT,
+            dataset_hash TEXT,
+            system_prompt_hash TEXT,
+            prompt_distilled INTEGER NOT NULL DEFAULT 0,
+            threshold DOUBLE PRECISION,
+            confidence_method TEXT NOT NULL DEFAULT 'mean_logprob',
+            details_json TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (task, version)
+        )""",
+        "CREATE INDEX students_status ON students (status)",
+        """CREATE TABLE task_routing (
+            task TEXT PRIMARY KEY,
+            rollout_percent DOUBLE PRECISION NOT NULL DEFAULT 0,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.store.base import ApiKeyRecord, Exchange, ExchangeStatus, Store, StoreError, TaskSummary
-from gateway.store.rows import EXCHANGE_COLUMNS, exchange_to_row, row_to_exchange
+from gateway.store.base import (
+    ApiKeyRecord,
+    Exchange,
+    ExchangeStatus,
+    Store,
+    StoreError,
+    StudentStatus,
+    StudentVersion,
+    TaskSummary,
+)
+from gateway.store.rows import (
+    EXCHANGE_COLUMNS,
+    STUDENT_COLUMNS,
+    exchange_to_row,
+    row_to_exchange,
+    row_to_student,
+    student_to_row,
+)
 from gateway.store.schema import LATEST_VERSION, MIGRATIONS
 
 _INSERT_EXCHANGE = (
@@ -150,3 +167,50 @@ class SQLiteStore(Store):
     async def revoke_api_key(self, key_id: str) -> bool:
         cur = await self.db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
         return cur.rowcount > 0
+
+    async def add_student(self, student: StudentVersion) -> None:
+        placeholders = ", ".join("?" for _ in STUDENT_COLUMNS)
+        try:
+            await self.db.execute(f"INSERT INTO students ({', '.join(STUDENT_COLUMNS)}) VALUES ({placeholders})",
+                                  student_to_row(student))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"student {student.task} v{student.version} already exists") from exc
+
+    async def list_students(self, *, task: str | None = None) -> list[StudentVersion]:
+        where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
+        query = f"SELECT {', '.join(STUDENT_COLUMNS)} FROM students {where} ORDER BY task, version"
+        async with self.db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [row_to_student(tuple(r)) for r in rows]
+
+    async def set_student_status(self, task: str, version: int, status: StudentStatus) -> bool:
+        now = time.time()
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if status == "active":
+                await self.db.execute("UPDATE students SET status = 'retired', updated_at = ? "
+                                      "WHERE task = ? AND status = 'active' AND version != ?", (now, task, version))
+            cur = await self.db.execute("UPDATE students SET status = ?, updated_at = ? WHERE task = ? AND version = ?",
+                                        (status, now, task, version))
+            found = cur.rowcount > 0
+            await self.db.execute("COMMIT" if found else "ROLLBACK")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return found
+
+    async def set_student_threshold(self, task: str, version: int, threshold: float | None) -> bool:
+        cur = await self.db.execute("UPDATE students SET threshold = ?, updated_at = ? WHERE task = ? AND version = ?",
+                                    (threshold, time.time(), task, version))
+        return cur.rowcount > 0
+
+    async def set_rollout(self, task: str, percent: float) -> None:
+        await self.db.execute(
+            "INSERT INTO task_routing (task, rollout_percent, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (task) DO UPDATE SET rollout_percent = excluded.rollout_percent, "
+            "updated_at = excluded.updated_at", (task, percent, time.time()))
+
+    async def rollouts(self) -> dict[str, float]:
+        async with self.db.execute("SELECT task, rollout_percent FROM task_routing") as cur:
+            rows = await cur.fetchall()
+        return {r[0]: float(r[1]) for r in rows}

@@ -1,0 +1,135 @@
+"""Admin API under /admin, behind a bearer admin token (separate from gateway keys). Disabled — every
+route answers 403 — when no admin token is configured."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from gateway.auth import bearer_token
+from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
+from gateway.http_utils import parse_json_object, read_body, validate
+from gateway.state import GatewayState
+from gateway.store import StudentVersion
+
+
+class RolloutUpdate(BaseModel):
+    percent: float = Field(ge=0, le=100)
+
+
+class PromoteRequest(BaseModel):
+    version: int = Field(ge=1)
+
+
+class ThresholdUpdate(BaseModel):
+    version: int | None = Field(default=None, ge=1, description="default: the active version")
+    threshold: float | None = Field(description="confidence threshold (a log-probability); null = validators only")
+
+
+def student_view(s: StudentVersion) -> dict[str, Any]:
+    return {"version": s.version, "status": s.status, "model": s.model, "base_model": s.base_model,
+            "trainer": s.trainer, "threshold": s.threshold, "confidence_method": s.confidence_method,
+            "prompt_distilled": s.prompt_distilled, "dataset_hash": s.dataset_hash, "created_at": s.created_at,
+            "evaluation": s.details.get("evaluation")}
+
+
+async def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.protege
+    token = state.settings.admin_token
+    if token is None:
+        raise PermissionDeniedError("the admin API is disabled: start the gateway with --admin-token",
+                                    code="admin_disabled")
+    presented = bearer_token(request.headers.get("authorization"))
+    if presented is None:
+        raise AuthenticationError("missing admin token: send 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+        raise PermissionDeniedError("invalid admin token")
+    return state
+
+
+async def _body(request: Request, state: GatewayState) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, state.settings.max_body_bytes))
+
+
+async def _students(state: GatewayState, task: str) -> list[StudentVersion]:
+    students = await state.store.list_students(task=task)
+    if not students:
+        raise NotFoundError(f"task {task!r} has no student versions", param="task")
+    return students
+
+
+async def _changed(state: GatewayState) -> None:
+    if state.service.students is not None:
+        await state.service.students.table.refresh(force=True)
+
+
+def build_admin_router() -> APIRouter:
+    router = APIRouter(prefix="/admin")
+
+    @router.get("/tasks")
+    async def list_tasks(request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        tasks = {t.name: t for t in await state.store.list_tasks()}
+        students = await state.store.list_students()
+        rollouts = await state.store.rollouts()
+        names = sorted(set(tasks) | {s.task for s in students} | set(rollouts))
+        return {"tasks": [{
+            "task": name,
+            "captured": tasks[name].captured if name in tasks else 0,
+            "good": tasks[name].good if name in tasks else 0,
+            "rollout_percent": rollouts.get(name, 0.0),
+            "students": [student_view(s) for s in students if s.task == name],
+        } for name in names]}
+
+    @router.put("/tasks/{task}/rollout")
+    async def set_rollout(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        update = validate(RolloutUpdate, await _body(request, state))
+        await state.store.set_rollout(task, update.percent)
+        await _changed(state)
+        return {"task": task, "rollout_percent": update.percent}
+
+    @router.post("/tasks/{task}/promote")
+    async def promote(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        wanted = validate(PromoteRequest, await _body(request, state))
+        students = await _students(state, task)
+        if not any(s.version == wanted.version for s in students):
+            raise NotFoundError(f"task {task!r} has no version {wanted.version}", param="version")
+        await state.store.set_student_status(task, wanted.version, "active")
+        await _changed(state)
+        return {"task": task, "active_version": wanted.version}
+
+    @router.post("/tasks/{task}/rollback")
+    async def rollback(task: str, request: Request) -> dict[str, Any]:
+        """Retire the active version and reactivate the newest retired one before it, if any."""
+        state = await _state(request)
+        students = await _students(state, task)
+        active = next((s for s in students if s.status == "active"), None)
+        if active is None:
+            raise BadRequestError(f"task {task!r} has no active student to roll back", param="task")
+        previous = max((s for s in students if s.status == "retired" and s.version < active.version),
+                       key=lambda s: s.version, default=None)
+        if previous is not None:
+            await state.store.set_student_status(task, previous.version, "active")
+        await state.store.set_student_status(task, active.version, "retired")
+        await _changed(state)
+        return {"task": task, "retired_version": active.version,
+                "active_version": previous.version if previous else None}
+
+    @router.put("/tasks/{task}/threshold")
+    async def set_threshold(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        update = validate(ThresholdUpdate, await _body(request, state))
+        students = await _students(state, task)
+        version = update.version or next((s.version for s in students if s.status == "active"), None)
+        if version is None or not any(s.version == version for s in students):
+            raise NotFoundError(f"task {task!r} has no version {version}", param="version")
+        await state.store.set_student_threshold(task, version, update.threshold)
+        await _changed(state)
+        return {"task": task, "version": version, "threshold": update.threshold}
+
+    return router
