@@ -72,6 +72,8 @@ def validate_output(request: dict[str, Any], completion: dict[str, Any]) -> list
     if choice.get("finish_reason") == "length":
         problems.append("answer truncated (finish_reason length)")
     message = choice.get("message") or {}
+    if not message.get("tool_calls") and not str(message.get("content") or "").strip():
+        problems.append("answer is empty")
     fmt = request.get("response_format") or {}
     if fmt.get("type") in ("json_object", "json_schema") and not message.get("tool_calls"):
         problems += _check_json(message.get("content"), fmt)

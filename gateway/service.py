@@ -233,19 +233,19 @@ class ChatService:
         try:
             result = await with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry)
         except ProtegeError as exc:
+            degraded = await self._degraded_answer(req, exc, attempt)
             self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message, attempt=attempt)
-            degraded = await self._degraded_answer(req, exc, attempt, plan)
+                         error=exc.message, attempt=attempt, capture=degraded is None)
             if degraded is None:
                 raise
             return degraded
         self._record(req, teacher, info, "ok", 200, result, time.perf_counter() - started, attempt=attempt)
         return result, info
 
-    async def _degraded_answer(self, req: ChatRequest, exc: ProtegeError, attempt: StudentAttempt | None,
-                               plan: tuple[StudentVersion, list[dict[str, Any]]] | None,
-                               ) -> tuple[dict[str, Any], RouteInfo] | None:
-        """With the teacher down (5xx, unreachable, timeout), serve the active student's answer."""
+    async def _degraded_answer(self, req: ChatRequest, exc: ProtegeError, attempt: StudentAttempt | None, *,
+                               stream: bool = False) -> tuple[dict[str, Any], RouteInfo] | None:
+        """With the teacher down (5xx, unreachable, timeout), serve the active student's answer; the
+        one captured row is the student's, noting the teacher's error."""
         if self.students is None or not self.students.degraded_mode or not isinstance(exc, UpstreamError):
             return None
         if exc.status_code < 500:
@@ -262,7 +262,7 @@ class ChatService:
             return None
         self.metrics.degraded.labels(self.metrics.task_label(req.task)).inc()
         info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence, "teacher_down")
-        self._record_student(req, attempt, info)
+        self._record_student(req, attempt, info, stream=stream, teacher_error=exc.message)
         return for_client(attempt.completion, req.body), info
 
     # --- streaming ---------------------------------------------------------------------------
@@ -286,9 +286,9 @@ class ChatService:
         try:
             first, rest = await open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry)
         except ProtegeError as exc:
+            degraded = await self._degraded_answer(req, exc, attempt, stream=True)
             self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message, stream=True, attempt=attempt)
-            degraded = await self._degraded_answer(req, exc, attempt, plan)
+                         error=exc.message, stream=True, attempt=attempt, capture=degraded is None)
             if degraded is None:
                 raise
             return self._replay(req, degraded[0]), degraded[1]
@@ -336,7 +336,8 @@ class ChatService:
 
     def _record(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, status: ExchangeStatus,
                 http_status: int, completion: dict[str, Any] | None, upstream_s: float, *,
-                error: str | None = None, stream: bool = False, attempt: StudentAttempt | None = None) -> None:
+                error: str | None = None, stream: bool = False, attempt: StudentAttempt | None = None,
+                capture: bool = True) -> None:
         extra = {}
         if attempt is not None:
             answer = (attempt.completion or {}).get("choices") or [{}]
@@ -345,16 +346,20 @@ class ChatService:
                                 "detail": attempt.verdict.detail[:500], "message": answer[0].get("message")}
         self._observe(req, info.route, teacher.config.served_name, teacher.price, status, completion,
                       upstream_s, stream)
+        if not capture:
+            return
         self.capture.submit(self._exchange(req, info.route, teacher.config.model, status, http_status, completion,
                                            error=error, stream=stream, extra=extra, price=teacher.price))
 
     def _record_student(self, req: ChatRequest, attempt: StudentAttempt, info: RouteInfo, *,
-                        stream: bool = False) -> None:
+                        stream: bool = False, teacher_error: str | None = None) -> None:
         assert self.students is not None and attempt.completion is not None
         price = self.students.price
         self._observe(req, ROUTE_STUDENT, attempt.student.model, price, "ok", attempt.completion, 0.0, stream)
-        extra = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
-                             "reason": info.fallback_reason}}
+        extra: dict[str, Any] = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
+                                             "reason": info.fallback_reason}}
+        if teacher_error is not None:
+            extra["teacher_error"] = teacher_error
         self.capture.submit(self._exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
                                            stream=stream, extra=extra, price=price))
 

@@ -88,3 +88,20 @@ def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, 
         stop(proc)
         raise RuntimeError(f"gateway failed to start:\n{log.read_text(errors='replace')}") from None
     return Server(proc, port, log)
+
+
+def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Server:
+    """`python -m distiller.local.server` (the embedded model server) on a free port."""
+    port = free_port()
+    log = log_dir / f"model-server-{port}.log"
+    cmd = [sys.executable, "-m", "distiller.local.server", "--port", str(port), "--log-level", "warning",
+           "--threads", "2", *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=timeout)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"model server failed to start:\n{log.read_text(errors='replace')}") from None
+    return Server(proc, port, log)

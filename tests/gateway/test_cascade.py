@@ -1,0 +1,223 @@
+"""The cascade with two real processes: the embedded model server (tiny random Llama) as the student
+and llm-katan as the teacher, through the gateway, with the openai SDK as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.store import StudentVersion, open_store
+from gateway.tasks import text_hash
+from tests.servers import Server, start_model_server, stop
+
+ADMIN = "admin-secret-token"
+TASK = "tickets"
+SYSTEM = "You extract the city from support tickets."
+
+
+@pytest.fixture(scope="module")
+def student_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_model_server(tmp_path_factory.mktemp("student"), "--model", str(tiny_model),
+                                "--served-model-name", "tiny", "--threads", "1")
+    yield server
+    stop(server.proc)
+
+
+def register(store: Path, *, threshold: float | None = None, distilled: bool = False, version: int = 1,
+             model: str = "tiny") -> None:
+    async def run() -> None:
+        db = open_store(f"sqlite:///{store}")
+        await db.open()
+        now = time.time()
+        await db.add_student(StudentVersion(
+            task=TASK, version=version, status="candidate", model=model, created_at=now, updated_at=now,
+            threshold=threshold, prompt_distilled=distilled,
+            system_prompt_hash=text_hash(SYSTEM) if distilled else None))
+        await db.set_student_status(TASK, version, "active")
+        await db.close()
+
+    asyncio.run(run())
+
+
+def admin(gateway: Server, method: str, path: str, body: dict[str, object] | None = None) -> httpx.Response:
+    return httpx.request(method, f"{gateway.url}/admin{path}", json=body,
+                         headers={"authorization": f"Bearer {ADMIN}"})
+
+
+@pytest.fixture
+def cascade(katan: Server, student_server: Server, gateway_factory: Callable[..., Server],
+            tmp_path: Path) -> Callable[..., tuple[Server, Path]]:
+    def make(*, threshold: float | None = None, distilled: bool = False, percent: float = 100,
+             teacher: Server | None = None, degraded: bool = False,
+             student: Server | None = None) -> tuple[Server, Path]:
+        store = tmp_path / "store.db"
+        config = tmp_path / "protege.yaml"
+        config.write_text(f"cascade:\n  timeout_s: 5\n  refresh_s: 0.2\n  degraded_mode: {str(degraded).lower()}\n"
+                          "retry:\n  attempts: 0\n")
+        register(store, threshold=threshold, distilled=distilled)
+        upstream = teacher or katan
+        gateway = gateway_factory(
+            "--config", str(config), "--store", f"sqlite:///{store}", "--teacher", "openai/gpt-4o-mini",
+            "--teacher-api-base", f"{upstream.url}/v1", "--teacher-api-key", "sk-t",
+            "--student-api-base", f"{(student or student_server).url}/v1", "--admin-token", ADMIN)
+        assert admin(gateway, "PUT", f"/tasks/{TASK}/rollout", {"percent": percent}).status_code == 200
+        return gateway, store
+
+    return make
+
+
+def chat(gateway: Server, user: str = "u1", *, stream: bool = False, **kwargs: object) -> tuple[str, dict[str, str]]:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "My order to Oslo is late."}]
+    # a random tiny model never says EOS: a common stop string ends its greedy answer with "stop"
+    params = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 40, "temperature": 0, "stop": ["e"],
+              "user": user,
+              "extra_headers": {"X-Protege-Task": TASK}, **kwargs}
+    if stream:
+        with client.chat.completions.with_streaming_response.create(stream=True, **params) as response:  # type: ignore[call-overload]
+            headers = dict(response.headers)
+            chunks = [json.loads(line[6:]) for line in response.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+        assert all("error" not in c for c in chunks)
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]), headers
+    raw = client.chat.completions.with_raw_response.create(**params)  # type: ignore[call-overload]
+    return raw.parse().choices[0].message.content or "", dict(raw.headers)
+
+
+def routes(store: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    time.sleep(0.4)  # capture flush interval
+    with sqlite3.connect(store) as db:
+        return [(r[0], r[1]) for r in db.execute("SELECT route, status FROM exchanges ORDER BY created_at")]
+
+
+def test_rollout_zero_sends_everything_to_the_teacher(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=0)
+    for user in ("a", "b", "c"):
+        text, headers = chat(gateway, user)
+        assert headers["x-protege-route"] == "teacher" and "User: My order" in text
+    assert routes(store) == [("teacher", "ok")] * 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_full_rollout_serves_the_student(cascade: Callable[..., tuple[Server, Path]], stream: bool) -> None:
+    gateway, store = cascade(percent=100)
+    text, headers = chat(gateway, stream=stream)
+    assert headers["x-protege-route"] == "student"
+    assert headers["x-protege-student"] == "tiny@v1"
+    assert float(headers["x-protege-confidence"]) <= 0
+    assert "[echo]" not in text  # the student's words, not the echo teacher's
+    assert routes(store) == [("student", "ok")]
+    models = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x").models.list()
+    assert {m.id for m in models.data} == {"gpt-4o-mini", "tiny"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_low_confidence_falls_back_to_the_teacher(cascade: Callable[..., tuple[Server, Path]], stream: bool) -> None:
+    gateway, store = cascade(percent=100, threshold=-0.001)  # a random tiny model is never this sure
+    text, headers = chat(gateway, stream=stream)
+    assert headers["x-protege-route"] == "fallback" and "User: My order" in text
+    assert routes(store) == [("fallback", "ok")]
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert f'protege_fallbacks_total{{reason="low_confidence",task="{TASK}"}} 1.0' in metrics
+
+
+def test_invalid_json_from_student_in_json_mode_falls_back(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, _ = cascade(percent=100)
+    text, headers = chat(gateway, response_format={"type": "json_object"})
+    assert headers["x-protege-route"] == "fallback"
+    assert json.loads(text)["response"].endswith("User: My order to Oslo is late.")
+    assert 'reason="validator"' in httpx.get(f"{gateway.url}/metrics").text
+
+
+def test_sticky_rollout_across_percentages(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, _ = cascade(percent=30)
+    users = [f"user-{i}" for i in range(12)]
+    first = {u: chat(gateway, u)[1]["x-protege-route"] for u in users}
+    again = {u: chat(gateway, u)[1]["x-protege-route"] for u in users}
+    assert first == again  # the same user gets the same route
+    assert set(first.values()) == {"student", "teacher"}
+    admin(gateway, "PUT", f"/tasks/{TASK}/rollout", {"percent": 70})
+    wider = {u: chat(gateway, u)[1]["x-protege-route"] for u in users}
+    assert all(wider[u] == "student" for u in users if first[u] == "student")  # nobody is moved back
+    assert sum(r == "student" for r in wider.values()) >= sum(r == "student" for r in first.values())
+
+
+def test_prompt_distilled_student_only_for_its_system_prompt(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, _ = cascade(percent=100, distilled=True)
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "system", "content": "Another prompt."}, {"role": "user", "content": "x"}],
+        extra_headers={"X-Protege-Task": TASK})
+    assert raw.headers["x-protege-route"] == "teacher"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_dead_student_falls_back_without_client_error(cascade: Callable[..., tuple[Server, Path]],
+                                                      tiny_model: Path, tmp_path: Path, stream: bool) -> None:
+    doomed = start_model_server(tmp_path, "--model", str(tiny_model), "--served-model-name", "tiny", "--threads", "1")
+    gateway, _ = cascade(percent=100, student=doomed)
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    stop(doomed.proc)
+    text, headers = chat(gateway, stream=stream)
+    assert headers["x-protege-route"] == "fallback" and "User: My order" in text
+    assert 'reason="student_error"' in httpx.get(f"{gateway.url}/metrics").text
+
+
+def test_dead_teacher_with_degraded_mode_serves_the_student(cascade: Callable[..., tuple[Server, Path]],
+                                                            katan_factory: Callable[..., Server]) -> None:
+    teacher = katan_factory()
+    gateway, store = cascade(percent=0, teacher=teacher, degraded=True)
+    assert chat(gateway)[1]["x-protege-route"] == "teacher"
+    stop(teacher.proc)
+    text, headers = chat(gateway)
+    assert headers["x-protege-route"] == "student" and text
+    _, streamed = chat(gateway, stream=True)
+    assert streamed["x-protege-route"] == "student"
+    assert routes(store) == [("teacher", "ok"), ("student", "ok"), ("student", "ok")]
+    assert 'protege_requests_total{route="teacher",status="failed",task="tickets"} 2.0' in httpx.get(
+        f"{gateway.url}/metrics").text
+
+
+def test_dead_teacher_without_degraded_mode_is_a_clean_502(cascade: Callable[..., tuple[Server, Path]],
+                                                           katan_factory: Callable[..., Server]) -> None:
+    teacher = katan_factory()
+    gateway, _ = cascade(percent=0, teacher=teacher)
+    stop(teacher.proc)
+    with pytest.raises(openai.InternalServerError) as err:
+        chat(gateway)
+    assert err.value.status_code == 502
+
+
+def test_admin_promote_rollback_threshold(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=100)
+    register(store, version=2)  # v2 active, v1 retired
+    time.sleep(0.5)
+    assert chat(gateway)[1]["x-protege-student"] == "tiny@v2"
+    assert admin(gateway, "POST", f"/tasks/{TASK}/rollback").json() == {
+        "task": TASK, "retired_version": 2, "active_version": 1}
+    assert chat(gateway)[1]["x-protege-student"] == "tiny@v1"
+    assert admin(gateway, "POST", f"/tasks/{TASK}/promote", {"version": 2}).status_code == 200
+    assert admin(gateway, "PUT", f"/tasks/{TASK}/threshold", {"threshold": -0.001}).json()["version"] == 2
+    assert chat(gateway)[1]["x-protege-route"] == "fallback"
+    listing = admin(gateway, "GET", "/tasks").json()["tasks"]
+    [task] = [t for t in listing if t["task"] == TASK]
+    assert task["rollout_percent"] == 100 and [s["status"] for s in task["students"]] == ["retired", "active"]
+    assert admin(gateway, "POST", f"/tasks/{TASK}/promote", {"version": 9}).status_code == 404
+    assert admin(gateway, "PUT", f"/tasks/{TASK}/rollout", {"percent": 101}).status_code == 400
+
+
+def test_admin_needs_the_admin_token(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, _ = cascade()
+    assert httpx.get(f"{gateway.url}/admin/tasks").status_code == 401
+    assert httpx.get(f"{gateway.url}/admin/tasks", headers={"authorization": "Bearer nope"}).status_code == 403
+    assert admin(gateway, "GET", "/tasks").status_code == 200
