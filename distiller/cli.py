@@ -14,8 +14,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from gateway import students as students_ops
+from gateway.admin import student_view
 from gateway.auth import new_key
 from gateway.config import ConfigError, Settings, load_settings
+from gateway.errors import ProtegeError
 from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
 from gateway.store import Store, StoreError, open_store
 
@@ -164,6 +167,89 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_export)
 
 
+# --- students, rollout, promote, rollback -----------------------------------------------------
+
+def cmd_students(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        students = await store.list_students(task=args.task)
+        rollouts = await store.rollouts()
+        if args.json:
+            print(orjson.dumps([{**student_view(s), "task": s.task, "rollout_percent": rollouts.get(s.task, 0.0)}
+                                for s in students]).decode())
+            return 0
+        table = Table("task", "version", "status", "model", "threshold", "rollout %", "created (UTC)")
+        for s in students:
+            threshold = "—" if s.threshold is None else f"{s.threshold:.3f}"
+            table.add_row(s.task, str(s.version), s.status, s.model, threshold,
+                          f"{rollouts.get(s.task, 0.0):g}", _time(s.created_at))
+        Console().print(table if students else "no student versions yet")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        await students_ops.set_rollout(store, args.task, args.percent)
+        print(f"task {args.task}: rollout {args.percent:g}% (gateways pick it up within their refresh interval)")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    settings = _settings(args, student_api_base=args.student_api_base)
+
+    async def work(store: Store) -> int:
+        students = await students_ops.task_students(store, args.task)
+        chosen = next((s for s in students if s.version == args.version), None)
+        if chosen is not None and settings.student_api_base:
+            # load before activating, so no request reaches a student its server lacks
+            await students_ops.load_adapter(settings.student_api_base, chosen)
+        await students_ops.promote(store, args.task, args.version)
+        print(f"task {args.task}: version {args.version} is active")
+        return 0
+
+    return _with_store(settings, work)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    async def work(store: Store) -> int:
+        result = await students_ops.rollback(store, args.task)
+        now = f"version {result.active} is active" if result.active else "no student is active (teacher only)"
+        print(f"task {args.task}: version {result.retired} retired; {now}")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def add_student_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("students", help="list student versions with status, threshold and rollout")
+    _store_flags(p)
+    _json_flag(p)
+    p.add_argument("--task", help="only this task")
+    p.set_defaults(func=cmd_students)
+
+    p = sub.add_parser("rollout", help="set the share of a task's traffic sent to its active student")
+    _store_flags(p)
+    p.add_argument("--task", required=True)
+    p.add_argument("--percent", required=True, type=float, help="0-100; sticky per user")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("promote", help="make a student version active (loading its adapter first)")
+    _store_flags(p)
+    p.add_argument("--task", required=True)
+    p.add_argument("--version", required=True, type=int)
+    p.add_argument("--student-api-base", metavar="URL", help="student server to load the adapter into "
+                   "(env PROTEGE_STUDENT_API_BASE)")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="retire the active version and reactivate the previous one")
+    _store_flags(p)
+    p.add_argument("--task", required=True)
+    p.set_defaults(func=cmd_rollback)
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -211,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
                                      "captures teacher traffic and distils it into a cheap student.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_model_server, add_tasks, add_export, add_keys):
+    for add in (add_serve, add_model_server, add_tasks, add_export, add_student_commands, add_keys):
         add(sub)
     return parser
 
@@ -223,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"protege: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, ProtegeError) as exc:
         print(f"protege: {exc}", file=sys.stderr)
         return 1
     return code

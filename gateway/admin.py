@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from gateway import students as students_ops
 from gateway.auth import bearer_token
-from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
+from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.http_utils import parse_json_object, read_body, validate
 from gateway.state import GatewayState
 from gateway.store import StudentVersion
@@ -54,13 +55,6 @@ async def _body(request: Request, state: GatewayState) -> dict[str, Any]:
     return parse_json_object(await read_body(request, state.settings.max_body_bytes))
 
 
-async def _students(state: GatewayState, task: str) -> list[StudentVersion]:
-    students = await state.store.list_students(task=task)
-    if not students:
-        raise NotFoundError(f"task {task!r} has no student versions", param="task")
-    return students
-
-
 async def _changed(state: GatewayState) -> None:
     if state.service.students is not None:
         await state.service.students.table.refresh(force=True)
@@ -88,7 +82,7 @@ def build_admin_router() -> APIRouter:
     async def set_rollout(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
         update = validate(RolloutUpdate, await _body(request, state))
-        await state.store.set_rollout(task, update.percent)
+        await students_ops.set_rollout(state.store, task, update.percent)
         await _changed(state)
         return {"task": task, "rollout_percent": update.percent}
 
@@ -96,39 +90,22 @@ def build_admin_router() -> APIRouter:
     async def promote(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
         wanted = validate(PromoteRequest, await _body(request, state))
-        students = await _students(state, task)
-        if not any(s.version == wanted.version for s in students):
-            raise NotFoundError(f"task {task!r} has no version {wanted.version}", param="version")
-        await state.store.set_student_status(task, wanted.version, "active")
+        await students_ops.promote(state.store, task, wanted.version)
         await _changed(state)
         return {"task": task, "active_version": wanted.version}
 
     @router.post("/tasks/{task}/rollback")
     async def rollback(task: str, request: Request) -> dict[str, Any]:
-        """Retire the active version and reactivate the newest retired one before it, if any."""
         state = await _state(request)
-        students = await _students(state, task)
-        active = next((s for s in students if s.status == "active"), None)
-        if active is None:
-            raise BadRequestError(f"task {task!r} has no active student to roll back", param="task")
-        previous = max((s for s in students if s.status == "retired" and s.version < active.version),
-                       key=lambda s: s.version, default=None)
-        if previous is not None:
-            await state.store.set_student_status(task, previous.version, "active")
-        await state.store.set_student_status(task, active.version, "retired")
+        result = await students_ops.rollback(state.store, task)
         await _changed(state)
-        return {"task": task, "retired_version": active.version,
-                "active_version": previous.version if previous else None}
+        return {"task": task, "retired_version": result.retired, "active_version": result.active}
 
     @router.put("/tasks/{task}/threshold")
     async def set_threshold(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
         update = validate(ThresholdUpdate, await _body(request, state))
-        students = await _students(state, task)
-        version = update.version or next((s.version for s in students if s.status == "active"), None)
-        if version is None or not any(s.version == version for s in students):
-            raise NotFoundError(f"task {task!r} has no version {version}", param="version")
-        await state.store.set_student_threshold(task, version, update.threshold)
+        version = await students_ops.set_threshold(state.store, task, update.version, update.threshold)
         await _changed(state)
         return {"task": task, "version": version, "threshold": update.threshold}
 

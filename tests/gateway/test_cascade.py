@@ -221,3 +221,15 @@ def test_admin_needs_the_admin_token(cascade: Callable[..., tuple[Server, Path]]
     assert httpx.get(f"{gateway.url}/admin/tasks").status_code == 401
     assert httpx.get(f"{gateway.url}/admin/tasks", headers={"authorization": "Bearer nope"}).status_code == 403
     assert admin(gateway, "GET", "/tasks").status_code == 200
+
+
+def test_cli_rollout_change_is_picked_up_without_restart(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    import subprocess
+    import sys
+
+    gateway, store = cascade(percent=0)
+    assert chat(gateway)[1]["x-protege-route"] == "teacher"
+    subprocess.run([sys.executable, "-m", "distiller.cli", "rollout", "--store", f"sqlite:///{store}", "--task", TASK,
+                    "--percent", "100"], check=True, capture_output=True)
+    time.sleep(0.5)  # the gateway re-reads routing every 0.2 s in this test
+    assert chat(gateway)[1]["x-protege-route"] == "student"

@@ -1,0 +1,84 @@
+"""Promotion, rollback and rollout of student versions: the operations both the admin API and the
+`protege` CLI perform on the store (running gateways pick the change up from there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.errors import BadRequestError, NotFoundError, UpstreamError
+from gateway.store import Store, StudentVersion
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    retired: int
+    active: int | None
+
+
+async def task_students(store: Store, task: str) -> list[StudentVersion]:
+    students = await store.list_students(task=task)
+    if not students:
+        raise NotFoundError(f"task {task!r} has no student versions", param="task")
+    return students
+
+
+async def promote(store: Store, task: str, version: int) -> StudentVersion:
+    students = await task_students(store, task)
+    chosen = next((s for s in students if s.version == version), None)
+    if chosen is None:
+        raise NotFoundError(f"task {task!r} has no version {version}", param="version")
+    if chosen.status == "rejected":
+        raise BadRequestError(f"version {version} of task {task!r} was rejected by the quality gate",
+                              param="version")
+    await store.set_student_status(task, version, "active")
+    return chosen
+
+
+async def rollback(store: Store, task: str) -> RollbackResult:
+    """Retire the active version and reactivate the newest retired one before it, if any."""
+    students = await task_students(store, task)
+    active = next((s for s in students if s.status == "active"), None)
+    if active is None:
+        raise BadRequestError(f"task {task!r} has no active student to roll back", param="task")
+    previous = max((s for s in students if s.status == "retired" and s.version < active.version),
+                   key=lambda s: s.version, default=None)
+    if previous is not None:
+        await store.set_student_status(task, previous.version, "active")
+    await store.set_student_status(task, active.version, "retired")
+    return RollbackResult(active.version, previous.version if previous else None)
+
+
+async def set_threshold(store: Store, task: str, version: int | None, threshold: float | None) -> int:
+    """Set a version's confidence threshold (default: the active version); returns the version."""
+    students = await task_students(store, task)
+    chosen = version or next((s.version for s in students if s.status == "active"), None)
+    if chosen is None or not any(s.version == chosen for s in students):
+        raise NotFoundError(f"task {task!r} has no version {chosen}", param="version")
+    await store.set_student_threshold(task, chosen, threshold)
+    return chosen
+
+
+async def set_rollout(store: Store, task: str, percent: float) -> None:
+    if not 0 <= percent <= 100:
+        raise BadRequestError("rollout percent must be between 0 and 100", param="percent")
+    await store.set_rollout(task, percent)
+
+
+async def load_adapter(api_base: str, student: StudentVersion, timeout_s: float = 120) -> bool:
+    """Load a LoRA student into its server with vLLM's route (the embedded server speaks it too).
+
+    Returns False when the student is not a local adapter (a hosted model id). An adapter the server
+    already has under that name is left as it is."""
+    if not student.artifact or student.trainer == "openai":
+        return False
+    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+        listed = await client.get("/models")
+        if listed.status_code == 200 and any(m.get("id") == student.model for m in listed.json().get("data", [])):
+            return True
+        response = await client.post("/load_lora_adapter", json={"lora_name": student.model,
+                                                                  "lora_path": student.artifact})
+    if response.status_code != 200:
+        raise UpstreamError(f"student server refused adapter {student.model}: {response.text[:300]}")
+    return True
