@@ -70,12 +70,19 @@ def build_admin_router() -> APIRouter:
         students = await state.store.list_students()
         rollouts = await state.store.rollouts()
         names = sorted(set(tasks) | {s.task for s in students} | set(rollouts))
+        parity = state.service.live_parity()
+
+        def view(s: StudentVersion) -> dict[str, Any]:
+            count, mean = parity.get((s.task, s.version), (0, 0.0))
+            live = {"comparisons": count, "mean_agreement": round(mean, 4)} if count else None
+            return {**student_view(s), "live_parity": live}
+
         return {"tasks": [{
             "task": name,
             "captured": tasks[name].captured if name in tasks else 0,
             "good": tasks[name].good if name in tasks else 0,
             "rollout_percent": rollouts.get(name, 0.0),
-            "students": [student_view(s) for s in students if s.task == name],
+            "students": [view(s) for s in students if s.task == name],
         } for name in names]}
 
     @router.put("/tasks/{task}/rollout")

@@ -61,7 +61,7 @@ def build_students(settings: Settings, store: Store) -> Students | None:
     price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
              if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s), price=price,
-                    degraded_mode=cascade.degraded_mode)
+                    degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate)
 
 
 def json_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
@@ -119,6 +119,7 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
         try:
             yield
         finally:
+            await service.drain()
             await teacher_set.aclose()
             if students is not None:
                 await students.provider.aclose()

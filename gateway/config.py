@@ -74,6 +74,8 @@ class CascadeConfig(_Strict):
 
     timeout_s: float = Field(default=10, gt=0, description="a slower student falls back to the teacher")
     degraded_mode: bool = Field(default=False, description="serve the student's answer when the teacher is down")
+    shadow_rate: float = Field(default=0.05, ge=0, le=1, description="share of student answers also sent to the "
+                               "teacher in the background to measure live parity (and capture training data)")
     refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student input token")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student output token")

@@ -38,6 +38,12 @@ class Metrics:
                                 ["task"], registry=registry)
         self.rollout = Gauge("protege_rollout_percent", "Share of a task's traffic routed to its student",
                              ["task"], registry=registry)
+        self.shadow = Counter("protege_shadow_comparisons", "Student answers compared with a shadow teacher call",
+                              ["task", "version"], registry=registry)
+        self.shadow_agreement = Counter("protege_shadow_agreement", "Sum of agreement scores of shadow comparisons",
+                                        ["task", "version"], registry=registry)
+        self.live_parity = Gauge("protege_live_parity", "Mean agreement of student and teacher on shadowed traffic",
+                                 ["task", "version"], registry=registry, multiprocess_mode="liveall")
         self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
         self.capture_queue = Gauge("protege_capture_queue_depth", "Exchanges waiting to be written",
                                    registry=registry)

@@ -4,7 +4,9 @@ renders; the decisions themselves are the pure functions of `router.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
 from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
 from gateway.routing_table import RoutingTable
+from gateway.scoring import agreement
 from gateway.store import Exchange, ExchangeStatus, StudentVersion
 from gateway.tasks import system_prompt, text_hash
 
@@ -30,6 +33,7 @@ log = logging.getLogger("protege.service")
 ROUTE_TEACHER = "teacher"
 ROUTE_STUDENT = "student"
 ROUTE_FALLBACK = "fallback"
+ROUTE_SHADOW = "shadow"
 
 
 @dataclass(slots=True)
@@ -72,6 +76,7 @@ class Students:
     table: RoutingTable
     price: Price | None = None
     degraded_mode: bool = False
+    shadow_rate: float = 0.0
 
 
 @dataclass(slots=True)
@@ -175,6 +180,17 @@ class ChatService:
         self.metrics = metrics
         self.retry = retry
         self.students = students
+        self._background: set[asyncio.Task[None]] = set()
+        self._parity: dict[tuple[str, int], tuple[int, float]] = {}
+
+    async def drain(self) -> None:
+        """Wait for background shadow calls (graceful shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def live_parity(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """(task, version) → (comparisons, mean agreement) seen by this process."""
+        return dict(self._parity)
 
     def _on_retry(self, exc: ProtegeError) -> None:
         self.metrics.retries.labels(ROUTE_TEACHER).inc()
@@ -226,6 +242,7 @@ class ChatService:
             if attempt.verdict.accept and attempt.completion is not None:
                 info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
                 self._record_student(req, attempt, info)
+                self._maybe_shadow(req, teacher, attempt)
                 return for_client(attempt.completion, req.body), info
             info = self._fell_back(req, attempt)
         body = upstream_body(req.body, teacher.config.upstream_model)
@@ -265,6 +282,41 @@ class ChatService:
         self._record_student(req, attempt, info, stream=stream, teacher_error=exc.message)
         return for_client(attempt.completion, req.body), info
 
+    # --- shadow scoring --------------------------------------------------------------------
+
+    def _maybe_shadow(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
+        """Also ask the teacher, in the background, for a share of student-served requests."""
+        assert self.students is not None
+        if self.students.shadow_rate <= 0 or random.random() >= self.students.shadow_rate:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(req, teacher, attempt))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
+        shadow_req = ChatRequest(request_id=req.request_id + "-shadow", body={**req.body, "stream": False},
+                                 task=req.task, task_source=req.task_source, user=req.user)
+        started = time.perf_counter()
+        body = upstream_body(shadow_req.body, teacher.config.upstream_model)
+        try:
+            result = await teacher.provider.complete(body)
+        except ProtegeError as exc:
+            log.info("shadow call to the teacher failed: %s", exc.message)
+            return
+        score = agreement(attempt.completion, result)
+        version = attempt.student.version
+        labels = (self.metrics.task_label(req.task), str(version))
+        self.metrics.shadow.labels(*labels).inc()
+        self.metrics.shadow_agreement.labels(*labels).inc(score)
+        count, mean = self._parity.get((req.task, version), (0, 0.0))
+        count, mean = count + 1, mean + (score - mean) / (count + 1)
+        self._parity[(req.task, version)] = (count, mean)
+        self.metrics.live_parity.labels(*labels).set(mean)
+        # the teacher's answer is training data like any other; the row notes the comparison
+        info = RouteInfo(ROUTE_SHADOW, attempt.student, attempt.confidence)
+        self._record(shadow_req, teacher, info, "ok", 200, result, time.perf_counter() - started,
+                     extra={"shadow": {"version": version, "agreement": score}})
+
     # --- streaming ---------------------------------------------------------------------------
 
     async def open_stream(self, req: ChatRequest) -> tuple[AsyncIterator[bytes], RouteInfo]:
@@ -279,6 +331,7 @@ class ChatService:
             if attempt.verdict.accept and attempt.completion is not None:
                 info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
                 self._record_student(req, attempt, info, stream=True)
+                self._maybe_shadow(req, teacher, attempt)
                 return self._replay(req, for_client(attempt.completion, req.body)), info
             info = self._fell_back(req, attempt)
         body = upstream_body(req.body, teacher.config.upstream_model)
@@ -337,8 +390,8 @@ class ChatService:
     def _record(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, status: ExchangeStatus,
                 http_status: int, completion: dict[str, Any] | None, upstream_s: float, *,
                 error: str | None = None, stream: bool = False, attempt: StudentAttempt | None = None,
-                capture: bool = True) -> None:
-        extra = {}
+                capture: bool = True, extra: dict[str, Any] | None = None) -> None:
+        extra = dict(extra or {})
         if attempt is not None:
             answer = (attempt.completion or {}).get("choices") or [{}]
             extra["student"] = {"version": attempt.student.version, "model": attempt.student.model,

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -56,11 +57,11 @@ def cascade(katan: Server, student_server: Server, gateway_factory: Callable[...
             tmp_path: Path) -> Callable[..., tuple[Server, Path]]:
     def make(*, threshold: float | None = None, distilled: bool = False, percent: float = 100,
              teacher: Server | None = None, degraded: bool = False,
-             student: Server | None = None) -> tuple[Server, Path]:
+             student: Server | None = None, shadow: float = 0) -> tuple[Server, Path]:
         store = tmp_path / "store.db"
         config = tmp_path / "protege.yaml"
         config.write_text(f"cascade:\n  timeout_s: 5\n  refresh_s: 0.2\n  degraded_mode: {str(degraded).lower()}\n"
-                          "retry:\n  attempts: 0\n")
+                          f"  shadow_rate: {shadow}\nretry:\n  attempts: 0\n")
         register(store, threshold=threshold, distilled=distilled)
         upstream = teacher or katan
         gateway = gateway_factory(
@@ -233,3 +234,28 @@ def test_cli_rollout_change_is_picked_up_without_restart(cascade: Callable[..., 
                     "--percent", "100"], check=True, capture_output=True)
     time.sleep(0.5)  # the gateway re-reads routing every 0.2 s in this test
     assert chat(gateway)[1]["x-protege-route"] == "student"
+
+
+def test_shadow_scoring_measures_live_parity_and_captures_the_teacher(
+        cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=100, shadow=1.0)
+    for user in ("a", "b"):
+        assert chat(gateway, user)[1]["x-protege-route"] == "student"
+    time.sleep(0.5)  # shadow calls run in the background, after the response
+    assert sorted(routes(store)) == [("shadow", "ok"), ("shadow", "ok"), ("student", "ok"), ("student", "ok")]
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert f'protege_shadow_comparisons_total{{task="{TASK}",version="1"}} 2.0' in metrics
+    assert f'protege_live_parity{{task="{TASK}",version="1"}} 0.0' in metrics  # random student vs echo teacher
+    [task] = [t for t in admin(gateway, "GET", "/tasks").json()["tasks"] if t["task"] == TASK]
+    assert task["students"][0]["live_parity"] == {"comparisons": 2, "mean_agreement": 0.0}
+    export = tmp_export(store)
+    assert len(export) == 2 and all(line["messages"][-1]["content"].startswith("[echo]") for line in export)
+
+
+def tmp_export(store: Path) -> list[dict[str, Any]]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "distiller.cli", "export", "--store", f"sqlite:///{store}",
+                          "--task", TASK, "--out", "-"], check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
