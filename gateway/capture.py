@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from gateway.config import CaptureConfig
 from gateway.metrics import Metrics
+from gateway.pii import redact_messages
 from gateway.store import Exchange, Store, StoreError
 
 log = logging.getLogger("protege.capture")
@@ -100,6 +102,17 @@ class StreamAssembler:
                 "usage": self.usage}
 
 
+def redact_exchange(exchange: Exchange) -> Exchange:
+    """The exchange with PII in its messages and answer replaced by typed placeholders."""
+    request = {**exchange.request, "messages": redact_messages(exchange.request.get("messages") or [])}
+    response = exchange.response
+    if response is not None:
+        choices = [{**c, "message": redact_messages([c["message"]])[0]} if c.get("message") else c
+                   for c in response.get("choices") or []]
+        response = {**response, "choices": choices}
+    return dataclasses.replace(exchange, request=request, response=response)
+
+
 class CaptureWriter:
     def __init__(self, store: Store, config: CaptureConfig, metrics: Metrics) -> None:
         self._store = store
@@ -166,6 +179,8 @@ class CaptureWriter:
     async def _write(self, batch: list[Exchange]) -> None:
         if not batch:
             return
+        if self._config.redact_pii:  # here, after the response, not on the request's path
+            batch = [redact_exchange(e) for e in batch]
         try:
             await self._store.insert_exchanges(batch)
         except StoreError as exc:

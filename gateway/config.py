@@ -61,6 +61,8 @@ class CaptureConfig(_Strict):
     queue_size: int = Field(default=10_000, ge=1, description="exchanges waiting to be written; beyond, dropped")
     batch_size: int = Field(default=256, ge=1)
     flush_interval_ms: int = Field(default=100, ge=1, le=10_000)
+    redact_pii: bool = Field(default=False, description="replace emails, phones, cards, IBANs and IPs with "
+                             "typed placeholders before anything is stored")
 
 
 class RetryConfig(_Strict):

@@ -135,3 +135,24 @@ async def test_disabled_capture_records_nothing(tmp_path: Path) -> None:
     await writer.close()
     assert await store.count_exchanges() == 0
     await store.close()
+
+
+async def test_pii_is_redacted_before_it_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    writer = CaptureWriter(store, CaptureConfig(redact_pii=True), Metrics(CollectorRegistry()))
+    writer.start()
+    ex = exchange(1)
+    ex.request["messages"] = [{"role": "user", "content": "Mail jane.doe@example.com or call +44 20 7946 0958"}]
+    ex.response = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Card 4111 1111 1111 1111"},
+                                "finish_reason": "stop"}]}
+    writer.submit(ex)
+    await writer.close()
+    [stored] = await store.list_exchanges()
+    assert "[EMAIL]" in stored.request["messages"][0]["content"]
+    assert "[CARD]" in stored.response["choices"][0]["message"]["content"]  # type: ignore[index]
+    await store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("p.db*"))
+    for secret in (b"jane.doe@example.com", b"7946 0958", b"4111 1111 1111 1111"):
+        assert secret not in raw
