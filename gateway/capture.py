@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -120,12 +121,17 @@ class CaptureWriter:
         self._metrics = metrics
         # None is the stop sentinel put by close()
         self._queue: asyncio.Queue[Exchange | None] = asyncio.Queue(maxsize=config.queue_size)
+        self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error_log = 0.0
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="protege-capture")
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.enabled
 
     def submit(self, exchange: Exchange) -> None:
         if not self._config.enabled:
@@ -134,12 +140,16 @@ class CaptureWriter:
             self._queue.put_nowait(exchange)
         except asyncio.QueueFull:
             self._drop(1, "queue_full", "capture queue full")
-        self._metrics.capture_queue.set(self._queue.qsize())
+        depth = self._queue.qsize()
+        if depth >= self._config.batch_size:
+            self._batch_full.set()
+        self._metrics.capture_queue.set(depth)
 
     async def close(self) -> None:
         """Flush everything queued, then stop the writer."""
         if self._task is not None:
             await self._queue.put(None)  # the writer flushes what precedes this and returns
+            self._batch_full.set()
             await self._task
             self._task = None
         while not self._queue.empty():  # anything submitted while closing
@@ -151,28 +161,21 @@ class CaptureWriter:
             first = await self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + interval
-            stop = False
-            while len(batch) < self._config.batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            await self._write(batch)
+            # let a batch gather for one flush interval, or until it is full: one wake-up per batch
+            if self._queue.qsize() + 1 < self._config.batch_size:
+                self._batch_full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_full.wait(), interval)
+            items = [first, *self._take_batch(self._config.batch_size - 1)]
+            stop = None in items
+            await self._write([e for e in items if e is not None])
             if stop:
                 return
 
-    def _take_batch(self) -> list[Exchange | None]:
+    def _take_batch(self, limit: int | None = None) -> list[Exchange | None]:
         batch: list[Exchange | None] = []
-        while len(batch) < self._config.batch_size and not self._queue.empty():
+        limit = self._config.batch_size if limit is None else limit
+        while len(batch) < limit and not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return batch
 

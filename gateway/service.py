@@ -399,7 +399,7 @@ class ChatService:
                                 "detail": attempt.verdict.detail[:500], "message": answer[0].get("message")}
         self._observe(req, info.route, teacher.config.served_name, teacher.price, status, completion,
                       upstream_s, stream)
-        if not capture:
+        if not capture or not self.capture.enabled:
             return
         self.capture.submit(self._exchange(req, info.route, teacher.config.model, status, http_status, completion,
                                            error=error, stream=stream, extra=extra, price=teacher.price))
@@ -409,6 +409,8 @@ class ChatService:
         assert self.students is not None and attempt.completion is not None
         price = self.students.price
         self._observe(req, ROUTE_STUDENT, attempt.student.model, price, "ok", attempt.completion, 0.0, stream)
+        if not self.capture.enabled:
+            return
         extra: dict[str, Any] = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
                                              "reason": info.fallback_reason}}
         if teacher_error is not None:
