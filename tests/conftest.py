@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,8 +57,15 @@ def teacher_flags(upstream: Server, store: Path, model: str = "openai/gpt-4o-min
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with the real SmolLM2 tokenizer (fast stand-in for the real model)."""
-    from distiller.local.model_loading import build_tiny_llama, load_smollm2_tokenizer
+def smollm2_tokenizer() -> Any:
+    from distiller.local.model_loading import load_smollm2_tokenizer
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=load_smollm2_tokenizer())
+    return load_smollm2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
+    """A tiny random Llama folder with the real SmolLM2 tokenizer (fast stand-in for the real model)."""
+    from distiller.local.model_loading import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=smollm2_tokenizer)

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVED_NAME = "smollm2-135m-instruct"
-CACHE_ENV = "PROTEGE_MODEL_CACHE"
 _MARKER = "protege-cache.json"
 _CACHE_FORMAT = 1
 
@@ -84,10 +84,10 @@ def _build_cache(cache_dir: Path, gguf: Path) -> None:
     """Dequantise the GGUF and write it as safetensors, atomically: a temp folder renamed into place."""
     log.info("dequantising %s into %s (once; takes ~10-20 s)", gguf.name, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
     )
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # the weights are plain fp32 now; save_pretrained must not re-quantise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def load_model_dir(path: Path, *, source: str | None = None) -> LoadedModel:
         raise ModelLoadError(f"{path} is not a transformers model folder (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {exc}") from exc
     model.eval()
@@ -185,7 +185,7 @@ def build_tiny_llama(out_dir: Path, seed: int = 0, *, tokenizer: Any = None,
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model: Any = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)
     out_dir.mkdir(parents=True, exist_ok=True)

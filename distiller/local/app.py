@@ -1,0 +1,292 @@
+"""The model server's HTTP API (FastAPI): OpenAI chat completions, /v1/models, vLLM's LoRA routes.
+
+All state lives on `app.state` (`engine`, `served_model_name`); inference runs on the engine's
+own thread, so the event loop stays free to answer /healthz while tokens are being generated.
+Every error is OpenAI's error body, built from `gateway.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from distiller.local import protocol as p
+from distiller.local.adapters import AdapterError, AdapterNotFound
+from distiller.local.engine import Engine, Update
+from distiller.local.names import DEFAULT_SERVED_NAME
+from distiller.local.sampling import LogprobEntry, SamplingParams
+from distiller.local.streams import RequestStream
+from gateway.errors import (
+    BadRequestError,
+    ContextLengthError,
+    NotFoundError,
+    ProtegeError,
+    ServiceUnavailableError,
+    error_body,
+    error_type_for_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_SERVED_NAME,
+                            stop_engine_on_shutdown: bool = False) -> FastAPI:
+    """The ASGI app serving `engine` (started here if it is not running yet)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            if stop_engine_on_shutdown:
+                await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="Protégé model server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.engine = engine
+    app.state.served_model_name = served_model_name
+    app.state.created = p.now()
+    _install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not engine.alive:
+            return _json({"status": "starting"}, status=503)
+        return _json({"status": "ok", "model": served_model_name, "engine": engine.stats()})
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        created = app.state.created
+        cards = [p.model_card(served_model_name, created=created, root=engine.source, parent=None,
+                              max_model_len=engine.context_length)]
+        for name, path in sorted(engine.adapter_names().items()):
+            cards.append(p.model_card(name, created=created, root=path, parent=served_model_name,
+                                      max_model_len=engine.context_length))
+        return _json({"object": "list", "data": cards})
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        body = p.parse_body(await request.body(), p.LoadLoraRequest)
+        if body.lora_name == served_model_name:
+            raise BadRequestError("The LoRA adapter name must differ from the base model's name.",
+                                  param="lora_name")
+        try:
+            await asyncio.wrap_future(engine.load_adapter(body.lora_name, Path(body.lora_path).expanduser()))
+        except AdapterError as exc:
+            raise BadRequestError(str(exc), param="lora_path" if "already" not in str(exc) else "lora_name") \
+                from exc
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Response:
+        body = p.parse_body(await request.body(), p.UnloadLoraRequest)
+        try:
+            await asyncio.wrap_future(engine.unload_adapter(body.lora_name))
+        except AdapterNotFound as exc:
+            raise NotFoundError(f"The LoRA adapter '{body.lora_name}' is not loaded.", param="lora_name",
+                                code="model_not_found") from exc
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = p.parse_body(await request.body(), p.ChatCompletionRequest)
+        model = body.model or served_model_name
+        adapter = _resolve_model(engine, model, served_model_name)
+        prompt_ids = _encode(engine, body)
+        params = _sampling_params(engine, body, len(prompt_ids))
+        stream = RequestStream(engine, prompt_ids, params, adapter)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(engine, stream, body, model, len(prompt_ids), include_usage),
+                media_type="text/event-stream", headers={"cache-control": "no-cache"},
+            )
+        return await _complete(request, engine, stream, body, model, len(prompt_ids))
+
+    return app
+
+
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProtegeError)
+    async def protege_error(_: Request, exc: ProtegeError) -> Response:
+        return _json(exc.to_body(), exc.status_code, exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return _json(error_body(f"Invalid request: {exc.errors()}", "invalid_request_error"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        message = str(exc.detail) if exc.detail else "error"
+        if exc.status_code == 404:
+            message = "Unknown route."
+        return _json(error_body(message, error_type_for_status(exc.status_code)), exc.status_code,
+                     getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _json(error_body("Internal server error.", "api_error"), 500)
+
+
+def _resolve_model(engine: Engine, model: str, served: str) -> str | None:
+    if model == served:
+        return None
+    if engine.has_adapter(model):
+        return model
+    raise NotFoundError(f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+def _encode(engine: Engine, body: p.ChatCompletionRequest) -> list[int]:
+    messages = p.template_messages(body)
+    try:
+        return engine.encode_chat(messages)
+    except (jinja2.TemplateError, ValueError) as exc:  # ValueError: e.g. the model has no chat template
+        raise BadRequestError(f"The chat template rejected the messages: {exc}", param="messages") from exc
+
+
+def _sampling_params(engine: Engine, body: p.ChatCompletionRequest, prompt_len: int) -> list[SamplingParams]:
+    context = engine.context_length
+    if prompt_len >= context:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context} tokens. However, your messages resulted in "
+            f"{prompt_len} tokens. Please reduce the length of the messages."
+        )
+    requested = body.max_completion_tokens or body.max_tokens
+    if requested is None:
+        max_tokens = min(engine.max_new_tokens, context - prompt_len)
+    else:
+        max_tokens = min(requested, engine.max_new_tokens)  # clamped to the server's cap
+        if prompt_len + max_tokens > context:
+            raise ContextLengthError(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+    if body.top_logprobs is not None and body.top_logprobs > 0 and not body.logprobs:
+        raise BadRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    stops = body.stop_list()
+    if len(stops) > 16:
+        raise BadRequestError("At most 16 stop sequences are allowed.", param="stop")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    out = []
+    for i in range(body.n or 1):
+        out.append(SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=None if body.seed is None else body.seed + i,
+            stop=tuple(stops),
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
+            ignore_eos=body.ignore_eos,
+        ))
+    return out
+
+
+def _error_for(update: Update) -> ProtegeError:
+    if update.error and "shutting down" in update.error:
+        return ServiceUnavailableError(update.error)
+    return ProtegeError(update.error or "generation failed")
+
+
+async def _complete(request: Request, engine: Engine, stream: RequestStream, body: p.ChatCompletionRequest,
+                    model: str, prompt_len: int) -> Response:
+    n = body.n or 1
+    texts = [""] * n
+    entries: list[list[LogprobEntry]] = [[] for _ in range(n)]
+    tokens = [0] * n
+    reasons: list[str | None] = [None] * n
+
+    async def collect() -> None:
+        async for index, update in stream.updates():
+            if update.finish_reason == "error":
+                raise _error_for(update)
+            texts[index] += update.text
+            entries[index].extend(update.logprobs)
+            tokens[index] = update.completion_tokens
+            reasons[index] = update.finish_reason
+
+    work = asyncio.ensure_future(collect())
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():  # the client went away: free the slots
+            work.cancel()
+            stream.cancel()
+    if work.cancelled():
+        return Response(status_code=499)
+    work.result()
+    choices = []
+    for i in range(n):
+        logprobs = None
+        if body.logprobs:
+            logprobs = {"content": p.logprob_content(entries[i], engine.tokens,
+                                                     as_ids=body.return_tokens_as_token_ids)}
+        choices.append({"index": i, "message": {"role": "assistant", "content": texts[i]},
+                        "logprobs": logprobs, "finish_reason": reasons[i]})
+    return _json({
+        "id": p.completion_id(), "object": "chat.completion", "created": p.now(), "model": model,
+        "system_fingerprint": None, "choices": choices, "usage": p.usage(prompt_len, sum(tokens)),
+    })
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _sse(engine: Engine, stream: RequestStream, body: p.ChatCompletionRequest, model: str,
+               prompt_len: int, include_usage: bool) -> AsyncIterator[bytes]:
+    cid, created, n = p.completion_id(), p.now(), body.n or 1
+    tokens = [0] * n
+    try:
+        for i in range(n):
+            first = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}
+            yield p.chunk(cid, created, model, [first], with_usage=include_usage)
+        async for index, update in stream.updates():
+            if update.finish_reason == "error":
+                yield b"data: " + orjson.dumps(_error_for(update).to_body()) + b"\n\n"
+                break
+            tokens[index] = update.completion_tokens
+            if not update.text and not update.logprobs and update.finish_reason is None:
+                continue
+            logprobs = None
+            if body.logprobs:
+                logprobs = {"content": p.logprob_content(update.logprobs, engine.tokens,
+                                                         as_ids=body.return_tokens_as_token_ids)}
+            delta = {"content": update.text} if update.text or update.finish_reason is None else {}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs,
+                      "finish_reason": update.finish_reason}
+            yield p.chunk(cid, created, model, [choice], with_usage=include_usage)
+        else:
+            if include_usage:
+                yield p.chunk(cid, created, model, [], p.usage(prompt_len, sum(tokens)), with_usage=True)
+        yield b"data: [DONE]\n\n"
+    finally:
+        stream.cancel()
