@@ -1,0 +1,205 @@
+"""Student vs teacher on held-out traffic, with the baselines beside it.
+
+The student is asked through its server — the same OpenAI-compatible API the gateway uses — and its
+answers are scored against the teacher's captured answers with `gateway.scoring.agreement`
+(normalised text, JSON fields, tool calls). The base model (the student before training) and the
+majority answer (the most common teacher answer of the training split, field by field for JSON) are
+scored the same way, so a parity figure never stands without its baselines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.router import token_logprobs
+from gateway.scoring import agreement
+
+
+@dataclass(frozen=True, slots=True)
+class EvalExample:
+    """One held-out request: the input messages (as the student gets them) and the teacher's answer."""
+
+    messages: list[dict[str, Any]]
+    reference: dict[str, Any]  # the teacher's assistant message
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswer:
+    message: dict[str, Any] | None
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: tuple[float, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreSummary:
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(slots=True)
+class ModelReport:
+    name: str
+    score: ScoreSummary
+    latency_p50_s: float | None = None
+    prompt_tokens_mean: float | None = None
+    completion_tokens_mean: float | None = None
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class EvaluationReport:
+    split: str
+    student: ModelReport
+    baselines: list[ModelReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        rows = ["| model | parity with teacher | 95% CI | n | latency p50 (s) | input tokens | output tokens |",
+                "|---|---|---|---|---|---|---|"]
+        for report in (self.student, *self.baselines):
+            s = report.score
+            rows.append(f"| {report.name} | {s.mean:.3f} | {s.ci_low:.3f}–{s.ci_high:.3f} | {s.n} | "
+                        f"{_fmt(report.latency_p50_s)} | {_fmt(report.prompt_tokens_mean, 1)} | "
+                        f"{_fmt(report.completion_tokens_mean, 1)} |")
+        return "\n".join(rows) + "\n"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def load_split(dataset_dir: Path, split: str) -> list[EvalExample]:
+    """Examples of a curated split; the last assistant message is the teacher's answer."""
+    examples = []
+    for line in (dataset_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        messages = record["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            continue
+        examples.append(EvalExample(messages=messages[:-1], reference=messages[-1], tools=record.get("tools")))
+    return examples
+
+
+def completion_of(message: dict[str, Any] | None) -> dict[str, Any]:
+    return {"choices": [{"message": message or {}}]}
+
+
+def score_answers(answers: Sequence[ModelAnswer], examples: Sequence[EvalExample]) -> list[float]:
+    pairs = zip(answers, examples, strict=True)
+    return [agreement(completion_of(a.message), completion_of(e.reference)) for a, e in pairs]
+
+
+def bootstrap_ci(scores: Sequence[float], *, resamples: int = 1000, alpha: float = 0.05,
+                 seed: int = 0) -> ScoreSummary:
+    """Mean with a percentile bootstrap confidence interval."""
+    if not scores:
+        return ScoreSummary(0.0, 0.0, 0.0, 0)
+    rng = random.Random(seed)
+    n = len(scores)
+    means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(resamples))
+    low = means[int(alpha / 2 * resamples)]
+    high = means[min(resamples - 1, int((1 - alpha / 2) * resamples))]
+    return ScoreSummary(sum(scores) / n, low, high, n)
+
+
+def majority_answer(train: Sequence[EvalExample]) -> dict[str, Any]:
+    """The most common teacher answer; for JSON objects, the most common value of each field."""
+    contents = [str(e.reference.get("content") or "") for e in train]
+    objects = []
+    for text in contents:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            break
+        if not isinstance(value, dict):
+            break
+        objects.append(value)
+    else:
+        if objects:
+            keys = Counter(k for o in objects for k in o)
+            majority = {}
+            for key, count in keys.items():
+                if count * 2 >= len(objects):
+                    values = Counter(json.dumps(o[key], sort_keys=True) for o in objects if key in o)
+                    majority[key] = json.loads(values.most_common(1)[0][0])
+            return {"role": "assistant", "content": json.dumps(majority)}
+    common = Counter(contents).most_common(1)
+    return {"role": "assistant", "content": common[0][0] if common else ""}
+
+
+async def ask_model(api_base: str, model: str, examples: Sequence[EvalExample], *, max_tokens: int = 256,
+                    concurrency: int = 4, timeout_s: float = 300) -> list[ModelAnswer]:
+    """Greedy answers with logprobs, a few requests at a time (the server batches them)."""
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+
+        async def one(example: EvalExample) -> ModelAnswer:
+            body: dict[str, Any] = {"model": model, "messages": example.messages, "temperature": 0,
+                                    "max_tokens": max_tokens, "logprobs": True}
+            if example.tools:
+                body["tools"] = example.tools
+            async with semaphore:
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                    response.raise_for_status()
+                except httpx.HTTPError as exc:
+                    return ModelAnswer(None, time.perf_counter() - started, 0, 0, error=str(exc)[:300])
+                elapsed = time.perf_counter() - started
+            completion = response.json()
+            usage = completion.get("usage") or {}
+            return ModelAnswer(completion["choices"][0].get("message"), elapsed, int(usage.get("prompt_tokens", 0)),
+                               int(usage.get("completion_tokens", 0)), tuple(token_logprobs(completion)))
+
+        return list(await asyncio.gather(*(one(e) for e in examples)))
+
+
+def model_report(name: str, answers: Sequence[ModelAnswer], examples: Sequence[EvalExample]) -> ModelReport:
+    ok = [a for a in answers if a.error is None]
+    return ModelReport(
+        name=name, score=bootstrap_ci(score_answers(answers, examples)),
+        latency_p50_s=statistics.median(a.latency_s for a in ok) if ok else None,
+        prompt_tokens_mean=statistics.fmean(a.prompt_tokens for a in ok) if ok else None,
+        completion_tokens_mean=statistics.fmean(a.completion_tokens for a in ok) if ok else None,
+        errors=len(answers) - len(ok))
+
+
+def majority_report(train: Sequence[EvalExample], examples: Sequence[EvalExample]) -> ModelReport:
+    answer = majority_answer(train)
+    scores = [agreement(completion_of(answer), completion_of(e.reference)) for e in examples]
+    return ModelReport(name="majority answer", score=bootstrap_ci(scores))
+
+
+async def evaluate(api_base: str, *, student_model: str, base_model: str | None, dataset_dir: Path,
+                   split: str = "test", max_tokens: int = 256) -> tuple[EvaluationReport, list[ModelAnswer]]:
+    """Score the student (and the base model) on a held-out split; the student's raw answers are
+    returned too, for calibration."""
+    examples = load_split(dataset_dir, split)
+    train = load_split(dataset_dir, "train")
+    student_answers = await ask_model(api_base, student_model, examples, max_tokens=max_tokens)
+    report = EvaluationReport(split=split, student=model_report(f"student ({student_model})", student_answers,
+                                                                 examples))
+    if base_model is not None:
+        base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens)
+        report.baselines.append(model_report(f"base model ({base_model})", base_answers, examples))
+    report.baselines.append(majority_report(train, examples))
+    return report, student_answers
