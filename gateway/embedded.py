@@ -53,7 +53,8 @@ class EmbeddedModelServer:
         return cmd
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command(), preexec_fn=_die_with_parent)
+        # its output goes to our stderr: stdout may be a command's machine-readable answer
+        self.process = subprocess.Popen(self.command(), stdout=sys.stderr, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -66,19 +66,31 @@ async def set_rollout(store: Store, task: str, percent: float) -> None:
     await store.set_rollout(task, percent)
 
 
-async def load_adapter(api_base: str, student: StudentVersion, timeout_s: float = 120) -> bool:
-    """Load a LoRA student into its server with vLLM's route (the embedded server speaks it too).
-
-    Returns False when the student is not a local adapter (a hosted model id). An adapter the server
-    already has under that name is left as it is."""
+async def load_student(api_base: str, student: StudentVersion, timeout_s: float = 120) -> bool:
+    """Load a LoRA student into its server; False when it is not a local adapter (a hosted model id)."""
     if not student.artifact or student.trainer == "openai":
         return False
+    await load_adapter(api_base, student.model, student.artifact, timeout_s)
+    return True
+
+
+async def load_adapter(api_base: str, name: str, path: str, timeout_s: float = 120) -> None:
+    """Load a LoRA adapter with vLLM's route (the embedded model server speaks it too). An adapter the
+    server already has under that name is left as it is."""
     async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
         listed = await client.get("/models")
-        if listed.status_code == 200 and any(m.get("id") == student.model for m in listed.json().get("data", [])):
-            return True
-        response = await client.post("/load_lora_adapter", json={"lora_name": student.model,
-                                                                  "lora_path": student.artifact})
+        if listed.status_code == 200 and any(m.get("id") == name for m in listed.json().get("data", [])):
+            return
+        response = await client.post("/load_lora_adapter", json={"lora_name": name, "lora_path": path})
     if response.status_code != 200:
-        raise UpstreamError(f"student server refused adapter {student.model}: {response.text[:300]}")
-    return True
+        raise UpstreamError(f"student server refused adapter {name}: {response.text[:300]}")
+
+
+async def base_model_name(api_base: str, timeout_s: float = 10) -> str | None:
+    """The base model a student server serves (the listed model without a `parent`)."""
+    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+        response = await client.get("/models")
+    if response.status_code != 200:
+        return None
+    names = [m.get("id") for m in response.json().get("data", []) if not m.get("parent")]
+    return str(names[0]) if names else None
