@@ -205,7 +205,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         chosen = next((s for s in students if s.version == args.version), None)
         if chosen is not None and settings.student_api_base:
             # load before activating, so no request reaches a student its server lacks
-            await students_ops.load_adapter(settings.student_api_base, chosen)
+            await students_ops.load_student(settings.student_api_base, chosen)
         await students_ops.promote(store, args.task, args.version)
         print(f"task {args.task}: version {args.version} is active")
         return 0
@@ -248,6 +248,73 @@ def add_student_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _store_flags(p)
     p.add_argument("--task", required=True)
     p.set_defaults(func=cmd_rollback)
+
+
+# --- distill ---------------------------------------------------------------------------------
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distiller.pipeline import DistillError, DistillOptions, distill
+    from distiller.registry import Gate
+
+    settings = _settings(args, student_api_base=args.student_api_base)
+    trainer_config: dict[str, Any] = {}
+    for key in ("epochs", "learning_rate", "r", "max_steps"):
+        if getattr(args, key) is not None:
+            trainer_config[key] = getattr(args, key)
+    options = DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
+                             base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
+                             target_parity=args.target_parity, promote=args.promote, force=args.force)
+    console = Console(stderr=True)
+
+    def progress(message: str, fraction: float | None) -> None:
+        console.print(f"[{args.task}] {message}" + ("" if fraction is None else f" {fraction:.0%}"))
+
+    async def work(store: Store) -> int:
+        try:
+            outcome = await distill(store, args.task, options, student_api_base=settings.student_api_base,
+                                    progress=progress)
+        except DistillError as exc:
+            print(f"protege distill: {exc}", file=sys.stderr)
+            return 1
+        s = outcome.student
+        if args.json:
+            print(orjson.dumps({"task": s.task, "version": s.version, "status": s.status, "reused": outcome.reused,
+                                "passed": outcome.passed, "gate": outcome.gate_message,
+                                "dataset_hash": outcome.dataset_hash, "threshold": s.threshold,
+                                "run_dir": str(outcome.run_dir)}).decode())
+            return 0
+        if outcome.evaluation is not None:
+            Console().print(outcome.evaluation.to_markdown())
+        print(f"task {s.task}: version {s.version} {s.status} — {outcome.gate_message}"
+              + ("" if outcome.reused else f"; report in {outcome.run_dir}/report.md"))
+        return 0
+
+    return _with_store(settings, work)
+
+
+def add_distill(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("distill", help="curate a task's traffic, train a student, evaluate and register it",
+                       description="Curate → train → evaluate (student vs teacher, base model and majority "
+                       "answer) → calibrate → register as candidate (or rejected by the gate); --promote makes a "
+                       "passing version active. Unchanged data reuses the version trained on it.")
+    _store_flags(p)
+    _json_flag(p)
+    p.add_argument("--task", required=True)
+    p.add_argument("--trainer", choices=["local", "openai"], default="local")
+    p.add_argument("--base-model", metavar="PATH", help="local model folder (default SmolLM2-135M-Instruct)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--r", type=int, help="LoRA rank")
+    p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
+    p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
+    p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
+                   "calibrated for (default 0.95)")
+    p.add_argument("--promote", action="store_true", help="make the new version active if it passes the gate")
+    p.add_argument("--force", action="store_true", help="train even if the dataset is unchanged")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
+    p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through (default: "
+                   "start the embedded model server for the run)")
+    p.set_defaults(func=cmd_distill)
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -297,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
                                      "captures teacher traffic and distils it into a cheap student.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_model_server, add_tasks, add_export, add_student_commands, add_keys):
+    for add in (add_serve, add_model_server, add_tasks, add_export, add_distill, add_student_commands, add_keys):
         add(sub)
     return parser
 

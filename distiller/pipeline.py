@@ -1,0 +1,186 @@
+"""`protege distill`: curate → train → evaluate → calibrate → register (→ promote), for one task.
+
+Every run writes a folder (`runs/<task>/<timestamp>/`): the dataset, the trainer's run directory
+(with its job handle, so a restarted distiller can poll it), the evaluation and calibration reports.
+A failed run leaves the task's active student untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distiller.calibrate import Calibration, Observation, calibrate
+from distiller.dataset import CurationConfig, curate_task, write_dataset
+from distiller.evaluate import EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
+from distiller.registry import Gate, find_trained, next_version, register, served_name
+from distiller.trainers import JobStatus, TrainingJob, get_trainer
+from gateway import students as students_ops
+from gateway.config import EmbeddedConfig
+from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
+from gateway.store import Store, StudentVersion
+
+
+class DistillError(RuntimeError):
+    """The run stopped; the message says why. Nothing was registered or promoted."""
+
+
+@dataclass(slots=True)
+class DistillOptions:
+    runs_dir: Path = Path("runs")
+    trainer: str = "local"
+    trainer_config: dict[str, Any] = field(default_factory=dict)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    base_model: str | None = None  # local folder; None: SmolLM2-135M-Instruct
+    gate: Gate = field(default_factory=Gate)
+    target_parity: float = 0.95
+    promote: bool = False
+    force: bool = False
+    min_train_examples: int = 8
+    max_eval_tokens: int = 256
+    poll_interval_s: float = 1.0
+
+
+@dataclass(slots=True)
+class DistillOutcome:
+    task: str
+    run_dir: Path
+    dataset_hash: str
+    student: StudentVersion
+    reused: bool = False  # the dataset was unchanged: the version trained on it before is returned
+    passed: bool = False
+    gate_message: str = ""
+    evaluation: EvaluationReport | None = None
+    calibration: Calibration | None = None
+    training_s: float = 0.0
+
+
+Progress = Callable[[str, float | None], None]
+
+
+def _quiet(_: str, __: float | None) -> None:
+    return None
+
+
+async def distill(store: Store, task: str, options: DistillOptions, *, student_api_base: str | None = None,
+                  progress: Progress = _quiet) -> DistillOutcome:
+    run_dir = options.runs_dir / task / time.strftime("%Y%m%d-%H%M%S")
+    progress("curating captured traffic", None)
+    dataset = await curate_task(store, task, options.curation)
+    if len(dataset.train) < options.min_train_examples:
+        raise DistillError(f"task {task!r} has {len(dataset.train)} curated training examples; "
+                           f"at least {options.min_train_examples} are needed (report: {dataset.report})")
+    if not dataset.validation or not dataset.test:
+        raise DistillError(f"task {task!r} has no held-out examples yet: capture more traffic")
+    trained = await find_trained(store, task, dataset.dataset_hash, options.trainer)
+    if trained is not None and not options.force:
+        return DistillOutcome(task, run_dir, dataset.dataset_hash, trained, reused=True,
+                              passed=trained.status != "rejected", gate_message="dataset unchanged since "
+                              f"version {trained.version}; pass --force to train again")
+    dataset_dir = run_dir / "dataset"
+    write_dataset(dataset, dataset_dir)
+
+    version = await next_version(store, task)
+    model = served_name(task, version)
+    started = time.monotonic()
+    result = await _train(options, dataset_dir, run_dir / "training", model, progress)
+    training_s = time.monotonic() - started
+
+    async with AsyncExitStack() as stack:
+        api_base = student_api_base
+        if api_base is None:
+            progress("starting a model server for evaluation", None)
+            server = EmbeddedModelServer(EmbeddedConfig(model=options.base_model))
+            await asyncio.to_thread(server.start)
+            stack.callback(server.stop)
+            api_base = server.api_base
+        if options.trainer == "local":
+            await students_ops.load_adapter(api_base, model, result.artifact)
+        base = await students_ops.base_model_name(api_base) if options.trainer == "local" else None
+        progress("evaluating on the validation split (calibration)", None)
+        _, val_answers = await evaluate(api_base, student_model=model, base_model=None, dataset_dir=dataset_dir,
+                                        split="validation", max_tokens=options.max_eval_tokens)
+        progress("evaluating on the test split", None)
+        report, _ = await evaluate(api_base, student_model=model, base_model=base or EMBEDDED_MODEL_NAME,
+                                   dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens)
+
+    calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
+    base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
+    passed, gate_message = options.gate.check(report.student.score.mean, base_parity)
+    details = {"evaluation": report.to_dict(), "calibration": calibration.to_dict() if calibration else None,
+               "gate": {"passed": passed, "message": gate_message, "min_parity": options.gate.min_parity},
+               "trainer_config": options.trainer_config, "training_s": round(training_s, 1),
+               "metrics": result.metrics, "run_dir": str(run_dir), "curation": dataset.report}
+    student = await register(
+        store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
+        base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,
+        system_prompt_hash=dataset.system_prompt_hash,
+        threshold=calibration.threshold if calibration else None,
+        confidence_method=calibration.method if calibration else "mean_logprob", details=details)
+    if passed and options.promote:
+        await students_ops.promote(store, task, version)
+        student.status = "active"
+    outcome = DistillOutcome(task, run_dir, dataset.dataset_hash, student, passed=passed, gate_message=gate_message,
+                             evaluation=report, calibration=calibration, training_s=training_s)
+    write_reports(outcome)
+    return outcome
+
+
+async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, model: str, progress: Progress) -> Any:
+    config = dict(options.trainer_config)
+    if options.trainer == "local":
+        config.setdefault("model_name", model)
+        if options.base_model:
+            config.setdefault("base_model", options.base_model)
+    trainer = get_trainer(options.trainer, config)
+    job: TrainingJob = await asyncio.to_thread(trainer.launch, dataset_dir, run_dir)
+    status: JobStatus = await asyncio.to_thread(trainer.poll, job)
+    while not status.done:
+        progress(f"training ({status.message or status.state})", status.progress)
+        await asyncio.sleep(options.poll_interval_s)
+        status = await asyncio.to_thread(trainer.poll, job)
+    if status.state != "succeeded" or status.result is None:
+        raise DistillError(f"training {status.state}: {status.error or status.message}")
+    progress("training done", 1.0)
+    return status.result
+
+
+def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float) -> Calibration | None:
+    examples = load_split(dataset_dir, "validation")
+    scores = score_answers(answers, examples)
+    observations = [Observation(a.logprobs, s) for a, s in zip(answers, scores, strict=True) if a.logprobs]
+    return calibrate(observations, target_parity=target) if observations else None
+
+
+def write_reports(outcome: DistillOutcome) -> None:
+    outcome.run_dir.mkdir(parents=True, exist_ok=True)
+    student = outcome.student
+    lines = [f"# Distillation of task `{outcome.task}` — version {student.version}", "",
+             f"- status: **{student.status}** ({outcome.gate_message})",
+             f"- dataset hash: `{outcome.dataset_hash}`; prompt-distilled: {student.prompt_distilled}",
+             f"- training time: {outcome.training_s:.1f} s", ""]
+    if outcome.evaluation is not None:
+        lines += ["## Parity with the teacher (test split)", "", outcome.evaluation.to_markdown()]
+    if outcome.calibration is not None:
+        c = outcome.calibration
+        lines += ["## Calibration (validation split)", "",
+                  f"- method: {c.method}; threshold: {c.threshold}; target served parity: {c.target_parity}",
+                  f"- at the threshold: student share {c.point.student_share:.2f}, parity {c.point.parity:.3f}, "
+                  f"cost {c.point.cost_per_request:.3f}× teacher-only; APGR {c.apgr:.3f}",
+                  f"- area under the deferral curve: {c.area_under_deferral_curve}", "",
+                  "| threshold | student share | parity | cost (× teacher) |", "|---|---|---|---|"]
+        lines += [f"| {p.threshold:.4f} | {p.student_share:.2f} | {p.parity:.3f} | {p.cost_per_request:.3f} |"
+                  for p in c.curve[1:]]
+    (outcome.run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (outcome.run_dir / "report.json").write_text(json.dumps({
+        "task": outcome.task, "version": student.version, "status": student.status, "passed": outcome.passed,
+        "gate": outcome.gate_message, "dataset_hash": outcome.dataset_hash, "training_s": outcome.training_s,
+        "evaluation": outcome.evaluation.to_dict() if outcome.evaluation else None,
+        "calibration": outcome.calibration.to_dict() if outcome.calibration else None,
+    }, indent=2, default=str), encoding="utf-8")

@@ -1,0 +1,78 @@
+"""The loop's first half end to end: traffic captured through the gateway from a real upstream,
+then `protege distill` curates it, trains a LoRA student (tiny Llama), evaluates and registers it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+
+from tests.conftest import teacher_flags
+from tests.servers import Server, stop
+
+TASK = "tickets-e2e"
+SYSTEM = "You are a support triage assistant. Read the ticket and extract the city and the product."
+CITIES = ["Oslo", "Paris", "Lima", "Kyiv", "Izmir", "Quito", "Accra", "Hanoi"]
+PRODUCTS = ["blender", "kettle", "router", "desk lamp", "bicycle", "printer", "camera", "phone case", "jacket"]
+PROBLEMS = ["arrived broken", "never arrived", "is the wrong colour", "stopped working after a week",
+            "was charged twice", "came without its manual", "is missing a part"]
+
+
+def tickets(count: int) -> list[str]:
+    return [f"Ticket {i}: my {PRODUCTS[i % len(PRODUCTS)]} shipped to {CITIES[(i * 3) % len(CITIES)]} "
+            f"{PROBLEMS[(i * 5) % len(PROBLEMS)]}, order number {1000 + i * 37}." for i in range(count)]
+
+
+async def send_all(url: str, messages: list[str]) -> None:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+        for chunk in range(0, len(messages), 8):
+            await asyncio.gather(*(client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": m}],
+                extra_headers={"X-Protege-Task": TASK}) for m in messages[chunk:chunk + 8]))
+
+
+def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-m", "distiller.cli", "distill", "--task", TASK, "--store",
+                          f"sqlite:///{store}", "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
+                          "--runs-dir", str(runs), "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return dict(json.loads(out.stdout))
+
+
+def test_capture_then_distill_registers_an_evaluated_student(
+        katan: Server, gateway_factory: Callable[..., Server], tiny_model: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    gateway = gateway_factory(*teacher_flags(katan, store))
+    asyncio.run(send_all(gateway.url, tickets(64)))
+    stop(gateway.proc)
+
+    first = distill(store, tiny_model, tmp_path / "runs")
+    assert first["version"] == 1 and first["reused"] is False
+    # a few steps on a random tiny model cannot reach the gate: registered, but rejected
+    assert first["status"] == "rejected" and "below the gate" in str(first["gate"])
+    run_dir = Path(str(first["run_dir"]))
+    report = json.loads((run_dir / "report.json").read_text())
+    names = [b["name"] for b in report["evaluation"]["baselines"]]
+    assert names[-1] == "majority answer" and names[0].startswith("base model")
+    assert report["evaluation"]["student"]["score"]["n"] > 0
+    manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
+    assert manifest["system_prompt_hash"] is not None  # one shared system prompt: prompt-distilled
+    train = (run_dir / "dataset" / "train.jsonl").read_text()
+    assert SYSTEM not in train and "Ticket" in train
+    assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
+
+    second = distill(store, tiny_model, tmp_path / "runs")
+    assert second["reused"] is True and second["dataset_hash"] == first["dataset_hash"]
+    assert second["version"] == 1
+
+    listing = json.loads(subprocess.run([sys.executable, "-m", "distiller.cli", "students", "--store",
+                                         f"sqlite:///{store}", "--json"], capture_output=True, text=True,
+                                        check=True).stdout)
+    [student] = listing
+    assert student["status"] == "rejected" and student["prompt_distilled"] is True
+    assert student["evaluation"]["student"]["score"]["n"] > 0
