@@ -201,12 +201,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args, student_api_base=args.student_api_base)
 
     async def work(store: Store) -> int:
-        students = await students_ops.task_students(store, args.task)
-        chosen = next((s for s in students if s.version == args.version), None)
-        if chosen is not None and settings.student_api_base:
-            # load before activating, so no request reaches a student its server lacks
-            await students_ops.load_student(settings.student_api_base, chosen)
-        await students_ops.promote(store, args.task, args.version)
+        await students_ops.promote(store, args.task, args.version, student_api_base=settings.student_api_base)
         print(f"task {args.task}: version {args.version} is active")
         return 0
 

@@ -124,7 +124,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         threshold=calibration.threshold if calibration else None,
         confidence_method=calibration.method if calibration else "mean_logprob", details=details)
     if passed and options.promote:
-        await students_ops.promote(store, task, version)
+        await students_ops.promote(store, task, version, student_api_base=student_api_base)
         student.status = "active"
     outcome = DistillOutcome(task, run_dir, dataset.dataset_hash, student, passed=passed, gate_message=gate_message,
                              evaluation=report, calibration=calibration, training_s=training_s)

@@ -97,7 +97,8 @@ def build_admin_router() -> APIRouter:
     async def promote(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
         wanted = validate(PromoteRequest, await _body(request, state))
-        await students_ops.promote(state.store, task, wanted.version)
+        await students_ops.promote(state.store, task, wanted.version,
+                                   student_api_base=state.settings.student_api_base)
         await _changed(state)
         return {"task": task, "active_version": wanted.version}
 

@@ -28,7 +28,8 @@ from gateway.providers.openai_compat import OpenAICompatibleProvider
 from gateway.routing_table import RoutingTable
 from gateway.service import ChatService, Students, Teacher, TeacherSet
 from gateway.state import GatewayState
-from gateway.store import Store, open_store
+from gateway.store import Store, StudentVersion, open_store
+from gateway.students import load_student
 
 log = logging.getLogger("protege.app")
 
@@ -60,7 +61,12 @@ def build_students(settings: Settings, store: Store) -> Students | None:
                                         redact=redactor(secrets_of(settings)))
     price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
              if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
-    return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s), price=price,
+    api_base = settings.student_api_base
+
+    async def load(student: StudentVersion) -> None:
+        await load_student(api_base, student)
+
+    return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
                     degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.store import Store, StoreError, StudentVersion
@@ -18,10 +19,18 @@ class TaskRoute:
     rollout_percent: float
 
 
+StudentLoader = Callable[[StudentVersion], Awaitable[object]]
+
+
 class RoutingTable:
-    def __init__(self, store: Store, refresh_s: float = 2.0) -> None:
+    """`load` (optional) makes sure an active student is on its server — after a promotion made
+    elsewhere, or after the server restarted — before requests are routed to it."""
+
+    def __init__(self, store: Store, refresh_s: float = 2.0, load: StudentLoader | None = None) -> None:
         self._store = store
         self._refresh_s = refresh_s
+        self._load = load
+        self._loaded: set[tuple[str, int]] = set()
         self._routes: dict[str, TaskRoute] = {}
         self._rollouts: dict[str, float] = {}
         self._loaded_at = float("-inf")
@@ -38,7 +47,25 @@ class RoutingTable:
             log.warning("routing table not refreshed: %s", exc)
             return
         self._rollouts = rollouts
-        self._routes = {s.task: TaskRoute(s, rollouts.get(s.task, 0.0)) for s in students if s.status == "active"}
+        active = [s for s in students if s.status == "active" and await self._ready(s)]
+        self._routes = {s.task: TaskRoute(s, rollouts.get(s.task, 0.0)) for s in active}
+
+    async def _ready(self, student: StudentVersion) -> bool:
+        key = (student.task, student.version)
+        if self._load is None or key in self._loaded:
+            return True
+        try:
+            await self._load(student)
+        except Exception as exc:  # the teacher keeps the task until the student can be loaded
+            log.warning("student %s v%d not loaded: %s", student.task, student.version, exc)
+            return False
+        self._loaded.add(key)
+        return True
+
+    def forget_loaded(self, student: StudentVersion) -> None:
+        """The server no longer has this student (it restarted): load it again at the next refresh."""
+        self._loaded.discard((student.task, student.version))
+        self._loaded_at = float("-inf")
 
     async def route(self, task: str) -> TaskRoute | None:
         await self.refresh()

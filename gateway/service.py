@@ -215,6 +215,8 @@ class ChatService:
         try:
             completion = await self.students.provider.complete(student_body(req.body, student, messages))
         except ProtegeError as exc:
+            if exc.status_code == 404:
+                self.students.table.forget_loaded(student)
             reason = "student_timeout" if isinstance(exc, UpstreamTimeoutError) else "student_error"
             log.info("student %s failed (%s): %s", student.model, reason, exc.message)
             return StudentAttempt(student, None, None, Verdict(False, reason, exc.message))  # type: ignore[arg-type]
@@ -232,19 +234,26 @@ class ChatService:
 
     # --- non-streaming -----------------------------------------------------------------------
 
+    async def _try_student(self, req: ChatRequest, teacher: Teacher, *, stream: bool = False,
+                           ) -> tuple[StudentAttempt | None, RouteInfo, dict[str, Any] | None]:
+        """Ask the student when the request is routed to it: the attempt, the route so far, and the
+        answer for the client when the student's is accepted."""
+        plan = await self._student_plan(req)
+        if plan is None:
+            return None, RouteInfo(), None
+        attempt = await self._ask_student(req, *plan)
+        if attempt.verdict.accept and attempt.completion is not None:
+            info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
+            self._record_student(req, attempt, info, stream=stream)
+            self._maybe_shadow(req, teacher, attempt)
+            return attempt, info, for_client(attempt.completion, req.body)
+        return attempt, self._fell_back(req, attempt), None
+
     async def complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
         teacher = self.teachers.select(req.model)
-        plan = await self._student_plan(req)
-        attempt: StudentAttempt | None = None
-        info = RouteInfo()
-        if plan is not None:
-            attempt = await self._ask_student(req, *plan)
-            if attempt.verdict.accept and attempt.completion is not None:
-                info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
-                self._record_student(req, attempt, info)
-                self._maybe_shadow(req, teacher, attempt)
-                return for_client(attempt.completion, req.body), info
-            info = self._fell_back(req, attempt)
+        attempt, info, answer = await self._try_student(req, teacher)
+        if answer is not None:
+            return answer, info
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:
@@ -323,17 +332,9 @@ class ChatService:
         """Decide the route and start the answer. Errors before the first byte raise (the client gets
         a proper HTTP error); afterwards the iterator relays SSE bytes and records the exchange."""
         teacher = self.teachers.select(req.model)
-        plan = await self._student_plan(req)
-        attempt: StudentAttempt | None = None
-        info = RouteInfo()
-        if plan is not None:
-            attempt = await self._ask_student(req, *plan)
-            if attempt.verdict.accept and attempt.completion is not None:
-                info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
-                self._record_student(req, attempt, info, stream=True)
-                self._maybe_shadow(req, teacher, attempt)
-                return self._replay(req, for_client(attempt.completion, req.body)), info
-            info = self._fell_back(req, attempt)
+        attempt, info, answer = await self._try_student(req, teacher, stream=True)
+        if answer is not None:
+            return self._replay(req, answer), info
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:

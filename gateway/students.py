@@ -24,7 +24,9 @@ async def task_students(store: Store, task: str) -> list[StudentVersion]:
     return students
 
 
-async def promote(store: Store, task: str, version: int) -> StudentVersion:
+async def promote(store: Store, task: str, version: int, *, student_api_base: str | None = None) -> StudentVersion:
+    """Make a version active; with a student server, its adapter is loaded there first, so no request
+    is routed to a student its server lacks."""
     students = await task_students(store, task)
     chosen = next((s for s in students if s.version == version), None)
     if chosen is None:
@@ -32,6 +34,8 @@ async def promote(store: Store, task: str, version: int) -> StudentVersion:
     if chosen.status == "rejected":
         raise BadRequestError(f"version {version} of task {task!r} was rejected by the quality gate",
                               param="version")
+    if student_api_base:
+        await load_student(student_api_base, chosen)
     await store.set_student_status(task, version, "active")
     return chosen
 

@@ -259,3 +259,30 @@ def tmp_export(store: Path) -> list[dict[str, Any]]:
     out = subprocess.run([sys.executable, "-m", "distiller.cli", "export", "--store", f"sqlite:///{store}",
                           "--task", TASK, "--out", "-"], check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines()]
+
+
+def test_gateway_loads_a_promoted_adapter_into_the_student_server(
+        cascade: Callable[..., tuple[Server, Path]], tiny_model: Path, tmp_path: Path) -> None:
+    """A version promoted elsewhere (e.g. by `protege distill --promote`) is loaded by the gateway."""
+    from tests.local.test_model_server_adapters import make_lora
+
+    adapter = make_lora(tiny_model, tmp_path / "adapter", seed=3, targets=["q_proj", "v_proj"])
+    server = start_model_server(tmp_path, "--model", str(tiny_model), "--served-model-name", "tiny", "--threads", "1")
+    gateway, store = cascade(percent=100, student=server)
+
+    async def promote_adapter() -> None:
+        db = open_store(f"sqlite:///{store}")
+        await db.open()
+        now = time.time()
+        await db.add_student(StudentVersion(task=TASK, version=2, status="candidate", model=f"{TASK}-v2",
+                                            created_at=now, updated_at=now, trainer="local", artifact=str(adapter)))
+        await db.set_student_status(TASK, 2, "active")
+        await db.close()
+
+    asyncio.run(promote_adapter())
+    time.sleep(1.0)  # next routing refresh loads the adapter
+    _, headers = chat(gateway)
+    assert headers["x-protege-student"] == f"{TASK}-v2@v2"
+    listed = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert f"{TASK}-v2" in {m["id"] for m in listed}
+    stop(server.proc)

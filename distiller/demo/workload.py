@@ -1,0 +1,146 @@
+"""The demo's workload: support tickets whose answer is mostly copied out of the message.
+
+Pure and deterministic by seed. A long system prompt (role, JSON schema, rules, two examples) asks
+for `{"order_id", "city", "product", "issue"}`; each user message is a ticket built from templates ×
+cities × products × issue phrasings × order ids × greetings in a few languages. Three of the four
+fields are copied verbatim and the fourth is a keyword the message contains, which is what a small
+teacher such as SmolLM2-135M can do reliably. The tickets are split by index into a train part (sent
+through the gateway before distillation) and a held-out part (replayed after it).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+TASK = "support-extract"
+
+ISSUES: tuple[str, ...] = ("damaged", "late", "missing", "wrong", "refund")
+
+SYSTEM_PROMPT = """\
+You are TicketBot, the support-ticket extraction assistant of Northwind Retail. Each user message is \
+one customer ticket. Reply with exactly one JSON object and nothing else: no greeting, no \
+explanation, no markdown.
+
+The JSON object has exactly these four keys, in this order:
+- "order_id": the order number in the ticket, digits only, as a string.
+- "city": the city the customer names, copied exactly as written.
+- "product": the product ordered, copied exactly as written, in lowercase, without "the" or "my".
+- "issue": one word for the problem, from this list: "damaged", "late", "missing", "wrong", "refund".
+
+Rules:
+1. Copy the values from the ticket; never invent, translate or correct them.
+2. Ignore greetings and thanks in any language (Hola, Bonjour, Hallo, Ciao, Olá, Hej).
+3. Broken or damaged item: "damaged". Late delivery: "late". A missing part: "missing". Wrong \
+size, colour or model: "wrong". The customer wants a refund: "refund".
+4. Never add other keys, and never leave a key out.
+
+Example 1
+Ticket: Hi, my order 73190 of the toaster to Dublin arrived damaged.
+Answer: {"order_id": "73190", "city": "Dublin", "product": "toaster", "issue": "damaged"}
+
+Example 2
+Ticket: Bonjour! Writing from Seoul about order 50244: the desk lamp is still late.
+Answer: {"order_id": "50244", "city": "Seoul", "product": "desk lamp", "issue": "late"}
+"""
+
+# the examples' values (Dublin, Seoul, toaster, desk lamp) are left out, so copying them is never right
+CITIES: tuple[str, ...] = ("Oslo", "Paris", "Lima", "Kyiv", "Quito", "Accra", "Hanoi", "Porto", "Denver", "Lagos",
+                           "Cairo", "Austin", "Perth", "Leeds", "Munich", "Nairobi", "Bogota", "Krakow")
+PRODUCTS: tuple[str, ...] = ("blender", "kettle", "router", "bicycle", "printer", "camera", "headphones",
+                             "backpack", "monitor", "keyboard", "coffee grinder", "vacuum cleaner", "sofa",
+                             "rice cooker", "tent", "phone charger")
+GREETINGS: tuple[str, ...] = ("Hi,", "Hello,", "Hola,", "Bonjour,", "Hallo,", "Ciao,", "Olá,", "Hej,", "Good morning,",
+                              "Hey there,")
+# each phrasing contains its issue word, so the answer's fourth field is a keyword the ticket holds
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "damaged": ("arrived damaged", "is damaged", "came damaged"),
+    "late": ("is late", "arrived late", "is very late"),
+    "missing": ("is missing", "went missing", "is still missing"),
+    "wrong": ("is wrong", "was wrong", "looks wrong"),
+    "refund": ("needs a refund", "is broken, I want a refund", "must be a refund"),
+}
+TEMPLATES: tuple[str, ...] = (
+    "{greeting} my order {order_id} of the {product} to {city} {phrase}.",
+    "{greeting} I ordered the {product} (order {order_id}) for delivery in {city} and it {phrase}.",
+    "{greeting} order number {order_id}: the {product} shipped to {city} {phrase}.",
+    "{greeting} writing from {city} about order {order_id}. The {product} {phrase}.",
+    "{greeting} the {product} from order {order_id} {phrase}. I live in {city}.",
+    "{greeting} {city} here. My {product}, order {order_id}, {phrase}.",
+    "{greeting} about order {order_id}: my {product} {phrase}. Delivery address is in {city}.",
+    "{greeting} the {product} I bought (order {order_id}, sent to {city}) {phrase}. Thanks!",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    message: str
+    fields: dict[str, str]  # what a perfect extraction gives (for information; parity is vs the teacher)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    task: str
+    system_prompt: str
+    tickets: tuple[Ticket, ...]
+    train_count: int
+
+    @property
+    def train(self) -> tuple[Ticket, ...]:
+        return self.tickets[:self.train_count]
+
+    @property
+    def held_out(self) -> tuple[Ticket, ...]:
+        return self.tickets[self.train_count:]
+
+    def messages(self, ticket: Ticket) -> list[dict[str, str]]:
+        """The chat request's messages: the long system prompt, then the ticket."""
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": ticket.message}]
+
+
+def build_workload(requests: int = 300, *, train_fraction: float = 0.8, seed: int = 0) -> Workload:
+    """`requests` distinct tickets; the first `train_fraction` of them (by index) are the train part."""
+    if requests < 2:
+        raise ValueError("requests must be at least 2 (one to train on, one held out)")
+    if not 0 < train_fraction < 1:
+        raise ValueError("train_fraction must be in (0, 1)")
+    rng = random.Random(seed)
+    tickets: list[Ticket] = []
+    seen_messages: set[str] = set()
+    seen_ids: set[str] = set()
+    while len(tickets) < requests:
+        order_id = str(rng.randrange(10_000, 100_000))
+        if order_id in seen_ids:
+            continue
+        issue = rng.choice(ISSUES)
+        fields = {"order_id": order_id, "city": rng.choice(CITIES), "product": rng.choice(PRODUCTS), "issue": issue}
+        template = rng.choice(TEMPLATES)
+        message = template.format(greeting=rng.choice(GREETINGS), phrase=rng.choice(PHRASINGS[issue]), **fields)
+        message = message[0].upper() + message[1:]
+        if message in seen_messages:
+            continue
+        seen_ids.add(order_id)
+        seen_messages.add(message)
+        tickets.append(Ticket(message, fields))
+    train_count = min(requests - 1, max(1, round(requests * train_fraction)))
+    return Workload(TASK, SYSTEM_PROMPT, tuple(tickets), train_count)
+
+
+_ORDER_ID = re.compile(r"(?<!\d)\d{5}(?!\d)")
+
+
+def _first_of(message: str, names: tuple[str, ...]) -> str | None:
+    found = [(match.start(), name) for name in names
+             if (match := re.search(rf"\b{re.escape(name)}\b", message, re.IGNORECASE))]
+    # the longest name at the earliest position ("coffee grinder" before a shorter name inside it)
+    return min(found, key=lambda hit: (hit[0], -len(hit[1])))[1] if found else None
+
+
+def expected_fields(message: str) -> dict[str, str | None]:
+    """The extraction a perfect model gives for a ticket of this workload (None: the ticket lacks it).
+    For information only: the demo's parity is measured against the teacher's answers."""
+    order = _ORDER_ID.search(message)
+    issue = next((name for name in ISSUES for phrase in PHRASINGS[name] if phrase in message), None)
+    return {"order_id": order.group(0) if order else None, "city": _first_of(message, CITIES),
+            "product": _first_of(message, PRODUCTS), "issue": issue}
