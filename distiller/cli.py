@@ -247,18 +247,42 @@ def add_student_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 # --- distill ---------------------------------------------------------------------------------
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from distiller.pipeline import DistillError, DistillOptions, distill
+def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
+    from distiller.pipeline import DistillOptions
     from distiller.registry import Gate
 
-    settings = _settings(args, student_api_base=args.student_api_base)
     trainer_config: dict[str, Any] = {}
     for key in ("epochs", "learning_rate", "r", "max_steps"):
         if getattr(args, key) is not None:
             trainer_config[key] = getattr(args, key)
-    options = DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
-                             base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
-                             target_parity=args.target_parity, promote=args.promote, force=args.force)
+    return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
+                          base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
+                          target_parity=args.target_parity, promote=args.promote,
+                          force=getattr(args, "force", False))
+
+
+def _distill_flags(p: argparse.ArgumentParser) -> None:
+    _store_flags(p)
+    p.add_argument("--trainer", choices=["local", "openai"], default="local")
+    p.add_argument("--base-model", metavar="PATH", help="local model folder (default SmolLM2-135M-Instruct)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--r", type=int, help="LoRA rank")
+    p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
+    p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
+    p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
+                   "calibrated for (default 0.95)")
+    p.add_argument("--promote", action="store_true", help="make a new version active if it passes the gate")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
+    p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through and load "
+                   "promoted adapters into (default: start the embedded model server for the run)")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distiller.pipeline import DistillError, distill
+
+    settings = _settings(args, student_api_base=args.student_api_base)
+    options = _distill_options(args, settings)
     console = Console(stderr=True)
 
     def progress(message: str, fraction: float | None) -> None:
@@ -292,24 +316,58 @@ def add_distill(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        description="Curate → train → evaluate (student vs teacher, base model and majority "
                        "answer) → calibrate → register as candidate (or rejected by the gate); --promote makes a "
                        "passing version active. Unchanged data reuses the version trained on it.")
-    _store_flags(p)
+    _distill_flags(p)
     _json_flag(p)
     p.add_argument("--task", required=True)
-    p.add_argument("--trainer", choices=["local", "openai"], default="local")
-    p.add_argument("--base-model", metavar="PATH", help="local model folder (default SmolLM2-135M-Instruct)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--r", type=int, help="LoRA rank")
-    p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
-    p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
-    p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
-                   "calibrated for (default 0.95)")
-    p.add_argument("--promote", action="store_true", help="make the new version active if it passes the gate")
     p.add_argument("--force", action="store_true", help="train even if the dataset is unchanged")
-    p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
-    p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through (default: "
-                   "start the embedded model server for the run)")
     p.set_defaults(func=cmd_distill)
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from distiller.scheduler import RetrainPolicy, run_forever, run_once
+
+    settings = _settings(args, student_api_base=args.student_api_base)
+    options = _distill_options(args, settings)
+    policy = RetrainPolicy(min_new_examples=args.min_new_examples,
+                           max_age_s=None if args.max_age_days is None else args.max_age_days * 86400,
+                           parity_floor=args.parity_floor)
+
+    async def work(store: Store) -> int:
+        if not args.once:
+            await run_forever(store, policy, options, interval_s=args.interval,
+                              student_api_base=settings.student_api_base)
+            return 0
+        results = await run_once(store, policy, options, student_api_base=settings.student_api_base,
+                                 tasks=args.task or None)
+        rows = [{"task": task, "reason": reason, "version": o.student.version if o else None,
+                 "status": o.student.status if o else "failed"} for task, reason, o in results]
+        if args.json:
+            print(orjson.dumps(rows).decode())
+        else:
+            for row in rows:
+                print(f"{row['task']}: {row['reason']} → version {row['version']} {row['status']}")
+            if not rows:
+                print("no task is due for retraining")
+        return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+    return _with_store(settings, work)
+
+
+def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("scheduler", help="retrain tasks when they are due (new data, age, live parity)",
+                       description="Retrain a task when it has --min-new-examples new good examples since its "
+                       "newest version, when its active version is older than --max-age-days, or when its live "
+                       "parity fell below --parity-floor. One training at a time; a failed run leaves the "
+                       "active student untouched. --once suits a cron job or Kubernetes CronJob.")
+    _distill_flags(p)
+    _json_flag(p)
+    p.add_argument("--task", action="append", help="only these tasks (repeatable)")
+    p.add_argument("--once", action="store_true", help="check once and exit")
+    p.add_argument("--interval", type=float, default=600, help="seconds between checks (default 600)")
+    p.add_argument("--min-new-examples", type=int, default=200)
+    p.add_argument("--max-age-days", type=float, default=7.0)
+    p.add_argument("--parity-floor", type=float, default=0.85)
+    p.set_defaults(func=cmd_scheduler)
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -359,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
                                      "captures teacher traffic and distils it into a cheap student.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_model_server, add_tasks, add_export, add_distill, add_student_commands, add_keys):
+    for add in (add_serve, add_model_server, add_tasks, add_export, add_distill, add_scheduler,
+                add_student_commands, add_keys):
         add(sub)
     return parser
 

@@ -44,7 +44,8 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("serve", "model-server", "tasks", "export", "students", "rollout", "promote", "rollback"):
+    for command in ("serve", "model-server", "tasks", "export", "students", "rollout", "promote", "rollback",
+                    "distill", "scheduler"):
         out = protege(command, "--help").stdout
         assert "usage: protege" in out and "--help" in out
     assert "--json" in protege("tasks", "--help").stdout and "--store" in protege("export", "--help").stdout

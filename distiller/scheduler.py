@@ -1,0 +1,100 @@
+"""When to retrain a task, and the loop that does it (`protege scheduler`).
+
+A task is due when it has enough new good examples since its newest version, when its active
+version is older than the configured age, or when its live parity (shadow scoring) fell below the
+floor. One training at a time; a failed run leaves the active student as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from distiller.pipeline import DistillError, DistillOptions, DistillOutcome, distill
+from gateway.store import Exchange, Store, StudentVersion
+
+log = logging.getLogger("protege.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainPolicy:
+    min_new_examples: int = 200
+    max_age_s: float | None = 7 * 24 * 3600
+    parity_floor: float | None = 0.85
+    min_shadow_comparisons: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    task: str
+    new_good_examples: int  # teacher answers captured since the newest version was trained
+    newest: StudentVersion | None
+    active: StudentVersion | None
+    live_parity: float | None
+    shadow_comparisons: int
+
+
+def due(state: TaskState, policy: RetrainPolicy, now: float) -> str | None:
+    """Why the task should be retrained now, or None. Pure."""
+    if state.newest is None:
+        if state.new_good_examples >= policy.min_new_examples:
+            return f"{state.new_good_examples} examples and no student yet"
+        return None
+    if state.new_good_examples >= policy.min_new_examples:
+        return f"{state.new_good_examples} new examples since version {state.newest.version}"
+    active = state.active
+    if active is not None and policy.max_age_s is not None and now - active.created_at > policy.max_age_s:
+        return f"active version {active.version} is older than {policy.max_age_s / 86400:g} days"
+    if (active is not None and policy.parity_floor is not None and state.live_parity is not None
+            and state.shadow_comparisons >= policy.min_shadow_comparisons and state.live_parity < policy.parity_floor):
+        return f"live parity {state.live_parity:.3f} below the floor {policy.parity_floor:.2f}"
+    return None
+
+
+def _is_training_data(exchange: Exchange) -> bool:
+    return exchange.status == "ok" and exchange.route != "student"
+
+
+async def task_state(store: Store, task: str) -> TaskState:
+    students = await store.list_students(task=task)
+    newest = max(students, key=lambda s: s.version, default=None)
+    active = next((s for s in students if s.status == "active"), None)
+    exchanges = await store.list_exchanges(task=task, status="ok")
+    since = newest.created_at if newest else 0.0
+    new_good = sum(1 for e in exchanges if _is_training_data(e) and e.created_at > since)
+    scores = [float(e.extra["shadow"]["agreement"]) for e in exchanges
+              if active is not None and e.route == "shadow" and e.created_at > active.updated_at
+              and (e.extra.get("shadow") or {}).get("version") == active.version]
+    parity = sum(scores) / len(scores) if scores else None
+    return TaskState(task, new_good, newest, active, parity, len(scores))
+
+
+async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions, *,
+                   student_api_base: str | None = None, tasks: list[str] | None = None,
+                   now: float | None = None) -> list[tuple[str, str, DistillOutcome | None]]:
+    """Check every task once and retrain the due ones, one at a time. Returns (task, reason, outcome)
+    for each task that was due; outcome None when its run failed."""
+    names = tasks or [t.name for t in await store.list_tasks()]
+    results: list[tuple[str, str, DistillOutcome | None]] = []
+    for name in names:
+        reason = due(await task_state(store, name), policy, time.time() if now is None else now)
+        if reason is None:
+            continue
+        log.info("retraining %s: %s", name, reason)
+        try:
+            outcome = await distill(store, name, options, student_api_base=student_api_base)
+        except DistillError as exc:
+            log.warning("retraining %s failed; its active student is unchanged: %s", name, exc)
+            results.append((name, reason, None))
+            continue
+        results.append((name, reason, outcome))
+    return results
+
+
+async def run_forever(store: Store, policy: RetrainPolicy, options: DistillOptions, *, interval_s: float,
+                      student_api_base: str | None = None) -> None:
+    while True:
+        await run_once(store, policy, options, student_api_base=student_api_base)
+        await asyncio.sleep(interval_s)
