@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from contextlib import ExitStack
@@ -45,7 +46,12 @@ def serve(settings: Settings) -> int:
         # ExitStack still stops the embedded model server
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _exit_cleanly)
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        # start-up leaves hundreds of thousands of long-lived objects (fastapi, pydantic, maybe litellm);
+        # moving them out of the collector's view keeps full collections from pausing requests
+        gc.collect()
+        gc.freeze()
+        server.run()
     return 0
 
 

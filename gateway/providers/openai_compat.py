@@ -49,7 +49,8 @@ class OpenAICompatibleProvider:
             base_url=api_base.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # httpcore scans every pooled connection per request: keep the idle pool small
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=64),
         )
 
     async def aclose(self) -> None:
@@ -91,8 +92,9 @@ class OpenAICompatibleProvider:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        # read on to the end of the response, so the connection goes back to the pool
                         done = True
-                        break
+                        continue
                     try:
                         chunk = orjson.loads(data)
                     except orjson.JSONDecodeError as exc:
