@@ -131,7 +131,8 @@ def schedule(rate: float, total_s: float, arrival: Arrival, seed: int = 0) -> li
         return []
     if arrival == "constant":
         return [i / rate for i in range(math.ceil(total_s * rate - 1e-9))]
-    rng, offsets, t = random.Random(seed), [], 0.0
+    rng, t = random.Random(seed), 0.0
+    offsets: list[float] = []
     while True:
         t += rng.expovariate(rate)
         if t >= total_s:
@@ -353,6 +354,7 @@ def make_client(config: LoadConfig) -> Client:
 @dataclass
 class _Sample:
     measured: bool
+    end: float = 0.0
     latency: float | None = None
     ttft: float | None = None
     error: str | None = None
@@ -368,7 +370,7 @@ async def _one(client: Client, config: LoadConfig, when: float, sample: _Sample)
     except Exception as exc:  # any client failure (reset, bad framing, ...) is an error, never a crash
         sample.error = type(exc).__name__
         return
-    end = time.perf_counter()
+    end = sample.end = time.perf_counter()
     if outcome.status != 200:
         sample.error = f"http_{outcome.status}"
     elif not outcome.complete:
@@ -408,16 +410,18 @@ async def run_load(config: LoadConfig) -> LoadResult:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
         await client.aclose()
-    return summarize(config, samples, lags, client.connections_opened)
+    return summarize(config, samples, lags, client.connections_opened, start + config.warmup)
 
 
 def summarize(
-    config: LoadConfig, samples: Sequence[_Sample], lags: Sequence[float], opened: int
+    config: LoadConfig, samples: Sequence[_Sample], lags: Sequence[float], opened: int, window_start: float
 ) -> LoadResult:
+    """Aggregates counted samples; achieved rate = OK answers / max(duration, time to the last one)."""
     counted = [s for s in samples if s.measured]
     ok = [s for s in counted if s.error is None and s.latency is not None]
     kinds = Counter(s.error or "unfinished" for s in counted if s.latency is None)
     errors = sum(kinds.values())
+    span = max([config.duration, *(s.end - window_start for s in ok)])
     notes = []
     lag = Percentiles.of(lags)
     if lag is not None and lag.p99 > 5.0:
@@ -433,7 +437,7 @@ def summarize(
         error_rate=errors / len(counted) if counted else 0.0,
         error_kinds=dict(kinds),
         sent_rate=len(counted) / config.duration if config.duration else 0.0,
-        achieved_rate=len(ok) / config.duration if config.duration else 0.0,
+        achieved_rate=len(ok) / span if span > 0 else 0.0,
         latency_ms=Percentiles.of([s.latency for s in ok if s.latency is not None]),
         ttft_ms=Percentiles.of([s.ttft for s in ok if s.ttft is not None]) if config.stream else None,
         dispatch_lag_ms=lag,
@@ -506,11 +510,11 @@ def format_result(result: LoadResult) -> str:
         )
 
     mode = "stream" if result.stream else "non-stream"
+    errors = f"errors {result.errors} ({result.error_rate:.2%}) {result.error_kinds}"
     lines = [
         f"{mode} @ {result.target_rate:g} req/s for {result.duration:g} s "
         f"({result.client} client, {result.connections_opened} connections)",
-        f"  sent {result.sent}  ok {result.ok}  errors {result.errors} ({result.error_rate:.2%})"
-        f" {result.error_kinds}",
+        f"  sent {result.sent}  ok {result.ok}  {errors}",
         f"  achieved {result.achieved_rate:.1f} req/s (sent {result.sent_rate:.1f} req/s)",
         f"  latency  {pct(result.latency_ms)}",
     ]

@@ -2,7 +2,8 @@
 
 It is a raw asyncio ``Protocol`` HTTP/1.1 server (httptools parser, uvloop when installed) with
 keep-alive, so that one core answers thousands of requests per second and the upstream is never the
-bottleneck of a benchmark.  Every answer is scheduled with ``loop.call_later``: no task per request.
+bottleneck of a benchmark.  Every answer is scheduled with ``loop.call_later``: no task per request, and
+never early (a timer that fires before its time on uvloop's cached millisecond clock is re-armed).
 
 Endpoints:
 
@@ -58,6 +59,14 @@ class _Request:
     method: bytes
     path: bytes
     body: bytes
+    keep_alive: bool
+
+
+@dataclass(frozen=True)
+class _Stream:
+    events: list[bytes]
+    start: float
+    step: float
     keep_alive: bool
 
 
@@ -230,13 +239,30 @@ class UpstreamProtocol(asyncio.Protocol):
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         events = stream_events(model, self._config.stream_chunks, include_usage)
         events[0] = _head(200, b"text/event-stream", length=None, keep_alive=req.keep_alive) + events[0]
-        step = delay / len(events)
-        for i, event in enumerate(events[:-1], start=1):
-            self._later(step * i, self._write, event, False)
-        self._later(delay, self._finish, events[-1], req.keep_alive)
+        start, step = time.perf_counter(), delay / len(events)
+        self._later(step, self._stream, _Stream(events, start, step, req.keep_alive), 0)
+
+    def _stream(self, stream: _Stream, index: int) -> None:
+        """Writes event ``index`` and only then arms the next one, so events can never be reordered."""
+        if index == len(stream.events) - 1:
+            self._finish(stream.events[index], stream.keep_alive)
+            return
+        self._write(stream.events[index])
+        deadline = stream.start + stream.step * (index + 2)
+        self._later(deadline - time.perf_counter(), self._stream, stream, index + 1)
 
     def _later(self, delay: float, fn: Any, *args: Any) -> None:
-        self._timers.append(self._loop.call_later(delay, fn, *args))
+        self._timers.append(
+            self._loop.call_later(delay, self._when_due, time.perf_counter() + delay, fn, args)
+        )
+
+    def _when_due(self, deadline: float, fn: Any, args: tuple[Any, ...]) -> None:
+        """uvloop's timers use a cached millisecond clock and may fire early: never answer before time."""
+        remaining = deadline - time.perf_counter()
+        if remaining > 0:
+            self._timers.append(self._loop.call_later(remaining, self._when_due, deadline, fn, args))
+        else:
+            fn(*args)
 
     def _write(self, data: bytes, close: bool = False) -> None:
         if self._transport is None or self._transport.is_closing():
