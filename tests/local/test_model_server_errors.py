@@ -85,9 +85,10 @@ def test_health_and_models(tiny_server: Server) -> None:
 
 
 async def test_healthz_answers_while_generating(tiny_server: Server) -> None:
-    async with async_client(tiny_server) as api, httpx.AsyncClient(base_url=tiny_server.url) as http:
+    # a busy machine (other torch processes) can slow generation a lot; the point is /healthz's latency
+    async with async_client(tiny_server, timeout=300) as api, httpx.AsyncClient(base_url=tiny_server.url) as http:
         jobs = [asyncio.ensure_future(api.chat.completions.create(
-            model=TINY_NAME, messages=user(f"story number {i}"), max_tokens=440, temperature=0,
+            model=TINY_NAME, messages=user(f"story number {i}"), max_tokens=96, temperature=0,
             extra_body={"ignore_eos": True})) for i in range(8)]
         latencies = []
         while not all(job.done() for job in jobs):
@@ -97,7 +98,7 @@ async def test_healthz_answers_while_generating(tiny_server: Server) -> None:
             assert r.status_code == 200
             await asyncio.sleep(0.05)
         results = await asyncio.gather(*jobs)
-    assert all(r.usage is not None and r.usage.completion_tokens == 440 for r in results)
+    assert all(r.usage is not None and r.usage.completion_tokens == 96 for r in results)
     assert len(latencies) >= 3
     assert max(latencies) < 0.5, latencies
 
