@@ -413,12 +413,53 @@ def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         sp.set_defaults(func=cmd_keys)
 
 
+# --- demo --------------------------------------------------------------------------------------
+
+def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="the whole loop on a built-in workload: capture → distil → cascade, with a report",
+                       description="Start a model server and a gateway, send support tickets with a long system "
+                       "prompt to the teacher, distil a prompt-distilled LoRA student, replay held-out tickets at "
+                       "rollout 100%% and report parity (with the base model and majority-answer baselines), cost, "
+                       "tokens and latency. Needs the local extra, openai and (for charts) matplotlib.")
+    p.add_argument("--requests", type=int, default=240, help="tickets in all; 80%% captured, 20%% held out "
+                   "(default 240)")
+    p.add_argument("--epochs", type=int, default=2, help="LoRA epochs (default 2)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+    p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
+    p.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each request (default 48)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--teacher", metavar="MODEL", help="a hosted teacher, e.g. openai/gpt-4o-mini (key from the "
+                   "provider's env var); default: the local model server (SmolLM2)")
+    p.add_argument("--teacher-api-base", metavar="URL", help="the hosted teacher's base URL")
+    p.add_argument("--teacher-price", type=float, nargs=2, metavar=("IN", "OUT"), help="teacher USD per million "
+                   "input and output tokens (default: the price map, or gpt-4o-mini's 0.15 0.60 offline)")
+    p.add_argument("--student-price", type=float, nargs=2, metavar=("IN", "OUT"), help="student USD per million "
+                   "input and output tokens (default: a tenth of the teacher's)")
+    p.add_argument("--model", metavar="PATH", help="local model folder for the model server and the student "
+                   "(default SmolLM2-135M-Instruct)")
+    p.add_argument("--runs-dir", default="runs/demo", help="where run folders go (default runs/demo)")
+    p.add_argument("--gate", type=float, default=0.90, help="minimum student parity to promote (default 0.90)")
+    p.add_argument("--target-parity", type=float, default=0.95, help="served parity the confidence threshold is "
+                   "calibrated for (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    p.add_argument("--threads", type=int, help="model server torch threads (default: all cores)")
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    _json_flag(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from distiller.demo.run import cmd_demo
+
+        return cmd_demo(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
                                      "captures teacher traffic and distils it into a cheap student.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_serve, add_model_server, add_tasks, add_export, add_distill, add_scheduler,
-                add_student_commands, add_keys):
+                add_student_commands, add_keys, add_demo):
         add(sub)
     return parser
 

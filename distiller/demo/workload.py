@@ -15,61 +15,57 @@ import re
 from dataclasses import dataclass
 
 TASK = "support-extract"
+# how the app hands a ticket over; the trailing "JSON:" is what makes a 135M model answer in JSON
+USER_FORMAT = "Ticket: {ticket}\nJSON:"
 
-ISSUES: tuple[str, ...] = ("damaged", "late", "missing", "wrong", "refund")
+ISSUES: tuple[str, ...] = ("damaged", "late", "missing", "wrong")
 
 SYSTEM_PROMPT = """\
-You are TicketBot, the support-ticket extraction assistant of Northwind Retail. Each user message is \
-one customer ticket. Reply with exactly one JSON object and nothing else: no greeting, no \
-explanation, no markdown.
-
-The JSON object has exactly these four keys, in this order:
-- "order_id": the order number in the ticket, digits only, as a string.
-- "city": the city the customer names, copied exactly as written.
-- "product": the product ordered, copied exactly as written, in lowercase, without "the" or "my".
-- "issue": one word for the problem, from this list: "damaged", "late", "missing", "wrong", "refund".
+You are TicketBot, the support-ticket extraction assistant of Northwind Retail. You read one customer \
+ticket and output one JSON object with four keys: "order_id" (the order number, digits only, as a \
+string), "city" (the city named in the ticket), "product" (the product, lowercase, without "the" or \
+"my") and "issue" (one word: "damaged", "late", "missing" or "wrong").
 
 Rules:
 1. Copy the values from the ticket; never invent, translate or correct them.
 2. Ignore greetings and thanks in any language (Hola, Bonjour, Hallo, Ciao, Olá, Hej).
-3. Broken or damaged item: "damaged". Late delivery: "late". A missing part: "missing". Wrong \
-size, colour or model: "wrong". The customer wants a refund: "refund".
-4. Never add other keys, and never leave a key out.
+3. Broken or damaged item: "damaged". Late delivery: "late". Lost parcel or missing part: "missing". \
+Wrong size, colour or model: "wrong".
+4. Output only the JSON object, on one line, with no explanation.
 
-Example 1
 Ticket: Hi, my order 73190 of the toaster to Dublin arrived damaged.
-Answer: {"order_id": "73190", "city": "Dublin", "product": "toaster", "issue": "damaged"}
+JSON: {"order_id": "73190", "city": "Dublin", "product": "toaster", "issue": "damaged"}
 
-Example 2
 Ticket: Bonjour! Writing from Seoul about order 50244: the desk lamp is still late.
-Answer: {"order_id": "50244", "city": "Seoul", "product": "desk lamp", "issue": "late"}
+JSON: {"order_id": "50244", "city": "Seoul", "product": "desk lamp", "issue": "late"}
 """
 
-# the examples' values (Dublin, Seoul, toaster, desk lamp) are left out, so copying them is never right
-CITIES: tuple[str, ...] = ("Oslo", "Paris", "Lima", "Kyiv", "Quito", "Accra", "Hanoi", "Porto", "Denver", "Lagos",
-                           "Cairo", "Austin", "Perth", "Leeds", "Munich", "Nairobi", "Bogota", "Krakow")
-PRODUCTS: tuple[str, ...] = ("blender", "kettle", "router", "bicycle", "printer", "camera", "headphones",
-                             "backpack", "monitor", "keyboard", "coffee grinder", "vacuum cleaner", "sofa",
-                             "rice cooker", "tent", "phone charger")
-GREETINGS: tuple[str, ...] = ("Hi,", "Hello,", "Hola,", "Bonjour,", "Hallo,", "Ciao,", "Olá,", "Hej,", "Good morning,",
-                              "Hey there,")
+# Values SmolLM2-135M copies reliably. In a first run (seed 0, 300 tickets) the teacher swapped some others for the
+# system prompt's example values in 30-90% of tickets (tent, kettle, headphones → "toaster"; Perth, Paris, Leeds →
+# "Seoul"), errors a student trained without the prompt cannot learn; those values were dropped. The examples' own
+# values (Dublin, Seoul, toaster, desk lamp) never occur in tickets. The template "the {product} I sent to {city}
+# (order {order_id}) {phrase}" was dropped for the same reason (half its city answers were wrong).
+CITIES: tuple[str, ...] = ("Hanoi", "Krakow", "Lima", "Porto", "Quito", "Lagos", "Bogota", "Kyiv", "Accra", "Austin")
+PRODUCTS: tuple[str, ...] = ("monitor", "printer", "bicycle", "phone charger", "sofa", "vacuum cleaner",
+                             "coffee grinder", "rice cooker", "blender", "camera", "keyboard")
+# English, Portuguese, Spanish, French, Italian, German ("Hej" made the teacher echo the ticket a quarter of the time)
+GREETINGS: tuple[str, ...] = ("Hi,", "Hello,", "Good morning,", "Hey there,", "Olá,", "Hola,", "Bonjour,", "Ciao,",
+                              "Hallo,")
 # each phrasing contains its issue word, so the answer's fourth field is a keyword the ticket holds
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "damaged": ("arrived damaged", "is damaged", "came damaged"),
     "late": ("is late", "arrived late", "is very late"),
     "missing": ("is missing", "went missing", "is still missing"),
     "wrong": ("is wrong", "was wrong", "looks wrong"),
-    "refund": ("needs a refund", "is broken, I want a refund", "must be a refund"),
 }
 TEMPLATES: tuple[str, ...] = (
     "{greeting} my order {order_id} of the {product} to {city} {phrase}.",
-    "{greeting} I ordered the {product} (order {order_id}) for delivery in {city} and it {phrase}.",
     "{greeting} order number {order_id}: the {product} shipped to {city} {phrase}.",
     "{greeting} writing from {city} about order {order_id}. The {product} {phrase}.",
-    "{greeting} the {product} from order {order_id} {phrase}. I live in {city}.",
     "{greeting} {city} here. My {product}, order {order_id}, {phrase}.",
-    "{greeting} about order {order_id}: my {product} {phrase}. Delivery address is in {city}.",
-    "{greeting} the {product} I bought (order {order_id}, sent to {city}) {phrase}. Thanks!",
+    "{greeting} I live in {city}. The {product} from order {order_id} {phrase}.",
+    "{greeting} in {city}, my {product} from order {order_id} {phrase}.",
+    "{greeting} order {order_id}, the {product} for {city}: it {phrase}.",
 )
 
 
@@ -94,12 +90,21 @@ class Workload:
     def held_out(self) -> tuple[Ticket, ...]:
         return self.tickets[self.train_count:]
 
+    @property
+    def train_indices(self) -> range:
+        return range(self.train_count)
+
+    @property
+    def held_out_indices(self) -> range:
+        return range(self.train_count, len(self.tickets))
+
     def messages(self, ticket: Ticket) -> list[dict[str, str]]:
-        """The chat request's messages: the long system prompt, then the ticket."""
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": ticket.message}]
+        """The chat request's messages: the long system prompt, then the ticket as the app formats it."""
+        return [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": USER_FORMAT.format(ticket=ticket.message)}]
 
 
-def build_workload(requests: int = 300, *, train_fraction: float = 0.8, seed: int = 0) -> Workload:
+def build_workload(requests: int = 240, *, train_fraction: float = 0.8, seed: int = 0) -> Workload:
     """`requests` distinct tickets; the first `train_fraction` of them (by index) are the train part."""
     if requests < 2:
         raise ValueError("requests must be at least 2 (one to train on, one held out)")
