@@ -425,8 +425,13 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoRep
     """Run the demo end to end and write its report into a new folder under `options.runs_dir`."""
     console = console or Console(stderr=True)
     workload = build_workload(options.requests, train_fraction=options.train_fraction, seed=options.seed)
-    run_dir = options.runs_dir / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = options.runs_dir / stamp
+    for n in range(2, 100):
+        if not run_dir.exists():
+            break
+        run_dir = options.runs_dir / f"{stamp}-{n}"  # two runs in the same second
+    run_dir.mkdir(parents=True)
     run = _Run(options, workload, run_dir.resolve())
     started = time.monotonic()
     try:
@@ -438,7 +443,6 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoRep
     report.timings_s["total_s"] = round(time.monotonic() - started, 1)
     write_report(report, charts=options.charts)
     return report
-
 
 
 def _interrupted(signum: int, _frame: object) -> None:
