@@ -9,7 +9,7 @@ import time
 import uuid
 
 from gateway.errors import AuthenticationError
-from gateway.store import ApiKeyRecord, Store
+from gateway.store import ApiKeyRecord, Store, StoreError
 
 KEY_PREFIX = "pk-"
 
@@ -49,7 +49,10 @@ class KeyRing:
         if not force and now - self._loaded_at < self._refresh_s:
             return
         self._loaded_at = now
-        records = await self._store.list_api_keys()
+        try:
+            records = await self._store.list_api_keys()
+        except StoreError:  # a locked store must not fail requests: keep the last known keys
+            return
         self._hashes = self._config_hashes + [r.key_hash for r in records if not r.revoked]
 
     @property
