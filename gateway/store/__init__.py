@@ -1,4 +1,5 @@
-"""Persistent state: captured exchanges, keys. `open_store(url)` returns the backend for a URL."""
+"""Persistent state: captured exchanges, keys, students, routing. `open_store(url)` returns the backend for a URL:
+`sqlite:///path.db` (one gateway process) or `postgresql://user@host/db` (replicas sharing one store)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from gateway.store.base import (
     StudentStatus,
     StudentVersion,
     TaskSummary,
+    redacted_url,
+    user_hash,
 )
 
 __all__ = ["ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeStatus", "Store", "StoreError",
-           "StudentStatus", "StudentVersion", "TaskSummary", "open_store"]
+           "StudentStatus", "StudentVersion", "TaskSummary", "open_store", "redacted_url", "user_hash"]
 
 
 def open_store(url: str) -> Store:
@@ -25,5 +28,7 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(url)
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError("the PostgreSQL store is not available in this version; use sqlite:///path.db")
+        from gateway.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise StoreError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ExchangeStatus = Literal["ok", "failed", "incomplete"]
+DeleteProgress = Callable[[int], None]
+"""Called after each batch of a batched delete with the number of rows deleted so far."""
 
 
 @dataclass(slots=True)
@@ -84,6 +88,21 @@ class StoreError(RuntimeError):
     """The store could not be read or written."""
 
 
+def redacted_url(url: str) -> str:
+    """The store URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def user_hash(user: str) -> str:
+    """How a forgotten user is recorded: sha256 hex of the id, never the id in clear. NUL is hashed as U+FFFD
+    because that is how PostgreSQL stores it: the same user then has the same hash in every backend."""
+    return hashlib.sha256(user.replace("\x00", "\ufffd").encode("utf-8")).hexdigest()
+
+
 class Store(abc.ABC):
     """Backends implement this; `open_store(url)` picks one."""
 
@@ -112,11 +131,36 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
-                             limit: int | None = None) -> list[Exchange]:
-        """Oldest first."""
+                             limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
+        """Oldest first (by created_at, then request_id). `after` is the (created_at, request_id) of the last
+        exchange of the previous page: pages read this way never skip or repeat a row, unlike offsets."""
 
     @abc.abstractmethod
-    async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None) -> int: ...
+    async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
+                              user: str | None = None, created_before: float | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
+                                      batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
+        """Retention: delete exchanges created before this time (of one task, if given), `batch_size` rows per
+        transaction so that capture is never blocked for long; returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
+        """Record `user_hash(user)` as forgotten, then delete the user's exchanges in batches; returns how many
+        were deleted. Recorded first: if the deletion is interrupted, the user is already kept out of datasets."""
+
+    @abc.abstractmethod
+    async def forgotten_users(self) -> dict[str, float]:
+        """`user_hash` → when the user was first forgotten."""
+
+    @abc.abstractmethod
+    async def add_forgotten_users(self, forgotten: Mapping[str, float]) -> None:
+        """Record hashes as forgotten (store-to-store copies); a hash already recorded keeps its time."""
+
+    async def forgotten_user_hashes(self) -> set[str]:
+        """What curation checks each exchange's `user_hash` against."""
+        return set(await self.forgotten_users())
 
     @abc.abstractmethod
     async def add_api_key(self, record: ApiKeyRecord) -> None: ...

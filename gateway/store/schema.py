@@ -1,7 +1,7 @@
-"""Schema migrations, in order. Version N is the state after applying MIGRATIONS[:N].
+"""SQLite schema migrations, in order. Version N is the state after applying MIGRATIONS[:N].
 
-SQL here is the portable subset both SQLite and PostgreSQL accept; a backend may add its own
-statements per version (see `BACKEND_EXTRAS`).
+PostgreSQL keeps its own list (`gateway.store.postgres.MIGRATIONS`: native types, JSONB, collations) with
+the same numbering: version N means the same tables and columns in both backends.
 """
 
 from __future__ import annotations
@@ -68,6 +68,19 @@ MIGRATIONS: list[list[str]] = [
             rollout_percent DOUBLE PRECISION NOT NULL DEFAULT 0,
             updated_at DOUBLE PRECISION NOT NULL
         )""",
+    ],
+    # 3: retention deletes and store-to-store copies read exchanges by time alone
+    [
+        "CREATE INDEX exchanges_created ON exchanges (created_at, request_id)",
+    ],
+    # 4: forgetting a user: the hashes of forgotten users (never the ids), which curation keeps out of datasets,
+    # and an index to delete a user's exchanges by; partial, since most traffic may carry no user at all
+    [
+        """CREATE TABLE forgotten_users (
+            user_hash TEXT PRIMARY KEY,
+            forgotten_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX exchanges_user ON exchanges (user_id) WHERE user_id IS NOT NULL",
     ],
 ]
 

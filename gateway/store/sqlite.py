@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import aiosqlite
 
 from gateway.store.base import (
     ApiKeyRecord,
+    DeleteProgress,
     Exchange,
     ExchangeStatus,
     Store,
@@ -18,6 +20,7 @@ from gateway.store.base import (
     StudentStatus,
     StudentVersion,
     TaskSummary,
+    user_hash,
 )
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
@@ -60,6 +63,9 @@ class SQLiteStore(Store):
             await self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await self._db.execute("PRAGMA journal_mode = WAL")
             await self._db.execute("PRAGMA synchronous = NORMAL")
+            # Deleted rows (forget, retention) are overwritten, not left readable in free pages. Debian's SQLite
+            # does this by default; other builds do not.
+            await self._db.execute("PRAGMA secure_delete = ON")
             await self._migrate()
         except (OSError, sqlite3.Error) as exc:
             await self.close()
@@ -81,6 +87,9 @@ class SQLiteStore(Store):
         for version in range(current + 1, LATEST_VERSION + 1):
             await self.db.execute("BEGIN IMMEDIATE")
             try:
+                if await self.schema_version() >= version:  # another process applied it while we waited
+                    await self.db.execute("COMMIT")
+                    continue
                 for statement in MIGRATIONS[version - 1]:
                     await self.db.execute(statement)
                 await self.db.execute("DELETE FROM schema_version")
@@ -125,19 +134,30 @@ class SQLiteStore(Store):
             rows = await cur.fetchall()
         return [TaskSummary(r[0], r[1], int(r[2]), int(r[3] or 0), float(r[4]), float(r[5])) for r in rows]
 
-    def _where(self, task: str | None, status: ExchangeStatus | None) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+    def _where(self, task: str | None, status: ExchangeStatus | None, after: tuple[float, str] | None = None, *,
+               user: str | None = None, created_before: float | None = None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
         if task is not None:
             clauses.append("task = ?")
             params.append(task)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
+        if user is not None:
+            clauses.append("user_id = ?")
+            params.append(user)
+        if created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(created_before)
+        if after is not None:
+            clauses.append("(created_at > ? OR (created_at = ? AND request_id > ?))")
+            params.extend((after[0], after[0], after[1]))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
-                             limit: int | None = None) -> list[Exchange]:
-        where, params = self._where(task, status)
+                             limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
+        where, params = self._where(task, status, after)
         query = f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges{where} ORDER BY created_at, request_id"
         if limit is not None:
             query += " LIMIT ?"
@@ -146,17 +166,71 @@ class SQLiteStore(Store):
             rows = await cur.fetchall()
         return [row_to_exchange(tuple(r)) for r in rows]
 
-    async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None) -> int:
-        where, params = self._where(task, status)
+    async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
+                              user: str | None = None, created_before: float | None = None) -> int:
+        where, params = self._where(task, status, user=user, created_before=created_before)
         async with self.db.execute(f"SELECT COUNT(*) FROM exchanges{where}", params) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
+                                      batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
+        where, params = self._where(task, None, created_before=created_before)
+        return await self._delete_batches(f"{where} ORDER BY created_at", params, batch_size, progress)
+
+    async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
+        if not user:
+            raise ValueError("no user to forget")
+        await self.add_forgotten_users({user_hash(user): time.time()})
+        where, params = self._where(None, None, user=user)
+        return await self._delete_batches(where, params, batch_size, progress)
+
+    async def _delete_batches(self, selection: str, params: list[Any], batch_size: int,
+                              progress: DeleteProgress | None) -> int:
+        """Delete the exchanges `selection` (a WHERE clause, maybe ordered) picks, `batch_size` per transaction:
+        the write lock is held for one batch at a time, so capture keeps writing in between."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        deleted = 0
+        while True:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    cur = await self.db.execute(
+                        f"DELETE FROM exchanges WHERE request_id IN (SELECT request_id FROM exchanges{selection} "
+                        "LIMIT ?)", [*params, batch_size])
+                    await self.db.execute("COMMIT")
+                except BaseException:
+                    await self.db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot delete exchanges: {exc}") from exc
+            deleted += cur.rowcount
+            if progress is not None:
+                progress(deleted)
+            if cur.rowcount < batch_size:
+                return deleted
+
+    async def forgotten_users(self) -> dict[str, float]:
+        async with self.db.execute("SELECT user_hash, forgotten_at FROM forgotten_users") as cur:
+            rows = await cur.fetchall()
+        return {r[0]: float(r[1]) for r in rows}
+
+    async def add_forgotten_users(self, forgotten: Mapping[str, float]) -> None:
+        try:
+            await self.db.executemany("INSERT OR IGNORE INTO forgotten_users (user_hash, forgotten_at) VALUES (?, ?)",
+                                      list(forgotten.items()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record forgotten users: {exc}") from exc
+
     async def add_api_key(self, record: ApiKeyRecord) -> None:
-        await self.db.execute(
-            "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
-            (record.key_id, record.name, record.key_hash, record.created_at, int(record.revoked)),
-        )
+        try:
+            await self.db.execute(
+                "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
+                (record.key_id, record.name, record.key_hash, record.created_at, int(record.revoked)),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"key {record.key_id} already exists") from exc
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         query = "SELECT key_id, name, key_hash, created_at, revoked FROM api_keys ORDER BY created_at"

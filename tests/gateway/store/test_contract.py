@@ -1,0 +1,338 @@
+"""The store contract, run against every backend: a real SQLite file and a real PostgreSQL schema."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import time
+
+import pytest
+
+from gateway.auth import new_key
+from gateway.store import ApiKeyRecord, Exchange, Store, StoreError, StudentVersion, open_store, user_hash
+from gateway.store.schema import LATEST_VERSION
+from gateway.store.sqlite import sqlite_path
+from tests.gateway.store.test_sqlite import exchange
+from tests.pg import run_sql
+
+
+def student(version: int, task: str = "t", status: str = "candidate", **kwargs: object) -> StudentVersion:
+    return StudentVersion(task=task, version=version, status=status, model=f"{task}-v{version}",  # type: ignore[arg-type]
+                          created_at=2000.0 + version, updated_at=2000.0 + version, **kwargs)  # type: ignore[arg-type]
+
+
+def execute_raw(url: str, statement: str) -> None:
+    """A statement run outside the store, to set up what the store itself would never write."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(sqlite_path(url)) as db:
+            db.execute(statement)
+    else:
+        run_sql(url, statement)
+
+
+async def opened(url: str) -> Store:
+    store = open_store(url)
+    await store.open()
+    return store
+
+
+async def test_round_trip_and_queries(store: Store) -> None:
+    assert await store.schema_version() == LATEST_VERSION
+    assert await store.list_tasks() == [] and await store.count_exchanges() == 0
+    await store.insert_exchanges([exchange(i, "a" if i < 3 else "b", "ok" if i != 1 else "failed") for i in range(5)])
+    await store.insert_exchanges([exchange(0, "a")])  # a request id seen before is ignored
+    await store.insert_exchanges([])
+    assert await store.count_exchanges() == 5
+    assert await store.count_exchanges(task="a") == 3
+    assert await store.count_exchanges(status="ok") == 4
+    assert await store.count_exchanges(task="a", status="ok") == 2
+    got = await store.list_exchanges(task="a")
+    assert [e.request_id for e in got] == ["req_0", "req_1", "req_2"]
+    assert got[1] == exchange(1, "a", "failed")
+    assert [e.request_id for e in await store.list_exchanges(status="failed")] == ["req_1"]
+    assert [e.request_id for e in await store.list_exchanges(task="b", status="ok", limit=1)] == ["req_3"]
+    tasks = await store.list_tasks()
+    assert [(t.name, t.source, t.captured, t.good, t.first_seen, t.last_seen) for t in tasks] == [
+        ("a", "header", 3, 2, 1000.0, 1002.0), ("b", "header", 2, 2, 1003.0, 1004.0)]
+    assert len(await store.list_exchanges(limit=2)) == 2
+    await store.check_writable()
+
+
+async def test_ordering_and_keyset_pages_match_across_backends(store: Store) -> None:
+    # equal timestamps fall back to request_id in byte order ("B" < "a"), whatever the database's locale
+    ids = ["req_a", "req_B", "req_é", "req_Z", "req_0"]
+    await store.insert_exchanges([dataclasses.replace(exchange(0), request_id=i) for i in ids])
+    await store.insert_exchanges([dataclasses.replace(exchange(-5), request_id="req_early")])
+    expected = ["req_early", *sorted(ids)]
+    assert [e.request_id for e in await store.list_exchanges()] == expected
+    pages, after = [], None
+    while page := await store.list_exchanges(limit=2, after=after):
+        pages.append([e.request_id for e in page])
+        after = (page[-1].created_at, page[-1].request_id)
+    assert pages == [expected[:2], expected[2:4], expected[4:]]
+    assert [e.request_id for e in await store.list_exchanges(task="t", after=(1000.0, "req_Z"))] == ["req_a", "req_é"]
+    assert [t.name for t in await store.list_tasks()] == ["t"]
+
+
+async def test_task_summaries_use_byte_order_and_count_good(store: Store) -> None:
+    await store.insert_exchanges([exchange(1, "b"), exchange(2, "B", "failed"), exchange(3, "a", "incomplete")])
+    tasks = await store.list_tasks()
+    assert [(t.name, t.captured, t.good) for t in tasks] == [("B", 1, 0), ("a", 1, 0), ("b", 1, 1)]
+
+
+async def test_large_batch_with_repeats_is_one_write(store: Store) -> None:
+    batch = [exchange(i, f"task{i % 3}") for i in range(600)]
+    await store.insert_exchanges([*batch, exchange(5, "other")])  # a repeat inside the batch: the first one wins
+    assert await store.count_exchanges() == 600
+    assert await store.count_exchanges(task="task2") == 200
+    assert [e.task for e in await store.list_exchanges(limit=6)][5] == "task2"
+
+
+async def test_payloads_round_trip_exactly(store: Store) -> None:
+    tool = {"type": "function", "function": {"name": "book", "parameters": {
+        "type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}},
+        "required": ["zeta", "alpha"]}}}
+    request = {"model": "m", "messages": [{"role": "user", "content": "Ünïcødé ✓ \U0001f600 \x00 \"q\" \\u0000"}],
+               "tools": [tool], "temperature": 0.1, "n": 2**40, "stop": None}
+    ex = Exchange(request_id="req_x", created_at=1234.5678901234, task="t", task_source="fingerprint", route="student",
+                  model="m", upstream_model="u", status="incomplete", http_status=499, stream=True, request=request,
+                  response=None, latency_ms=0.123456789, cost_usd=1e-7)
+    await store.insert_exchanges([ex])
+    [got] = await store.list_exchanges()
+    assert got == ex and got.extra == {} and got.response is None
+    # key order is part of the prompt a student is trained on: the store must not reorder it
+    assert list(got.request) == list(request)
+    assert list(got.request["tools"][0]["function"]["parameters"]["properties"]) == ["zeta", "alpha"]
+
+
+async def test_nul_characters_do_not_lose_the_batch(store: Store) -> None:
+    bad = exchange(1)
+    bad.error, bad.user, bad.extra = "boom\x00", "u\x00", {"note": "a\x00b"}
+    await store.insert_exchanges([bad, exchange(2)])
+    first, second = await store.list_exchanges()
+    assert second == exchange(2)
+    # SQLite keeps NUL; PostgreSQL cannot hold it in TEXT or JSONB and stores U+FFFD instead
+    assert first.error in ("boom\x00", "boom\ufffd") and first.extra["note"] in ("a\x00b", "a\ufffdb")
+    assert first.request == bad.request
+
+
+async def test_retention_deletes_in_batches(store: Store) -> None:
+    await store.insert_exchanges([exchange(i, "a" if i % 2 else "b") for i in range(25)])
+    assert await store.delete_exchanges_before(1000.0) == 0
+    assert await store.delete_exchanges_before(1010.0, batch_size=3) == 10
+    assert await store.count_exchanges() == 15
+    assert [e.request_id for e in await store.list_exchanges(limit=1)] == ["req_10"]
+    assert [(t.name, t.first_seen) for t in await store.list_tasks()] == [("a", 1011.0), ("b", 1010.0)]
+    assert await store.delete_exchanges_before(1e12, batch_size=5) == 15  # an exact multiple of the batch
+    assert await store.list_tasks() == []
+
+
+async def test_retention_of_one_task_reports_progress(store: Store) -> None:
+    await store.insert_exchanges([exchange(i, "a" if i % 2 else "b") for i in range(25)])
+    assert await store.count_exchanges(created_before=1010.0) == 10
+    assert await store.count_exchanges(task="a", created_before=1010.0) == 5
+    calls: list[int] = []
+    assert await store.delete_exchanges_before(1010.0, task="a", batch_size=2, progress=calls.append) == 5
+    assert calls == [2, 4, 5]
+    assert await store.count_exchanges(task="a") == 7 and await store.count_exchanges(task="b") == 13
+    assert await store.delete_exchanges_before(1010.0, task="missing") == 0
+    with pytest.raises(ValueError, match="batch_size"):
+        await store.delete_exchanges_before(1010.0, batch_size=0)
+
+
+def of_user(i: int, user: str | None) -> Exchange:
+    return dataclasses.replace(exchange(i, "a" if i % 2 else "b"), user=user)
+
+
+async def test_forget_user_deletes_only_that_users_exchanges_and_records_a_hash(store: Store) -> None:
+    users = ["alice@example.com", "bob", None, "Alice@example.com"]
+    await store.insert_exchanges([of_user(i, users[i % 4]) for i in range(22)])
+    assert await store.forgotten_users() == {} and await store.forgotten_user_hashes() == set()
+    assert await store.count_exchanges(user="alice@example.com") == 6
+    calls: list[int] = []
+    started = time.time()
+
+    assert await store.forget_user("alice@example.com", batch_size=3, progress=calls.append) == 6
+
+    assert calls == [3, 6, 6]  # an exact multiple of the batch: one more, empty batch ends it
+    assert await store.count_exchanges(user="alice@example.com") == 0
+    assert [e.user for e in await store.list_exchanges(limit=3)] == ["bob", None, "Alice@example.com"]
+    assert await store.count_exchanges() == 16  # user ids are exact: "Alice@…" is someone else
+    forgotten = await store.forgotten_users()
+    assert list(forgotten) == [user_hash("alice@example.com")] and started <= forgotten[user_hash(
+        "alice@example.com")] <= time.time()
+    assert "alice@example.com" not in str(forgotten)
+    assert await store.forgotten_user_hashes() == set(forgotten)
+
+    # again: nothing left to delete, and the user keeps the time it was first forgotten
+    assert await store.forget_user("alice@example.com") == 0
+    assert await store.forgotten_users() == forgotten
+    # a user with no exchanges yet is recorded all the same (their future exchanges stay out of datasets)
+    assert await store.forget_user("carol") == 0
+    assert await store.forgotten_user_hashes() == {user_hash("alice@example.com"), user_hash("carol")}
+    with pytest.raises(ValueError, match="no user"):
+        await store.forget_user("")
+
+
+async def test_forgotten_users_are_copied_by_hash(store: Store) -> None:
+    await store.add_forgotten_users({})
+    await store.add_forgotten_users({"h1": 10.0, "h2": 20.0})
+    await store.add_forgotten_users({"h2": 99.0, "h3": 30.0})  # h2 was recorded first at 20
+    assert await store.forgotten_users() == {"h1": 10.0, "h2": 20.0, "h3": 30.0}
+
+
+async def test_forgetting_a_user_id_with_nul(store: Store) -> None:
+    # PostgreSQL stores NUL as U+FFFD (see test_nul_characters_do_not_lose_the_batch): the id as the client
+    # sent it must still find the rows, and hash as it does in SQLite
+    await store.insert_exchanges([of_user(1, "u\x00"), of_user(2, "u")])
+    assert await store.count_exchanges(user="u\x00") == 1
+    assert await store.forget_user("u\x00") == 1
+    assert [e.user for e in await store.list_exchanges()] == ["u"]
+    assert await store.forgotten_user_hashes() == {user_hash("u\x00")} == {user_hash("u\ufffd")}
+
+
+async def test_api_keys_are_stored_hashed_and_revocable(store: Store) -> None:
+    assert await store.list_api_keys() == []
+    key, record = new_key("ci")
+    await store.add_api_key(record)
+    older = ApiKeyRecord("key_old", "old", "0" * 64, record.created_at - 10, revoked=True)
+    await store.add_api_key(older)
+    listed = await store.list_api_keys()
+    assert listed == [older, record]
+    assert listed[1].key_hash != key and not listed[1].revoked and listed[1].created_at <= time.time()
+    with pytest.raises(StoreError):
+        await store.add_api_key(record)
+    assert await store.revoke_api_key(record.key_id)
+    assert await store.revoke_api_key(record.key_id)  # already revoked: still found
+    assert not await store.revoke_api_key("key_missing")
+    assert all(k.revoked for k in await store.list_api_keys())
+
+
+async def test_students_registry(store: Store) -> None:
+    assert await store.list_students() == []
+    await store.add_student(student(2, "b"))
+    await store.add_student(student(1, "b", details={"eval": {"parity": 0.9}}, prompt_distilled=True,
+                                    system_prompt_hash="h", threshold=-0.5, confidence_method="min_logprob",
+                                    base_model="smol", trainer="local", artifact="/a", dataset_hash="d"))
+    await store.add_student(student(1, "a"))
+    with pytest.raises(StoreError, match="already exists"):
+        await store.add_student(student(1, "a"))
+    assert [(s.task, s.version) for s in await store.list_students()] == [("a", 1), ("b", 1), ("b", 2)]
+    [b1, b2] = await store.list_students(task="b")
+    assert b1 == student(1, "b", details={"eval": {"parity": 0.9}}, prompt_distilled=True, system_prompt_hash="h",
+                         threshold=-0.5, confidence_method="min_logprob", base_model="smol", trainer="local",
+                         artifact="/a", dataset_hash="d")
+    assert b2.details == {} and not b2.prompt_distilled and b2.threshold is None
+    assert await store.list_students(task="missing") == []
+
+
+async def test_activation_retires_the_previous_active_version(store: Store) -> None:
+    for version in (1, 2, 3):
+        await store.add_student(student(version))
+    await store.add_student(student(1, "other", status="active"))
+    assert await store.set_student_status("t", 1, "active")
+    assert await store.set_student_status("t", 2, "active")
+    statuses = {s.version: s.status for s in await store.list_students(task="t")}
+    assert statuses == {1: "retired", 2: "active", 3: "candidate"}
+    assert not await store.set_student_status("t", 9, "active")  # unknown version: nothing changes
+    assert {s.version: s.status for s in await store.list_students(task="t")} == statuses
+    assert await store.set_student_status("t", 3, "rejected")
+    assert await store.set_student_status("t", 2, "retired")
+    assert [s.status for s in await store.list_students(task="t")] == ["retired", "retired", "rejected"]
+    assert [s.status for s in await store.list_students(task="other")] == ["active"]
+    [changed, *_] = await store.list_students(task="t")
+    assert changed.updated_at > changed.created_at
+
+
+async def test_concurrent_activations_leave_one_active(store_url: str) -> None:
+    stores = [await opened(store_url) for _ in range(3)]
+    try:
+        for version in range(1, 7):
+            await stores[0].add_student(student(version))
+        for round_ in range(4):
+            versions = [1 + (round_ + i) % 6 for i in range(3)]
+            await asyncio.gather(*(s.set_student_status("t", v, "active") for s, v in zip(stores, versions,
+                                                                                          strict=True)))
+            assert [s.status for s in await stores[0].list_students()].count("active") == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_thresholds(store: Store) -> None:
+    await store.add_student(student(1))
+    assert await store.set_student_threshold("t", 1, -0.25)
+    assert (await store.list_students())[0].threshold == -0.25
+    assert await store.set_student_threshold("t", 1, None)
+    assert (await store.list_students())[0].threshold is None
+    assert not await store.set_student_threshold("t", 2, -1.0)
+
+
+async def test_rollouts(store: Store) -> None:
+    assert await store.rollouts() == {}
+    await store.set_rollout("a", 10)
+    await store.set_rollout("b", 0)
+    await store.set_rollout("a", 55.5)
+    assert await store.rollouts() == {"a": 55.5, "b": 0.0}
+
+
+async def test_data_survives_reopen_and_migrations_are_idempotent(store_url: str) -> None:
+    store = await opened(store_url)
+    await store.insert_exchanges([exchange(1)])
+    await store.set_rollout("t", 5)
+    await store.close()
+    for _ in range(2):
+        again = await opened(store_url)
+        assert await again.count_exchanges() == 1 and await again.rollouts() == {"t": 5.0}
+        assert await again.schema_version() == LATEST_VERSION
+        await again.close()
+
+
+async def test_concurrent_opens_migrate_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(8)]
+    # return_exceptions: a failed open must not leave the others' connections (and threads) behind
+    results = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+    try:
+        assert [r for r in results if r is not None] == []
+        await asyncio.gather(*(s.insert_exchanges([exchange(i)]) for i, s in enumerate(stores)))
+        for s in stores:
+            assert await s.schema_version() == LATEST_VERSION
+            assert await s.count_exchanges() == 8
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_newer_schema_is_refused(store_url: str) -> None:
+    execute_raw(store_url, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    execute_raw(store_url, f"INSERT INTO schema_version VALUES ({LATEST_VERSION + 1})")
+    with pytest.raises(StoreError, match="newer"):
+        await open_store(store_url).open()
+
+
+async def test_a_closed_store_raises_store_error(store_url: str) -> None:
+    store = open_store(store_url)
+    with pytest.raises(StoreError, match="not open"):
+        await store.count_exchanges()
+    await store.open()
+    await store.close()
+    await store.close()  # closing twice is harmless
+    with pytest.raises(StoreError, match="not open"):
+        await store.insert_exchanges([exchange(1)])
+
+
+async def test_an_older_schema_is_upgraded(store_url: str) -> None:
+    store = await opened(store_url)
+    await store.insert_exchanges([exchange(1)])
+    await store.close()
+    # back to version 2, as an older Protégé left it
+    for statement in ("DROP TABLE forgotten_users", "DROP INDEX exchanges_user", "DROP INDEX exchanges_created",
+                      "UPDATE schema_version SET version = 2"):
+        execute_raw(store_url, statement)
+    again = await opened(store_url)
+    assert await again.schema_version() == LATEST_VERSION == 4
+    assert await again.forget_user("u") == 1 and await again.forgotten_user_hashes() == {user_hash("u")}
+    await again.insert_exchanges([exchange(2)])
+    assert await again.delete_exchanges_before(2000.0) == 1
+    await again.close()
