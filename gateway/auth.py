@@ -34,6 +34,9 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+ANONYMOUS = "anonymous"
+
+
 class KeyRing:
     """The accepted key hashes: from config plus the store, reloaded every `refresh_s` seconds."""
 
@@ -59,10 +62,12 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._hashes)
 
-    async def check(self, token: str | None) -> None:
+    async def check(self, token: str | None) -> str:
+        """The client the token identifies (for rate limits): its key's hash, or 'anonymous' when the
+        gateway takes no keys. Raises when a key is needed and missing or unknown."""
         await self.refresh()
         if not self._hashes:
-            return
+            return ANONYMOUS
         if token is None:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'",
                                       code="missing_api_key")
@@ -73,3 +78,4 @@ class KeyRing:
             matched |= hmac.compare_digest(presented, known)
         if not matched:
             raise AuthenticationError("invalid API key", code="invalid_api_key")
+        return presented[:16]

@@ -1,7 +1,10 @@
 """Recording exchanges without slowing requests: a bounded queue drained in batches to the store.
 
 `CaptureWriter.submit` never blocks and never raises; a full queue or a store failure is counted
-(`protege_capture_dropped_exchanges`) and logged. `close()` drains what is queued (graceful stop).
+(`protege_capture_dropped_exchanges`) and logged. A batch the store refuses (locked, disk full) is
+retried with backoff before it is dropped; meanwhile new exchanges wait in the queue, and once it is
+full they are dropped (counted) — requests are answered either way. `close()` drains what is queued
+(graceful stop).
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class CaptureWriter:
         self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error_log = 0.0
+        self._closing = False
 
     def start(self) -> None:
         if self._task is None:
@@ -132,6 +136,11 @@ class CaptureWriter:
     @property
     def enabled(self) -> bool:
         return self._config.enabled
+
+    @property
+    def depth(self) -> int:
+        """Exchanges waiting to be written."""
+        return self._queue.qsize()
 
     def submit(self, exchange: Exchange) -> None:
         if not self._config.enabled:
@@ -147,6 +156,7 @@ class CaptureWriter:
 
     async def close(self) -> None:
         """Flush everything queued, then stop the writer."""
+        self._closing = True  # a failing store gets one more try, not the whole backoff
         if self._task is not None:
             await self._queue.put(None)  # the writer flushes what precedes this and returns
             self._batch_full.set()
@@ -184,13 +194,21 @@ class CaptureWriter:
             return
         if self._config.redact_pii:  # here, after the response, not on the request's path
             batch = [redact_exchange(e) for e in batch]
-        try:
-            await self._store.insert_exchanges(batch)
-        except StoreError as exc:
-            self._drop(len(batch), "store_error", str(exc))
-        else:
-            for exchange in batch:
-                self._metrics.captured.labels(exchange.status).inc()
+        delay = 0.2
+        for attempt in range(self._config.write_retries + 1):
+            try:
+                await self._store.insert_exchanges(batch)
+            except StoreError as exc:
+                if attempt == self._config.write_retries or self._closing:
+                    self._drop(len(batch), "store_error", str(exc))
+                    break
+                self._metrics.capture_queue.set(self._queue.qsize())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                for exchange in batch:
+                    self._metrics.captured.labels(exchange.status).inc()
+                break
         self._metrics.capture_queue.set(self._queue.qsize())
 
     def _drop(self, count: int, reason: str, detail: str) -> None:

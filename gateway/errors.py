@@ -82,6 +82,11 @@ class MethodNotAllowedError(ProtegeError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeoutError(ProtegeError):
+    status = 408
+    error_type = "invalid_request_error"
+
+
 class PayloadTooLargeError(ProtegeError):
     status = 413
     error_type = "invalid_request_error"
@@ -133,6 +138,20 @@ class UpstreamStatusError(UpstreamError):
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     error_type = "timeout"
+
+
+class CircuitOpenError(UpstreamError):
+    """The upstream kept failing; requests fail fast until it is probed back (`gateway.breaker`)."""
+
+    status = 503
+    error_type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, code="circuit_open")
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, round(self.retry_after)))}
 
 
 def error_body(message: str, error_type: str, *, param: str | None = None,

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.errors import BadRequestError, PayloadTooLargeError
+from gateway.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The whole body, within `limit` bytes and `timeout_s` seconds (a client trickling its body —
+    slow-loris — gets a 408 instead of holding a connection and a worker's memory forever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s",
+                                  code="body_timeout") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

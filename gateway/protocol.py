@@ -1,4 +1,4 @@
-"""OpenAI wire models: what the gateway validates on the way in. Imports only pydantic.
+"""OpenAI wire models: what the gateway validates on the way in (pydantic, and jsonschema for tool schemas).
 
 Fields follow OpenAI's order. Validation is deliberately shallow: the gateway checks what it must
 understand (messages, roles, sampling limits, tools, response_format) and passes every other field
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -32,6 +34,17 @@ class FunctionDefinition(BaseModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters_are_json_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # the provider would refuse it too, after a round trip; and the cascade validates arguments with it
+        if value is not None:
+            try:
+                Draft202012Validator.check_schema(value)
+            except SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
 
 
 class ToolDefinition(BaseModel):

@@ -26,8 +26,8 @@ def katan_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """llm-katan with failure-injection flags, stopped after the test."""
     started: list[Server] = []
 
-    def make(*flags: str) -> Server:
-        server = start_katan(tmp_path, *flags)
+    def make(*flags: str, port: int | None = None) -> Server:
+        server = start_katan(tmp_path, *flags, port=port)
         started.append(server)
         return server
 

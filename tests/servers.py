@@ -63,8 +63,8 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_katan(log_dir: Path, *extra: str) -> Server:
-    port = free_port()
+def start_katan(log_dir: Path, *extra: str, port: int | None = None) -> Server:
+    port = port or free_port()
     log = log_dir / f"katan-{port}.log"
     cmd = [str(BIN / "llm-katan"), "--model", "echo-model", "--backend", "echo", "--providers",
            "openai,anthropic", "--port", str(port), "--disable-dashboard", "--log-level", "warning", *extra]

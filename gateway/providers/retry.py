@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.config import RetryConfig
-from gateway.errors import ProtegeError, RateLimitError, UpstreamError, UpstreamStatusError, UpstreamTimeoutError
+from gateway.errors import (
+    CircuitOpenError,
+    ProtegeError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -16,7 +23,7 @@ def retry_delay(exc: ProtegeError, attempt: int, policy: RetryConfig) -> float |
     """Seconds to wait before retry number `attempt` (0-based), or None when not to retry."""
     if attempt >= policy.attempts:
         return None
-    if isinstance(exc, UpstreamStatusError | UpstreamTimeoutError):
+    if isinstance(exc, UpstreamStatusError | UpstreamTimeoutError | CircuitOpenError):
         return None
     if isinstance(exc, RateLimitError):
         wait: float | None = exc.retry_after

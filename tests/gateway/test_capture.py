@@ -100,9 +100,9 @@ async def test_full_queue_drops_and_counts_without_raising(tmp_path: Path) -> No
 
 
 class FailingOnceStore(SQLiteStore):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, failures: int = 1) -> None:
         super().__init__(url)
-        self.failures = 1
+        self.failures = failures
 
     async def insert_exchanges(self, exchanges: list[Exchange]) -> None:
         if self.failures:
@@ -111,11 +111,25 @@ class FailingOnceStore(SQLiteStore):
         await super().insert_exchanges(exchanges)
 
 
+async def test_a_refused_batch_is_retried_before_anything_is_dropped(tmp_path: Path) -> None:
+    store = FailingOnceStore(f"sqlite:///{tmp_path / 'p.db'}", failures=2)  # locked twice, then fine
+    await store.open()
+    registry = CollectorRegistry()
+    writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=10, write_retries=3), Metrics(registry))
+    writer.start()
+    writer.submit(exchange(1))
+    await asyncio.sleep(1.0)  # backoff 0.2 s, then 0.4 s
+    assert [e.request_id for e in await store.list_exchanges()] == ["req_1"]
+    await writer.close()
+    assert sample(registry, "protege_capture_dropped_exchanges_total", reason="store_error") == 0
+    await store.close()
+
+
 async def test_store_error_is_counted_and_writer_keeps_going(tmp_path: Path) -> None:
     store = FailingOnceStore(f"sqlite:///{tmp_path / 'p.db'}")
     await store.open()
     registry = CollectorRegistry()
-    writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=10), Metrics(registry))
+    writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=10, write_retries=0), Metrics(registry))
     writer.start()
     writer.submit(exchange(1))
     await asyncio.sleep(0.2)

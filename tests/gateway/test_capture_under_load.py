@@ -43,7 +43,7 @@ async def fire(url: str, count: int, on_started: Callable[[], None] | None = Non
         await client.models.list()  # warm the client up so the burst below is sent at once
         tasks = [asyncio.create_task(one_request(client, i)) for i in range(count)]
         if on_started:
-            await asyncio.sleep(0.5)  # all 50 are in flight at the upstream (it holds each 1.5 s)
+            await asyncio.sleep(1.5)  # all 50 are in flight at the upstream (it holds each 3 s), even on a busy machine
             on_started()
         return list(await asyncio.gather(*tasks))
 
@@ -82,7 +82,7 @@ def test_fifty_concurrent_requests_are_all_captured(katan: Server, gateway_facto
 def test_sigterm_during_load_loses_no_answered_request(katan_factory: Callable[..., Server],
                                                        gateway_factory: Callable[..., Server],
                                                        tmp_path: Path) -> None:
-    slow = katan_factory("--latency-ms", "1500", "--max-concurrent", "100")
+    slow = katan_factory("--latency-ms", "3000", "--max-concurrent", "100")
     store = tmp_path / "store.db"
     gateway = gateway_factory(*teacher_flags(slow, store))
     started = time.monotonic()

@@ -163,3 +163,27 @@ def test_teacher_rejecting_gateway_credentials_does_not_leak_them(
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT)
     assert_openai_error(response, 502)
     assert "sk-upstream-secret" not in response.text and "sk-upstream-secret" not in gateway.output()
+
+
+def test_a_slow_loris_body_gets_a_408(katan: Server, gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
+    import json
+    import socket
+    import time
+
+    config = tmp_path / "protege.yaml"
+    config.write_text("body_timeout_s: 1\n")
+    slow = gateway_factory("--config", str(config), *teacher_flags(katan, tmp_path / "store.db"))
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n{\"model\": ")  # and then nothing more
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    assert time.monotonic() - started < 5
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["code"] == "body_timeout"
