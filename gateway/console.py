@@ -1,0 +1,431 @@
+"""The admin console: server-rendered pages under /admin/ui over the same store and operations as the
+admin API (`gateway.admin`, `gateway.students`), with the cost figures of `protege report`.
+
+Sign-in: the operator pastes the admin token once; the console answers with a session cookie (HttpOnly,
+SameSite=Strict, Path=/admin/ui, Secure over HTTPS) whose value is an HMAC of the token, so the token
+itself never sits in the browser and changing it signs every session out. `Authorization: Bearer <admin
+token>` works as well. Like the admin API, the console is disabled (403) when the gateway has no admin token.
+
+Forgery: every form that changes state carries a CSRF token (another HMAC of the admin token) and is refused
+when its Origin header names another host; the SameSite=Strict cookie already keeps cross-site posts
+unauthenticated, so either check alone would hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from fastapi import APIRouter, Request
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from gateway import students as students_ops
+from gateway.admin import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
+from gateway.auth import bearer_token
+from gateway.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
+from gateway.errors import BadRequestError, ProtegeError
+from gateway.http_utils import read_body, validate
+from gateway.savings import TaskReport, build_report, read_exchanges, task_report  # `protege report`'s figures
+from gateway.state import GatewayState
+from gateway.store import Exchange, StudentVersion, TaskSummary
+
+log = logging.getLogger("protege.console")
+
+PREFIX = "/admin/ui"
+COOKIE = "protege_console"
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+STATIC_FILES = {"console.css": "text/css"}
+WINDOWS: dict[str, tuple[str, float | None]] = {
+    "24h": ("the last 24 hours", 86400.0), "7d": ("the last 7 days", 7 * 86400.0),
+    "30d": ("the last 30 days", 30 * 86400.0), "all": ("all captured traffic", None)}
+DEFAULT_WINDOW = "30d"
+RECENT_FALLBACKS = 20
+NOTICES = {"rollout": "Rollout updated.", "promote": "Version promoted.", "rollback": "Rolled back.",
+           "threshold": "Threshold updated."}
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # not no-referrer: that would make browsers send `Origin: null` on posts
+}
+
+
+def derive(token: str, purpose: str) -> str:
+    """A value bound to the admin token and one purpose (the session cookie, the CSRF token)."""
+    return hmac.new(token.encode(), f"protege-console:{purpose}".encode(), hashlib.sha256).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    state: GatewayState
+    csrf: str
+    via_cookie: bool  # False: an Authorization header (no cookie, so no forgery to guard against)
+
+
+# --- formatting (Jinja filters) -----------------------------------------------------------------
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "$0"
+    sign, value = ("−", -value) if value < 0 else ("", value)
+    return sign + (f"${value:,.2f}" if value >= 100 else f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}")
+
+
+def when(ts: float | None) -> str:
+    return "—" if ts is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def path_part(value: str) -> str:
+    return quote(value, safe="")
+
+
+# --- what the pages show ------------------------------------------------------------------------
+
+def evaluation_of(student: StudentVersion) -> dict[str, Any]:
+    value = student.details.get("evaluation")
+    return value if isinstance(value, dict) else {}
+
+
+def offline_parity(student: StudentVersion) -> tuple[float | None, float | None]:
+    """The version's parity with the teacher on held-out traffic, and the gate it was held to."""
+    score = ((evaluation_of(student).get("student") or {}).get("score") or {}).get("mean")
+    gate = (student.details.get("gate") or {}).get("min_parity")
+    return (float(score) if isinstance(score, int | float) else None,
+            float(gate) if isinstance(gate, int | float) else None)
+
+
+@dataclass(slots=True)
+class TaskRow:
+    name: str
+    captured: int = 0
+    good: int = 0
+    rollout: float = 0.0
+    active: StudentVersion | None = None
+    parity: float | None = None
+    gate: float | None = None
+    live_parity: float | None = None
+    live_comparisons: int = 0
+    report: TaskReport | None = None
+
+    @property
+    def below_gate(self) -> bool:
+        return self.live_parity is not None and self.gate is not None and self.live_parity < self.gate
+
+    @property
+    def cost_per_request(self) -> float | None:
+        return self.report.actual_usd / self.report.requests if self.report and self.report.requests else None
+
+    @property
+    def teacher_per_request(self) -> float | None:
+        r = self.report
+        return r.counterfactual_usd / r.requests if r and r.requests else None
+
+    @property
+    def fallback_rate(self) -> float | None:
+        routes = self.report.routes if self.report else {}
+        served = routes.get("student", 0) + routes.get("fallback", 0)
+        return routes.get("fallback", 0) / served if served else None
+
+
+def task_row(name: str, summary: TaskSummary | None, students: Sequence[StudentVersion], rollout: float,
+             report: TaskReport | None, live: dict[tuple[str, int], tuple[int, float]]) -> TaskRow:
+    row = TaskRow(name, summary.captured if summary else 0, summary.good if summary else 0, rollout, report=report)
+    row.active = next((s for s in students if s.status == "active"), None)
+    if row.active is not None:
+        row.parity, row.gate = offline_parity(row.active)
+        if report is not None and report.version == row.active.version and report.live_comparisons:
+            row.live_parity, row.live_comparisons = report.live_parity, report.live_comparisons
+        elif (row.active.task, row.active.version) in live:  # shadow rows not captured: this process's count
+            row.live_comparisons, row.live_parity = live[(row.active.task, row.active.version)]
+    return row
+
+
+def savings_chart(report: TaskReport | None) -> Markup:
+    points: list[tuple[float, float]] = []
+    total = 0.0
+    for r in report.rows if report else []:
+        total += (r.counterfactual_usd or 0.0) - r.cost_usd
+        points.append((r.at, total))
+    upfront = report.upfront_usd if report else 0.0
+    span = max([abs(y) for _, y in points] + [upfront, 1e-9])
+    rules = [Rule(upfront, f"training cost {usd(upfront)}: break-even")] if upfront > 0 else []
+    description = (f"Cumulative savings against the teacher alone: {usd(total)} over {len(points)} requests."
+                   if points else "No traffic in this window.")
+    return line_chart([Series("cumulative savings", downsample(points), step=True)], title="Cumulative savings",
+                      description=description, x_label="time (UTC)", y_label="USD saved", x_time=True,
+                      y_format=usd_format(span), rules=rules, chart_id="savings-chart")
+
+
+def _curve_points(calibration: dict[str, Any]) -> list[tuple[float | None, float, float]]:
+    """(threshold, student share, parity) of the stored deferral curve (an infinite threshold is stored as null)."""
+    points = []
+    for p in calibration.get("curve") or []:
+        share, parity = p.get("student_share"), p.get("parity")
+        if isinstance(share, int | float) and isinstance(parity, int | float):
+            threshold = p.get("threshold")
+            points.append((float(threshold) if isinstance(threshold, int | float) else None, float(share),
+                           float(parity)))
+    return sorted(points, key=lambda p: p[1])
+
+
+def operating_point(curve: Sequence[tuple[float | None, float, float]],
+                    threshold: float) -> tuple[float | None, float, float] | None:
+    """The curve point a threshold serves at: the largest student share whose threshold it does not exceed."""
+    served = [p for p in curve if p[0] is not None and p[0] >= threshold]
+    return max(served, key=lambda p: p[1], default=None)
+
+
+def calibration_chart(student: StudentVersion) -> Markup | None:
+    calibration = student.details.get("calibration")
+    if not isinstance(calibration, dict):
+        return None
+    curve = _curve_points(calibration)
+    target = calibration.get("target_parity")
+    rules = [Rule(float(target), f"target parity {target:.2f}")] if isinstance(target, int | float) else []
+    markers = []
+    point = calibration.get("point") or {}
+    calibrated = calibration.get("threshold")
+    if isinstance(calibrated, int | float) and isinstance(point.get("student_share"), int | float):
+        markers.append(Marker(point["student_share"], point["parity"],
+                              f"calibrated {calibrated:.3f}: {point['student_share']:.0%} student"))
+    current = student.threshold
+    if current is not None and current != calibrated and (at := operating_point(curve, current)) is not None:
+        markers.append(Marker(at[1], at[2], f"current {current:.3f}: {at[1]:.0%} student"))
+    description = (f"Parity with the teacher against the share of traffic the student keeps, over {len(curve)} "
+                   f"thresholds of the {calibration.get('method', 'confidence')} score on the validation split.")
+    return line_chart([Series("parity with the teacher", [(s, p) for _, s, p in curve])], title="Calibration curve",
+                      description=description, x_label="share of traffic served by the student",
+                      y_label="parity", x_range=(0.0, 1.0), x_format=percent_format(), rules=rules, markers=markers,
+                      chart_id="calibration-chart")
+
+
+@dataclass(slots=True)
+class TaskPage:
+    name: str
+    row: TaskRow
+    students: list[StudentVersion]
+    shown: StudentVersion | None
+    fallbacks: list[Exchange] = field(default_factory=list)
+
+
+# --- the router ---------------------------------------------------------------------------------
+
+def build_console_router() -> APIRouter:
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    env.filters.update(usd=usd, when=when, number=number, path=path_part, parity=lambda s: offline_parity(s)[0])
+    env.globals.update(prefix=PREFIX)
+
+    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("session", None)
+        html = env.get_template(f"console/{name}").render(**context)
+        return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+    def authenticate(request: Request) -> Session | Response:
+        state: GatewayState = request.app.state.protege
+        if state.settings.admin_token is None:
+            return render("disabled.html", 403)
+        token = state.settings.admin_token.get_secret_value()
+        presented = bearer_token(request.headers.get("authorization"))
+        if presented is not None:
+            if not same(presented, token):
+                return render("login.html", 403, error="That admin token is not valid.")
+            return Session(state, derive(token, "csrf"), via_cookie=False)
+        cookie = request.cookies.get(COOKIE)
+        if cookie is not None and same(cookie, derive(token, "session")):
+            return Session(state, derive(token, "csrf"), via_cookie=True)
+        if request.method == "GET":
+            return RedirectResponse(f"{PREFIX}/login", status_code=303, headers=HEADERS)
+        return render("login.html", 401, error="Sign in first.")
+
+    def same_origin(request: Request) -> bool:
+        origin = request.headers.get("origin")
+        if origin is None:  # browsers that send none still need the CSRF token (or the login token) to pass
+            return True
+        hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")} - {None}
+        return urlsplit(origin).netloc in hosts
+
+    async def form(request: Request, state: GatewayState) -> dict[str, str]:
+        raw = await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
+        if raw and not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            raise BadRequestError("expected a form (application/x-www-form-urlencoded)")
+        parsed = parse_qs(raw.decode("utf-8", errors="replace"), keep_blank_values=True)
+        return {key: values[-1] for key, values in parsed.items()}
+
+    async def checked_form(request: Request) -> tuple[Session, dict[str, str]] | Response:
+        session = authenticate(request)
+        if isinstance(session, Response):
+            return session
+        fields = await form(request, session.state)
+        if session.via_cookie and not (same_origin(request) and same(fields.get("csrf", ""), session.csrf)):
+            return render("error.html", 403, session=session, title="Form refused",
+                          message="This form came from another site or an old page: reload the page and try again.")
+        return session, fields
+
+    async def load_task(session: Session, task: str, window: str) -> TaskPage | None:
+        store = session.state.store
+        students = await store.list_students(task=task)
+        summary = next((t for t in await store.list_tasks() if t.name == task), None)
+        rollouts = await store.rollouts()
+        now = time.time()
+        since_s = WINDOWS[window][1]
+        exchanges = await read_exchanges(store, task=task, start=None if since_s is None else now - since_s)
+        if not students and summary is None and task not in rollouts and not exchanges:
+            return None
+        report = task_report(task, exchanges, students, now=now) if exchanges else None
+        row = task_row(task, summary, students, rollouts.get(task, 0.0), report, session.state.service.live_parity())
+        fallbacks = [ex for ex in exchanges if ex.route == "fallback"][-RECENT_FALLBACKS:][::-1]
+        return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks)
+
+    async def task_view(request: Request, session: Session, task: str, *, status: int = 200,
+                        error: str | None = None) -> Response:
+        window = request.query_params.get("window", DEFAULT_WINDOW)
+        window = window if window in WINDOWS else DEFAULT_WINDOW
+        page = await load_task(session, task, window)
+        if page is None:
+            return render("error.html", 404, session=session, title="Unknown task",
+                          message=f"There is no task named {task!r}.")
+        wanted = request.query_params.get("version", "")
+        if wanted.isdigit():
+            page.shown = next((s for s in page.students if s.version == int(wanted)), page.shown)
+        notice = NOTICES.get(request.query_params.get("done", "")) if error is None else None
+        return render("task.html", status, session=session, page=page, row=page.row, window=window,
+                      windows=WINDOWS, notice=notice, error=error, recent=RECENT_FALLBACKS,
+                      evaluation=evaluation_of(page.shown) if page.shown else {},
+                      calibration=(page.shown.details.get("calibration") or {}) if page.shown else {},
+                      calibration_svg=calibration_chart(page.shown) if page.shown else None,
+                      savings_svg=savings_chart(page.row.report))
+
+    async def act(request: Request, task: str, name: str, fields: dict[str, str], session: Session) -> Response:
+        """Run one state-changing operation; on success redirect (post/redirect/get), else show the error."""
+        state, store = session.state, session.state.store
+        try:
+            if name == "rollout":
+                update = validate(RolloutUpdate, {"percent": fields.get("percent", "")})
+                await students_ops.set_rollout(store, task, update.percent)
+            elif name == "promote":
+                wanted = validate(PromoteRequest, {"version": fields.get("version", "")})
+                await students_ops.promote(store, task, wanted.version,
+                                           student_api_base=state.settings.student_api_base)
+            elif name == "rollback":
+                await students_ops.rollback(store, task)
+            else:
+                raw = fields.get("threshold", "").strip()
+                threshold = validate(ThresholdUpdate, {"version": fields.get("version") or None,
+                                                       "threshold": raw or None})
+                if threshold.threshold is not None and not math.isfinite(threshold.threshold):
+                    raise BadRequestError("threshold must be a finite number", param="threshold")
+                await students_ops.set_threshold(store, task, threshold.version, threshold.threshold)
+            await routing_changed(state)
+        except ProtegeError as exc:
+            return await task_view(request, session, task, status=exc.status_code, error=exc.message)
+        log.info("console: %s on task %s", name, task)
+        return RedirectResponse(f"{PREFIX}/tasks/{path_part(task)}?done={name}", status_code=303, headers=HEADERS)
+
+    @router.get("/static/{name}")
+    async def static(name: str) -> Response:
+        if name not in STATIC_FILES:
+            return render("error.html", 404, title="Not found", message="No such file.")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+
+    @router.get("/login")
+    async def login_page(request: Request) -> Response:
+        session = authenticate(request)
+        if isinstance(session, Session):
+            return RedirectResponse(PREFIX, status_code=303, headers=HEADERS)
+        if request.app.state.protege.settings.admin_token is None:
+            return session  # the console is disabled
+        return render("login.html")
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        state: GatewayState = request.app.state.protege
+        if state.settings.admin_token is None:
+            return render("disabled.html", 403)
+        token = state.settings.admin_token.get_secret_value()
+        fields = await form(request, state)
+        if not same_origin(request):
+            return render("login.html", 403, error="This sign-in form came from another site.")
+        if not same(fields.get("token", "").strip(), token):
+            log.warning("console: refused sign-in from %s", request.client.host if request.client else "?")
+            return render("login.html", 403, error="That admin token is not valid.")
+        response = RedirectResponse(PREFIX, status_code=303, headers=HEADERS)
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        response.set_cookie(COOKIE, derive(token, "session"), path=PREFIX, httponly=True, samesite="strict",
+                            secure=secure)
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        checked = await checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        response = RedirectResponse(f"{PREFIX}/login", status_code=303, headers=HEADERS)
+        response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
+        return response
+
+    @router.get("")
+    async def overview(request: Request) -> Response:
+        session = authenticate(request)
+        if isinstance(session, Response):
+            return session
+        window = request.query_params.get("window", DEFAULT_WINDOW)
+        window = window if window in WINDOWS else DEFAULT_WINDOW
+        store = session.state.store
+        summaries = {t.name: t for t in await store.list_tasks()}
+        students = await store.list_students()
+        rollouts = await store.rollouts()
+        now = time.time()
+        since_s = WINDOWS[window][1]
+        exchanges = await read_exchanges(store, task=None, start=None if since_s is None else now - since_s)
+        report = build_report(exchanges, students, now=now, since_s=since_s)
+        reports = {t.task: t for t in report.tasks}
+        live = session.state.service.live_parity()
+        names = sorted(set(summaries) | {s.task for s in students} | set(rollouts))
+        rows = [task_row(name, summaries.get(name), [s for s in students if s.task == name], rollouts.get(name, 0.0),
+                         reports.get(name), live) for name in names]
+        return render("overview.html", session=session, rows=rows, total=report.total, window=window,
+                      windows=WINDOWS)
+
+    @router.get("/tasks/{task}")
+    async def task_page(task: str, request: Request) -> Response:
+        session = authenticate(request)
+        if isinstance(session, Response):
+            return session
+        return await task_view(request, session, task)
+
+    @router.post("/tasks/{task}/{operation}")
+    async def task_operation(task: str, operation: str, request: Request) -> Response:
+        checked = await checked_form(request)
+        if isinstance(checked, Response):
+            return checked
+        session, fields = checked
+        if operation not in NOTICES:
+            return render("error.html", 404, session=session, title="Not found", message="No such operation.")
+        return await act(request, task, operation, fields, session)
+
+    return router
