@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gateway import students as students_ops
@@ -20,7 +23,7 @@ from gateway.auth import new_key
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.errors import ProtegeError
 from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
-from gateway.store import Store, StoreError, open_store
+from gateway.store import Store, StoreError, open_store, redacted_url, user_hash
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, **overrides)
     if args.no_capture:
         settings = settings.model_copy(update={"capture": settings.capture.model_copy(update={"enabled": False})})
-    return serve(settings)
+    return serve(settings, workers=args.workers)
 
 
 def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,8 +87,17 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--student-api-base", metavar="URL", help="OpenAI-compatible server for students")
     p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for /admin (env PROTEGE_ADMIN_TOKEN)")
     p.add_argument("--no-capture", action="store_true", help="do not record exchanges")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on the one port (default 1); "
+                   "/metrics adds up all of them (PROMETHEUS_MULTIPROC_DIR, default a temporary folder)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 # --- model-server ------------------------------------------------------------------------------
@@ -107,7 +119,51 @@ def add_model_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         p.set_defaults(func=unavailable)
         return
     add_model_server_arguments(p)
-    p.set_defaults(func=run_model_server)
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # the server module itself imports torch lazily
+            print("protege model-server needs the local extra (torch): pip install 'protege[local]'", file=sys.stderr)
+            return 2
+        code: int = run_model_server(args)
+        return code
+
+    p.set_defaults(func=run)
+
+
+# --- export-merged -----------------------------------------------------------------------------
+
+def add_export_merged(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export-merged", help="fold a student's LoRA adapter into its base model (no LoRA at run time)",
+                       description="Write a plain transformers model folder (safetensors + tokenizer) with the "
+                       "adapter merged in, for servers that should not load adapters (vLLM without --enable-lora, "
+                       "`protege model-server --model OUT`). Serve it under the student's name, <task>-v<version>. "
+                       "Needs the local extra (torch, peft).")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="the adapter folder (a student version's "
+                   "artifact; see `protege students --json`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the merged model goes")
+    p.add_argument("--base-model", metavar="DIR", help="the base model folder the adapter was trained on "
+                   "(default: SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    def run(args: argparse.Namespace) -> int:
+        from distiller.merge import MergeError, merge_adapter
+
+        try:
+            out = merge_adapter(args.base_model, args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
+        except ImportError as exc:  # torch/peft are imported by the merge itself
+            print(f"protege export-merged needs the local extra: pip install 'protege[local]' ({exc})",
+                  file=sys.stderr)
+            return 2
+        except MergeError as exc:
+            print(f"protege export-merged: {exc}", file=sys.stderr)
+            return 1
+        print(f"merged model written to {out}")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # --- tasks -------------------------------------------------------------------------------------
@@ -142,6 +198,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def work(store: Store) -> int:
         exchanges = await store.list_exchanges(task=args.task, status=None if fmt == "jsonl-raw" else "ok")
+        # an export is a dataset too: rows of forgotten users captured after `protege forget` stay out of it
+        forgotten = await store.forgotten_user_hashes()
+        exchanges = [e for e in exchanges if e.user is None or user_hash(e.user) not in forgotten]
         out = sys.stdout.buffer if args.out == "-" else Path(args.out).open("wb")  # noqa: SIM115
         written = 0
         try:
@@ -324,7 +383,7 @@ def add_distill(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    from distiller.scheduler import RetrainPolicy, run_forever, run_once
+    from distiller.scheduler import RetrainPolicy, apply_retention, run_forever, run_once
 
     settings = _settings(args, student_api_base=args.student_api_base)
     options = _distill_options(args, settings)
@@ -332,11 +391,17 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
                            max_age_s=None if args.max_age_days is None else args.max_age_days * 86400,
                            parity_floor=args.parity_floor)
 
+    retention_days = settings.capture.retention_days
+
     async def work(store: Store) -> int:
         if not args.once:
             await run_forever(store, policy, options, interval_s=args.interval,
-                              student_api_base=settings.student_api_base)
+                              student_api_base=settings.student_api_base, retention_days=retention_days)
             return 0
+        if retention_days is not None:
+            pruned = await apply_retention(store, retention_days)
+            print(f"retention: deleted {pruned} exchanges older than {retention_days} days",
+                  file=sys.stderr if args.json else sys.stdout)
         results = await run_once(store, policy, options, student_api_base=settings.student_api_base,
                                  tasks=args.task or None)
         rows = [{"task": task, "reason": reason, "version": o.student.version if o else None,
@@ -358,7 +423,8 @@ def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        description="Retrain a task when it has --min-new-examples new good examples since its "
                        "newest version, when its active version is older than --max-age-days, or when its live "
                        "parity fell below --parity-floor. One training at a time; a failed run leaves the "
-                       "active student untouched. --once suits a cron job or Kubernetes CronJob.")
+                       "active student untouched. --once suits a cron job or Kubernetes CronJob. Each check first "
+                       "deletes exchanges older than capture.retention_days, when the config sets it.")
     _distill_flags(p)
     _json_flag(p)
     p.add_argument("--task", action="append", help="only these tasks (repeatable)")
@@ -368,6 +434,219 @@ def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--max-age-days", type=float, default=7.0)
     p.add_argument("--parity-floor", type=float, default=0.85)
     p.set_defaults(func=cmd_scheduler)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from distiller.report import (
+        build_report,
+        parse_duration,
+        plot_cumulative,
+        read_exchanges,
+        render_markdown,
+        render_table,
+    )
+
+    try:
+        since_s = None if args.since is None else parse_duration(args.since)
+    except ValueError as exc:
+        print(f"protege report: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(store: Store) -> int:
+        now = time.time()
+        exchanges = await read_exchanges(store, task=args.task, start=None if since_s is None else now - since_s)
+        report = build_report(exchanges, await store.list_students(task=args.task), now=now, since_s=since_s)
+        if args.plot:
+            try:
+                plot_cumulative(report, Path(args.plot))
+            except ImportError:
+                print("protege report --plot needs matplotlib: pip install 'protege[local]'", file=sys.stderr)
+                return 2
+        if args.format == "json":
+            print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        elif args.format == "markdown":
+            print(render_markdown(report), end="")
+        else:
+            table, notes = render_table(report)
+            # ten columns: piped output (no terminal width) gets room rather than rich's 80 columns
+            console = Console() if sys.stdout.isatty() else Console(width=200)
+            console.print(table if report.tasks else "no traffic captured in this window")
+            for note in notes:
+                console.print(note, markup=False, highlight=False)
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from distiller.report import REPORT_FORMATS
+
+    p = sub.add_parser("report", help="cost, savings against the teacher alone, break-even and parity per task",
+                       description="Per task, from the store: requests, actual cost, what the teacher alone would "
+                       "have cost, savings, upfront distillation cost, break-even in requests and days at the "
+                       "observed volume, and the student's parity. The method is printed with the figures.")
+    _store_flags(p)
+    p.add_argument("--task", help="only this task")
+    p.add_argument("--since", metavar="DURATION", help="only traffic of the last DURATION, e.g. 30d, 12h, 2w "
+                   "(default: all)")
+    p.add_argument("--format", choices=REPORT_FORMATS, default="table", help="table (default), json or markdown")
+    p.add_argument("--plot", metavar="FILE", help="also write a PNG of the cumulative cost with and without the "
+                   "student (needs matplotlib)")
+    p.set_defaults(func=cmd_report)
+
+
+# --- forget, prune, migrate-store ---------------------------------------------------------------
+
+def _may_ask(yes: bool, command: str) -> bool:
+    """Whether the command may go on to ask (or was told --yes). Checked before the store is opened: a script or
+    a cron job has nobody to answer, and must say --yes rather than hang or delete unasked."""
+    if yes or sys.stdin.isatty():
+        return True
+    print(f"protege {command}: stdin is not a terminal, so nobody can confirm the deletion; pass --yes",
+          file=sys.stderr)
+    return False
+
+
+def _confirmed(yes: bool, question: str) -> bool:
+    if yes:
+        return True
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing deleted")
+    return False
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on stderr (stdout keeps the summary); `update(done, total)`. Transient: gone once done. Off when
+    stderr is no terminal: a log file would only get blank lines."""
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        # the total is counted before the work starts; rows captured meanwhile can make `done` pass it
+        yield lambda done, total: bar.update(task, completed=done, total=max(done, total))
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    if not args.user:
+        print("protege forget: --user must not be empty", file=sys.stderr)
+        return 2
+    if not _may_ask(args.yes, "forget"):
+        return 2
+
+    async def work(store: Store) -> int:
+        total = await store.count_exchanges(user=args.user)
+        if not _confirmed(args.yes, f"Delete {total} exchanges of user {args.user!r} and keep the user out of "
+                          "future datasets?"):
+            return 1
+        with _progress_bar("forgetting", total) as update:
+            deleted = await store.forget_user(args.user, batch_size=args.batch_size,
+                                              progress=lambda done: update(done, total))
+        # the id is not echoed: this line ends up in logs, and the store keeps only its hash
+        print(f"deleted {deleted} exchanges of the user; recorded as forgotten (sha256 "
+              f"{user_hash(args.user)[:12]}…): exchanges captured later are left out of datasets")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from distiller.report import parse_duration
+
+    try:
+        age_s = parse_duration(args.older_than)
+    except ValueError as exc:
+        print(f"protege prune: {exc}", file=sys.stderr)
+        return 2
+    if age_s <= 0:
+        print("protege prune: --older-than must be more than 0", file=sys.stderr)
+        return 2
+    if not _may_ask(args.yes, "prune"):
+        return 2
+    cutoff = time.time() - age_s
+    of_task = "" if args.task is None else f" of task {args.task}"
+    scope = f"exchanges{of_task} older than {args.older_than} (captured before {_time(cutoff)} UTC)"
+
+    async def work(store: Store) -> int:
+        total = await store.count_exchanges(task=args.task, created_before=cutoff)
+        if not _confirmed(args.yes, f"Delete {total} {scope}?"):
+            return 1
+        with _progress_bar("pruning", total) as update:
+            deleted = await store.delete_exchanges_before(cutoff, task=args.task, batch_size=args.batch_size,
+                                                          progress=lambda done: update(done, total))
+        print(f"deleted {deleted} {scope}")
+        return 0
+
+    return _with_store(_settings(args), work)
+
+
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from gateway.store.migrate import migrate_store
+
+    source, dest = redacted_url(args.source), redacted_url(args.dest)
+    with _progress_bar("copying exchanges", 0) as update:
+        counts = asyncio.run(migrate_store(args.source, args.dest, batch_size=args.batch_size, progress=update))
+    if args.json:
+        print(orjson.dumps({"from": source, "to": dest, **counts}).decode())
+        return 0
+    print(f"copied {source} → {dest}\n"
+          f"  exchanges:       {counts['exchanges']} added ({counts['exchanges_read']} read, "
+          f"{counts['exchanges_forgotten']} of forgotten users left out)\n"
+          f"  gateway keys:    {counts['api_keys']} added\n"
+          f"  students:        {counts['students']} added\n"
+          f"  rollouts:        {counts['rollouts']} set\n"
+          f"  forgotten users: {counts['forgotten_users']} added")
+    return 0
+
+
+def add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("forget", help="delete every captured exchange of a user and keep the user out of datasets",
+                       description="Delete every captured exchange whose user (the request's `user` field or the "
+                       "X-Protege-User header) is USER, in batches, and record the user as forgotten — as a sha256 "
+                       "of the id, never the id itself. Curation and export then leave out the user's exchanges "
+                       "captured later (e.g. in flight on another replica); run it again to delete those too. "
+                       "Students already trained are not changed.")
+    _store_flags(p)
+    p.add_argument("--user", required=True, help="the user id, exactly as clients send it")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
+                   "terminal)")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N", help="rows per delete transaction "
+                   "(default 1000)")
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("prune", help="delete captured exchanges older than an age (retention)",
+                       description="Delete captured exchanges older than DURATION, in batches so that capture is "
+                       "never blocked for long. To do it on a schedule, set capture.retention_days: `protege "
+                       "scheduler` applies it at each check.")
+    _store_flags(p)
+    p.add_argument("--older-than", required=True, metavar="DURATION", help="age, e.g. 90d, 12h, 30m, 2w")
+    p.add_argument("--task", help="only this task's exchanges")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
+                   "terminal)")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N", help="rows per delete transaction "
+                   "(default 1000)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("migrate-store", help="copy one store into another, e.g. SQLite to PostgreSQL",
+                       description="Copy exchanges, gateway keys, students, rollouts and forgotten users from one "
+                       "store to another (typically sqlite:///… to postgresql://… when adding gateway replicas). "
+                       "Safe to re-run: only what the destination lacks is added, so a second run after stopping "
+                       "the old gateway picks up what it captured meanwhile. Exchanges of forgotten users are not "
+                       "copied. Both stores are brought to the current schema first; the source's data is not "
+                       "changed.")
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy from")
+    p.add_argument("--to", dest="dest", required=True, metavar="URL", help="the store to copy into")
+    p.add_argument("--batch-size", type=_positive_int, default=500, metavar="N", help="exchanges per page "
+                   "(default 500)")
+    _json_flag(p)
+    p.set_defaults(func=cmd_migrate_store)
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -458,8 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
                                      "captures teacher traffic and distils it into a cheap student.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_model_server, add_tasks, add_export, add_distill, add_scheduler,
-                add_student_commands, add_keys, add_demo):
+    for add in (add_serve, add_model_server, add_export_merged, add_tasks, add_export, add_distill, add_scheduler,
+                add_student_commands, add_report, add_data_commands, add_keys, add_demo):
         add(sub)
     return parser
 

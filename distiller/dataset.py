@@ -4,6 +4,8 @@
 report and dataset hash, whatever order the exchanges come in. Steps, in order (each drop is counted
 under its reason in the report, so kept + dropped = input):
 
+0. forgotten users (`protege forget`): an exchange whose `user_hash` is recorded as forgotten is dropped,
+   so rows captured after the forget (in flight on another replica) never reach a dataset;
 1. quality filters on the captured exchange (`distiller.filters`): failed, incomplete, truncated,
    empty/short answer, refusal;
 2. prompt distillation: decide whether the task's system prompt is dropped from training examples
@@ -29,7 +31,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -39,7 +41,7 @@ from distiller.dedup import Shingling, find_duplicates, normalise_text
 from distiller.language import detect_language
 from gateway.export import training_example
 from gateway.pii import PLACEHOLDERS, message_strings, redact_messages
-from gateway.store import Exchange, Store
+from gateway.store import Exchange, Store, user_hash
 from gateway.tasks import message_text, system_prompt, text_hash
 
 Split = Literal["train", "validation", "test"]
@@ -47,10 +49,11 @@ SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 PiiMode = Literal["redact", "drop", "off"]
 PromptDistillation = Literal["auto", "on", "off"]
 
+FORGOTTEN_USER = "forgotten_user"
 OTHER_SYSTEM_PROMPT = "other_system_prompt"
 LANGUAGE_CAP = "language_cap"
 DROP_REASONS: tuple[str, ...] = (
-    filters.FAILED, filters.INCOMPLETE, filters.TRUNCATED, filters.EMPTY_ANSWER, filters.SHORT_ANSWER,
+    FORGOTTEN_USER, filters.FAILED, filters.INCOMPLETE, filters.TRUNCATED, filters.EMPTY_ANSWER, filters.SHORT_ANSWER,
     filters.REFUSAL, OTHER_SYSTEM_PROMPT, filters.PII, filters.TOO_LONG, "duplicate", "near_duplicate", LANGUAGE_CAP)
 FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 FORMAT = "protege-dataset/1"
@@ -216,17 +219,20 @@ async def load_task_exchanges(store: Store, task: str) -> list[Exchange]:
 
 async def curate_task(store: Store, task: str, config: CurationConfig | None = None, *,
                       count_tokens: filters.TokenCounter | None = None) -> CuratedDataset:
-    return curate(await load_task_exchanges(store, task), config, count_tokens=count_tokens)
+    # forgotten users read after the exchanges: a user forgotten in between is still left out
+    exchanges = await load_task_exchanges(store, task)
+    return curate(exchanges, config, count_tokens=count_tokens, forgotten=await store.forgotten_user_hashes())
 
 
 def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, *,
-           count_tokens: filters.TokenCounter | None = None) -> CuratedDataset:
+           count_tokens: filters.TokenCounter | None = None, forgotten: Collection[str] = ()) -> CuratedDataset:
     """The curated dataset of `exchanges` (usually one task's). `count_tokens` is a tokenizer's length
-    function for the `max_tokens` limit and token statistics; characters / 4 without one."""
+    function for the `max_tokens` limit and token statistics; characters / 4 without one. `forgotten` holds
+    the `user_hash`es of forgotten users (`Store.forgotten_user_hashes`), whose exchanges are dropped."""
     cfg = config or CurationConfig()
     ordered = sorted(exchanges, key=lambda e: (e.created_at, e.request_id))
     dropped: list[tuple[str, str]] = []
-    candidates = _quality(ordered, cfg, dropped)
+    candidates = _quality(_not_forgotten(ordered, set(forgotten), dropped), cfg, dropped)
 
     distilled, prompt_counts = _distilled_prompt(candidates, cfg.prompt_distillation)
     if distilled is not None:
@@ -263,6 +269,18 @@ def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, 
     return CuratedDataset(config=cfg, train=tuple(splits["train"]), validation=tuple(splits["validation"]),
                           test=tuple(splits["test"]), system_prompt_hash=system_hash, report=report,
                           dataset_hash=dataset_hash(examples, cfg, system_hash), dropped=tuple(dropped))
+
+
+def _not_forgotten(ordered: list[Exchange], forgotten: set[str], dropped: list[tuple[str, str]]) -> list[Exchange]:
+    if not forgotten:
+        return ordered
+    kept = []
+    for exchange in ordered:
+        if exchange.user is not None and user_hash(exchange.user) in forgotten:
+            dropped.append((exchange.request_id, FORGOTTEN_USER))
+        else:
+            kept.append(exchange)
+    return kept
 
 
 def _quality(ordered: list[Exchange], cfg: CurationConfig, dropped: list[tuple[str, str]]) -> list[_Candidate]:

@@ -15,15 +15,16 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.router import token_logprobs
-from gateway.scoring import agreement
+from gateway.scoring import agreement, normalise_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,29 +122,59 @@ def bootstrap_ci(scores: Sequence[float], *, resamples: int = 1000, alpha: float
     return ScoreSummary(sum(scores) / n, low, high, n)
 
 
+def _json_object(text: str) -> dict[str, Any] | None:
+    """`text` as a JSON object, parsed as `gateway.scoring.agreement` parses it; None if it is not one."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _most_common(values: Sequence[Any], key: Callable[[Any], str]) -> Any:
+    """The value whose class (values `key` maps together) is the largest; ties go to the class seen first.
+    The class's first value is returned."""
+    top = Counter(key(v) for v in values).most_common(1)[0][0]
+    return next(v for v in values if key(v) == top)
+
+
+def _field_key(value: Any) -> str:
+    """Field values `agreement` counts as equal share a key (strings compare normalised)."""
+    return orjson.dumps(normalise_text(value) if isinstance(value, str) else value,
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _field_majority(objects: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every field present in at least half of the objects, with its most common value."""
+    majority = {}
+    for key, count in Counter(k for o in objects for k in o).items():
+        if count * 2 >= len(objects):
+            majority[key] = _most_common([o[key] for o in objects if key in o], _field_key)
+    return majority
+
+
 def majority_answer(train: Sequence[EvalExample]) -> dict[str, Any]:
-    """The most common teacher answer; for JSON objects, the most common value of each field."""
+    """The majority-answer baseline: one constant answer for every request.
+
+    The candidates are the field-by-field majority of the answers that are JSON objects (each field found in
+    at least half of them, with its most common value) and the most common whole text (normalised as
+    `agreement` normalises it). The JSON candidate is the answer unless the whole text agrees with more of the
+    training answers — in practice, when (almost) none of them are JSON objects. A few answers that are not
+    JSON (a refusal, a truncated object) therefore no longer turn a JSON task's baseline into a whole-text one.
+    """
     contents = [str(e.reference.get("content") or "") for e in train]
-    objects = []
-    for text in contents:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            break
-        if not isinstance(value, dict):
-            break
-        objects.append(value)
-    else:
-        if objects:
-            keys = Counter(k for o in objects for k in o)
-            majority = {}
-            for key, count in keys.items():
-                if count * 2 >= len(objects):
-                    values = Counter(json.dumps(o[key], sort_keys=True) for o in objects if key in o)
-                    majority[key] = json.loads(values.most_common(1)[0][0])
-            return {"role": "assistant", "content": json.dumps(majority)}
-    common = Counter(contents).most_common(1)
-    return {"role": "assistant", "content": common[0][0] if common else ""}
+    if not contents:
+        return {"role": "assistant", "content": ""}
+    objects = [o for text in contents if (o := _json_object(text)) is not None]
+    candidates = [json.dumps(_field_majority(objects))] if objects else []
+    candidates.append(_most_common(contents, normalise_text))
+    references = [completion_of(e.reference) for e in train]
+
+    def train_agreement(content: str) -> float:
+        answer = completion_of({"role": "assistant", "content": content})
+        return sum(agreement(answer, reference) for reference in references)
+
+    return {"role": "assistant", "content": max(candidates, key=train_agreement)}  # first on ties: JSON
 
 
 async def ask_model(api_base: str, model: str, examples: Sequence[EvalExample], *, max_tokens: int = 256,

@@ -1,8 +1,10 @@
 """`protege distill`: curate → train → evaluate → calibrate → register (→ promote), for one task.
 
-Every run writes a folder (`runs/<task>/<timestamp>/`): the dataset, the trainer's run directory
-(with its job handle, so a restarted distiller can poll it), the evaluation and calibration reports.
-A failed run leaves the task's active student untouched.
+Every run writes a folder (`runs/<task>/<timestamp>/`): the dataset, `run.json` (the version being trained and
+what it is trained on), the trainer's run directory (with its job handle, `training/job.json`), the evaluation
+and calibration reports. A distiller stopped mid-run leaves its training job going; the next `distill` of the
+task finds that run (same dataset, trainer and trainer flags, version still free) and polls the job instead of
+training again. A failed run leaves the task's active student untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from distiller.calibrate import Calibration, Observation, calibrate
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
-from distiller.trainers import JobStatus, TrainingJob, get_trainer
+from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
+from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
 from gateway.config import EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
@@ -62,6 +65,7 @@ class DistillOutcome:
 
 
 Progress = Callable[[str, float | None], None]
+RUN_FILE = "run.json"
 
 
 def _quiet(_: str, __: float | None) -> None:
@@ -83,13 +87,20 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         return DistillOutcome(task, run_dir, dataset.dataset_hash, trained, reused=True,
                               passed=trained.status != "rejected", gate_message="dataset unchanged since "
                               f"version {trained.version}; pass --force to train again")
+    key = _run_key(options, dataset.dataset_hash)
+    unfinished = None if options.force else await _unfinished_run(store, options, task, key)
+    job: TrainingJob | None = None
+    if unfinished is not None:
+        run_dir, version, job = unfinished
+        progress(f"resuming training job {job.job_id} of {run_dir}", None)
+    else:
+        write_dataset(dataset, run_dir / "dataset")
+        version = await next_version(store, task)
+        write_json_atomic(run_dir / RUN_FILE, {**key, "task": task, "version": version})
     dataset_dir = run_dir / "dataset"
-    write_dataset(dataset, dataset_dir)
-
-    version = await next_version(store, task)
     model = served_name(task, version)
     started = time.monotonic()
-    result = await _train(options, dataset_dir, run_dir / "training", model, progress)
+    job, result = await _train(options, dataset_dir, run_dir / "training", model, progress, job)
     training_s = time.monotonic() - started
 
     async with AsyncExitStack() as stack:
@@ -115,8 +126,9 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     passed, gate_message = options.gate.check(report.student.score.mean, base_parity)
     details = {"evaluation": report.to_dict(), "calibration": calibration.to_dict() if calibration else None,
                "gate": {"passed": passed, "message": gate_message, "min_parity": options.gate.min_parity},
-               "trainer_config": options.trainer_config, "training_s": round(training_s, 1),
-               "metrics": result.metrics, "run_dir": str(run_dir), "curation": dataset.report}
+               "trainer_config": job.details.get("config", options.trainer_config), "job": job.to_dict(),
+               "training_s": round(training_s, 1), "metrics": result.metrics, "run_dir": str(run_dir),
+               "curation": dataset.report}
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,
@@ -132,14 +144,46 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     return outcome
 
 
-async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, model: str, progress: Progress) -> Any:
+def _run_key(options: DistillOptions, dataset_hash: str) -> dict[str, Any]:
+    """What a run trains on and with: a stopped run is resumed only when all of it is unchanged."""
+    return {"dataset_hash": dataset_hash, "trainer": options.trainer, "trainer_config": options.trainer_config,
+            "base_model": options.base_model}
+
+
+async def _unfinished_run(store: Store, options: DistillOptions, task: str,
+                          key: dict[str, Any]) -> tuple[Path, int, TrainingJob] | None:
+    """The newest run folder of `task` with the same key whose training job was launched and has not failed,
+    and whose version was never registered: a distiller stopped before registering it."""
+    taken = {s.version for s in await store.list_students(task=task)}
+    task_dir = options.runs_dir / task
+    for run_dir in sorted(task_dir.iterdir(), reverse=True) if task_dir.is_dir() else []:
+        record = read_json(run_dir / RUN_FILE)
+        if (record is None or {k: record.get(k) for k in key} != key or record.get("version") in taken
+                or not (run_dir / "training" / JOB_FILE).is_file()):
+            continue
+        try:
+            job = TrainingJob.load(run_dir / "training")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        trainer = get_trainer(job.backend, options.trainer_config)
+        status: JobStatus = await asyncio.to_thread(trainer.poll, job)
+        if status.state in ("failed", "cancelled"):
+            continue
+        return run_dir, int(record["version"]), job
+    return None
+
+
+async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, model: str, progress: Progress,
+                 job: TrainingJob | None = None) -> tuple[TrainingJob, TrainingResult]:
+    """Launch a training job (or take over `job`, launched by an earlier distiller) and poll it to the end."""
     config = dict(options.trainer_config)
     if options.trainer == "local":
         config.setdefault("model_name", model)
         if options.base_model:
             config.setdefault("base_model", options.base_model)
     trainer = get_trainer(options.trainer, config)
-    job: TrainingJob = await asyncio.to_thread(trainer.launch, dataset_dir, run_dir)
+    if job is None:
+        job = await asyncio.to_thread(trainer.launch, dataset_dir, run_dir)
     status: JobStatus = await asyncio.to_thread(trainer.poll, job)
     while not status.done:
         progress(f"training ({status.message or status.state})", status.progress)
@@ -148,7 +192,7 @@ async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, mode
     if status.state != "succeeded" or status.result is None:
         raise DistillError(f"training {status.state}: {status.error or status.message}")
     progress("training done", 1.0)
-    return status.result
+    return job, status.result
 
 
 def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float) -> Calibration | None:

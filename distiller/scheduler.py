@@ -2,7 +2,8 @@
 
 A task is due when it has enough new good examples since its newest version, when its active
 version is older than the configured age, or when its live parity (shadow scoring) fell below the
-floor. One training at a time; a failed run leaves the active student as it was.
+floor. One training at a time; a failed run leaves the active student as it was. Each check first applies the
+store's retention (`capture.retention_days`), if one is configured.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from distiller.pipeline import DistillError, DistillOptions, DistillOutcome, distill
-from gateway.store import Exchange, Store, StudentVersion
+from gateway.store import Exchange, Store, StudentVersion, user_hash
 
 log = logging.getLogger("protege.scheduler")
 
@@ -53,8 +54,10 @@ def due(state: TaskState, policy: RetrainPolicy, now: float) -> str | None:
     return None
 
 
-def _is_training_data(exchange: Exchange) -> bool:
-    return exchange.status == "ok" and exchange.route != "student"
+def _is_training_data(exchange: Exchange, forgotten: set[str]) -> bool:
+    # a forgotten user's rows never reach a dataset (distiller.dataset), so they must not trigger a retrain either
+    return (exchange.status == "ok" and exchange.route != "student"
+            and (not forgotten or exchange.user is None or user_hash(exchange.user) not in forgotten))
 
 
 async def task_state(store: Store, task: str) -> TaskState:
@@ -62,8 +65,9 @@ async def task_state(store: Store, task: str) -> TaskState:
     newest = max(students, key=lambda s: s.version, default=None)
     active = next((s for s in students if s.status == "active"), None)
     exchanges = await store.list_exchanges(task=task, status="ok")
+    forgotten = await store.forgotten_user_hashes()
     since = newest.created_at if newest else 0.0
-    new_good = sum(1 for e in exchanges if _is_training_data(e) and e.created_at > since)
+    new_good = sum(1 for e in exchanges if _is_training_data(e, forgotten) and e.created_at > since)
     scores = [float(e.extra["shadow"]["agreement"]) for e in exchanges
               if active is not None and e.route == "shadow" and e.created_at > active.updated_at
               and (e.extra.get("shadow") or {}).get("version") == active.version]
@@ -93,8 +97,19 @@ async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions,
     return results
 
 
+async def apply_retention(store: Store, retention_days: int | None, *, now: float | None = None) -> int:
+    """Delete the exchanges older than `retention_days` (none when it is None); returns how many went."""
+    if retention_days is None:
+        return 0
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    deleted = await store.delete_exchanges_before(cutoff)
+    log.info("retention: deleted %d exchanges older than %d days", deleted, retention_days)
+    return deleted
+
+
 async def run_forever(store: Store, policy: RetrainPolicy, options: DistillOptions, *, interval_s: float,
-                      student_api_base: str | None = None) -> None:
+                      student_api_base: str | None = None, retention_days: int | None = None) -> None:
     while True:
+        await apply_retention(store, retention_days)
         await run_once(store, policy, options, student_api_base=student_api_base)
         await asyncio.sleep(interval_s)

@@ -52,10 +52,10 @@ async def _state(request: Request) -> GatewayState:
 
 
 async def _body(request: Request, state: GatewayState) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, state.settings.max_body_bytes))
+    return parse_json_object(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
 
 
-async def _changed(state: GatewayState) -> None:
+async def routing_changed(state: GatewayState) -> None:
     if state.service.students is not None:
         await state.service.students.table.refresh(force=True)
 
@@ -90,7 +90,7 @@ def build_admin_router() -> APIRouter:
         state = await _state(request)
         update = validate(RolloutUpdate, await _body(request, state))
         await students_ops.set_rollout(state.store, task, update.percent)
-        await _changed(state)
+        await routing_changed(state)
         return {"task": task, "rollout_percent": update.percent}
 
     @router.post("/tasks/{task}/promote")
@@ -99,14 +99,14 @@ def build_admin_router() -> APIRouter:
         wanted = validate(PromoteRequest, await _body(request, state))
         await students_ops.promote(state.store, task, wanted.version,
                                    student_api_base=state.settings.student_api_base)
-        await _changed(state)
+        await routing_changed(state)
         return {"task": task, "active_version": wanted.version}
 
     @router.post("/tasks/{task}/rollback")
     async def rollback(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
         result = await students_ops.rollback(state.store, task)
-        await _changed(state)
+        await routing_changed(state)
         return {"task": task, "retired_version": result.retired, "active_version": result.active}
 
     @router.put("/tasks/{task}/threshold")
@@ -114,7 +114,7 @@ def build_admin_router() -> APIRouter:
         state = await _state(request)
         update = validate(ThresholdUpdate, await _body(request, state))
         version = await students_ops.set_threshold(state.store, task, update.version, update.threshold)
-        await _changed(state)
+        await routing_changed(state)
         return {"task": task, "version": version, "threshold": update.threshold}
 
     return router

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth import bearer_token
-from gateway.errors import ServiceUnavailableError
+from gateway.errors import BadRequestError, ServiceUnavailableError
 from gateway.http_utils import parse_json_object, read_body, validate
 from gateway.protocol import ChatCompletionRequest, ModelCard, ModelList
 from gateway.service import ChatRequest, ChatService, RouteInfo
@@ -57,13 +57,17 @@ def build_api_router() -> APIRouter:
     @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
     async def chat_completions(request: Request) -> Response:
         state = _state(request)
-        await state.keys.check(_bearer(request))
-        body = parse_json_object(await read_body(request, state.settings.max_body_bytes))
+        client = await state.keys.check(_bearer(request))
+        state.service.limiter.admit(client)
+        body = parse_json_object(await read_body(request, state.settings.max_body_bytes,
+                                                 state.settings.body_timeout_s))
         parsed = validate(ChatCompletionRequest, body)
         task, source = resolve_task(request.headers.get("x-protege-task"), body)
         user = request.headers.get("x-protege-user") or parsed.user
+        capture = (_capture_wanted(request.headers.get("x-protege-capture"))
+                   and task not in state.settings.capture.skip_tasks)
         req = ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
-                          user=user)
+                          user=user, capture=capture, client=client)
         service: ChatService = state.service
         if req.stream:
             chunks, info = await service.open_stream(req)
@@ -108,6 +112,21 @@ def build_api_router() -> APIRouter:
         return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+_CAPTURE_VALUES = {"on": True, "true": True, "1": True, "yes": True,
+                   "off": False, "false": False, "0": False, "no": False}
+
+
+def _capture_wanted(header: str | None) -> bool:
+    """X-Protege-Capture: off keeps a request out of the store (sensitive traffic)."""
+    if header is None:
+        return True
+    wanted = _CAPTURE_VALUES.get(header.strip().lower())
+    if wanted is None:
+        raise BadRequestError(f"X-Protege-Capture must be 'on' or 'off', not {header[:40]!r}",
+                              param="X-Protege-Capture", code="invalid_header")
+    return wanted
 
 
 def _bearer(request: Request) -> str | None:

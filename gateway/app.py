@@ -15,16 +15,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.admin import build_admin_router
+from gateway.anthropic import error_from_openai, is_anthropic_path
+from gateway.anthropic_api import build_anthropic_router
 from gateway.api import build_api_router
 from gateway.auth import KeyRing
+from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
 from gateway.config import Settings
+from gateway.console import build_console_router
 from gateway.errors import ProtegeError, error_body, error_type_for_status
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, multiprocess_dir
 from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
 from gateway.providers.openai_compat import OpenAICompatibleProvider
+from gateway.ratelimit import RateLimiter
 from gateway.routing_table import RoutingTable
 from gateway.service import ChatService, Students, Teacher, TeacherSet
 from gateway.state import GatewayState
@@ -47,7 +52,8 @@ def build_teachers(settings: Settings) -> TeacherSet:
     redact = redactor(secrets_of(settings))
     return TeacherSet([
         Teacher(config=t, provider=build_provider(t, settings, redact),
-                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token))
+                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token),
+                breaker=build_breaker(f"teacher:{t.served_name}", settings))
         for t in settings.teachers
     ])
 
@@ -67,35 +73,48 @@ def build_students(settings: Settings, store: Store) -> Students | None:
         await load_student(api_base, student)
 
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
-                    degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate)
+                    degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate,
+                    breaker=build_breaker("student", settings))
+
+
+def build_breaker(name: str, settings: Settings) -> CircuitBreaker:
+    config = settings.circuit_breaker
+    return CircuitBreaker(name, failure_threshold=config.failure_threshold, cooldown_s=config.cooldown_s)
 
 
 def json_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def shaped(request: Request, status: int, body: dict[str, object]) -> dict[str, object]:
+    """Anthropic's error shape under its Messages API (its SDK parses that), OpenAI's everywhere else."""
+    return error_from_openai(status, body) if is_anthropic_path(request.url.path) else body
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Every failure leaves as OpenAI's error body; this is the only mapping to HTTP."""
+    """Every failure leaves as OpenAI's error body (Anthropic's under /v1/messages); this is the only
+    mapping to HTTP."""
 
-    async def protege_error(_: Request, exc: Exception) -> Response:
+    async def protege_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProtegeError)
-        return json_error(exc.status_code, exc.to_body(), exc.headers())
+        return json_error(exc.status_code, shaped(request, exc.status_code, exc.to_body()), exc.headers())
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = {404: "unknown route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return json_error(exc.status_code, error_body(message, error_type_for_status(exc.status_code)),
-                          dict(exc.headers or {}))
+        body = error_body(message, error_type_for_status(exc.status_code))
+        return json_error(exc.status_code, shaped(request, exc.status_code, body), dict(exc.headers or {}))
 
-    async def validation_error(_: Request, exc: Exception) -> Response:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in err["loc"]) or None
-        return json_error(400, error_body(f"{param}: {err['msg']}", "invalid_request_error", param=param))
+        body = error_body(f"{param}: {err['msg']}", "invalid_request_error", param=param)
+        return json_error(400, shaped(request, 400, body))
 
-    async def unexpected_error(_: Request, exc: Exception) -> Response:
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return json_error(500, error_body("internal error", "api_error"))
+        return json_error(500, shaped(request, 500, error_body("internal error", "api_error")))
 
     app.add_exception_handler(ProtegeError, protege_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -105,7 +124,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None,
                teachers: Callable[[Settings], TeacherSet] = build_teachers) -> FastAPI:
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    # an injected registry (tests) sees this process only; otherwise /metrics adds up every worker's files
+    # when the server runs several (PROMETHEUS_MULTIPROC_DIR, set by `gateway.server`)
+    metrics = (Metrics(registry) if registry is not None
+               else Metrics(CollectorRegistry(), multiprocess_dir=multiprocess_dir()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,7 +141,9 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
         students = build_students(settings, the_store)
         if students is not None:
             await students.table.refresh(force=True)
-        service = ChatService(teacher_set, capture, metrics, settings.retry, students)
+        limits = settings.rate_limits
+        service = ChatService(teacher_set, capture, metrics, settings.retry, students,
+                              RateLimiter(limits.requests_per_minute, limits.tokens_per_minute))
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service)
         try:
@@ -131,9 +155,12 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
                 await students.provider.aclose()
             await capture.close()
             await the_store.close()
+            metrics.process_exited()
 
     app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.include_router(build_api_router())
     app.include_router(build_admin_router())
+    app.include_router(build_console_router())
+    app.include_router(build_anthropic_router())
     return app

@@ -61,14 +61,35 @@ class CaptureConfig(_Strict):
     queue_size: int = Field(default=10_000, ge=1, description="exchanges waiting to be written; beyond, dropped")
     batch_size: int = Field(default=256, ge=1)
     flush_interval_ms: int = Field(default=100, ge=1, le=10_000)
+    write_retries: int = Field(default=3, ge=0, le=20, description="retries of a batch the store refuses "
+                               "(backoff 0.2 s doubling) before it is dropped and counted")
     redact_pii: bool = Field(default=False, description="replace emails, phones, cards, IBANs and IPs with "
                              "typed placeholders before anything is stored")
+    skip_tasks: list[str] = Field(default_factory=list, description="tasks never captured (sensitive traffic); a "
+                                  "request can also opt out with the header X-Protege-Capture: off")
+    retention_days: int | None = Field(default=None, ge=1, description="exchanges older than this are deleted by "
+                                       "each `protege scheduler` check; None keeps them (or use `protege prune`)")
 
 
 class RetryConfig(_Strict):
     attempts: int = Field(default=2, ge=0, le=10, description="retries after the first try, on 429/5xx")
     backoff_s: float = Field(default=0.25, ge=0, description="first backoff; doubles each retry")
     max_backoff_s: float = Field(default=4.0, ge=0, description="longest wait, also caps Retry-After")
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per upstream (each teacher, the student server): fail fast while it keeps failing."""
+
+    failure_threshold: int = Field(default=5, ge=0, description="failed requests in a row that open the circuit; "
+                                   "0 disables the breaker")
+    cooldown_s: float = Field(default=10, gt=0, description="how long the circuit stays open before one probe")
+
+
+class RateLimitConfig(_Strict):
+    """Per gateway key (or for everyone on a gateway without keys); 429 with Retry-After beyond."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, description="input + output tokens")
 
 
 class CascadeConfig(_Strict):
@@ -104,10 +125,13 @@ class Settings(_Strict):
     timeout_s: float = Field(default=120, gt=0, description="upstream read timeout")
     connect_timeout_s: float = Field(default=5, gt=0)
     retry: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     cascade: CascadeConfig = CascadeConfig()
     capture: CaptureConfig = CaptureConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
     gateway_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys, plain")
     admin_token: SecretStr | None = None
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")

@@ -1,17 +1,45 @@
-"""Prometheus metrics on an injected registry, with bounded label sets (no user ids)."""
+"""Prometheus metrics on an injected registry, with bounded label sets (no user ids).
+
+Several uvicorn workers (`protege serve --workers N`) share one set of metrics through prometheus_client's
+multiprocess mode: with `PROMETHEUS_MULTIPROC_DIR` set before prometheus_client is imported, every
+process writes its values to files there, and `/metrics` adds them up with a `MultiProcessCollector`.
+Each gauge says how its per-process values combine (`multiprocess_mode`).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 CONFIDENCE_BUCKETS = (-5, -3, -2, -1.5, -1, -0.75, -0.5, -0.3, -0.2, -0.1, -0.05, -0.02, -0.01, 0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
+# reasons `CaptureWriter` drops exchanges for; created at zero so rates and alerts see a series
+CAPTURE_DROP_REASONS = ("queue_full", "store_error")
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of multiprocess mode, when this process runs in it (prometheus_client reads the variable
+    once, at import)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, *, max_tasks: int = 200) -> None:
+    """`registry` is what `/metrics` exposes. With `multiprocess_dir`, it holds a collector that adds up
+    the files of every process, and the metrics themselves go on a private registry (exposing both would
+    count this process twice)."""
+
+    def __init__(self, registry: CollectorRegistry, *, max_tasks: int = 200,
+                 multiprocess_dir: str | None = None) -> None:
         self.registry = registry
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            registry = CollectorRegistry()
         self._max_tasks = max_tasks
         self._tasks: set[str] = set()
         self.requests = Counter("protege_requests", "Chat requests by task, route and outcome",
@@ -20,6 +48,10 @@ class Metrics:
                               ["task", "model", "kind"], registry=registry)
         self.cost = Counter("protege_cost_usd", "Cost in USD of upstream calls, where the price is known",
                             ["task", "route"], registry=registry)
+        self.counterfactual_cost = Counter(
+            "protege_counterfactual_cost_usd",
+            "What the same requests would have cost on the teacher alone (savings = this - protege_cost_usd)",
+            ["task", "route"], registry=registry)
         self.unknown_price = Counter("protege_unknown_price_requests", "Requests whose price is unknown",
                                      ["model"], registry=registry)
         self.latency = Histogram("protege_request_duration_seconds", "Total request time seen by the gateway",
@@ -37,7 +69,7 @@ class Metrics:
         self.degraded = Counter("protege_degraded_answers", "Student answers served because the teacher was down",
                                 ["task"], registry=registry)
         self.rollout = Gauge("protege_rollout_percent", "Share of a task's traffic routed to its student",
-                             ["task"], registry=registry)
+                             ["task"], registry=registry, multiprocess_mode="livemax")
         self.shadow = Counter("protege_shadow_comparisons", "Student answers compared with a shadow teacher call",
                               ["task", "version"], registry=registry)
         self.shadow_agreement = Counter("protege_shadow_agreement", "Sum of agreement scores of shadow comparisons",
@@ -45,12 +77,24 @@ class Metrics:
         self.live_parity = Gauge("protege_live_parity", "Mean agreement of student and teacher on shadowed traffic",
                                  ["task", "version"], registry=registry, multiprocess_mode="liveall")
         self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
+        self.circuit_opened = Counter("protege_circuit_opened", "Times an upstream's circuit breaker opened",
+                                      ["upstream"], registry=registry)
+        self.rate_limited = Counter("protege_rate_limited_requests", "Requests refused by a per-key rate limit",
+                                    ["limit"], registry=registry)
+        # each worker has its own queue: the depth is their sum, over the workers alive
         self.capture_queue = Gauge("protege_capture_queue_depth", "Exchanges waiting to be written",
-                                   registry=registry)
+                                   registry=registry, multiprocess_mode="livesum")
         self.captured = Counter("protege_captured_exchanges", "Exchanges written to the store", ["status"],
                                 registry=registry)
         self.capture_dropped = Counter("protege_capture_dropped_exchanges", "Exchanges that could not be stored",
                                        ["reason"], registry=registry)
+        for reason in CAPTURE_DROP_REASONS:
+            self.capture_dropped.labels(reason)
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges from the multiprocess totals (its counters stay counted)."""
+        if self.multiprocess_dir is not None:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
 
     def task_label(self, task: str) -> str:
         """The task as a label value; past `max_tasks` distinct tasks, new ones count as 'other'."""

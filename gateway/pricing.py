@@ -20,6 +20,18 @@ class Price:
         return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
 
 
+def counterfactual_prompt_tokens(sent_prompt_tokens: int, full_chars: int, sent_chars: int) -> int:
+    """The teacher's prompt tokens for a request the student answered, estimated from the student's.
+
+    A prompt-distilled student is sent the messages without the task's system prompt; the teacher
+    would have read all of them. The student's count scales by the characters the teacher would have
+    read (the two tokenizers differ, so this is an estimate either way, and an unbiased one when the
+    prompt was not shortened: then it is the student's count itself)."""
+    if sent_chars <= 0 or full_chars <= sent_chars:
+        return sent_prompt_tokens
+    return round(sent_prompt_tokens * full_chars / sent_chars)
+
+
 @cache
 def bundled_price_map() -> dict[str, Any]:
     spec = importlib.util.find_spec("litellm")

@@ -1,17 +1,31 @@
-"""Running the gateway: uvicorn around `create_app`, with the embedded model server when needed."""
+"""Running the gateway: uvicorn around `create_app`, with the embedded model server when needed.
+
+With `workers > 1`, uvicorn spawns that many processes on one socket. Each builds its own app from the
+settings this process passes in the environment (`WORKER_SETTINGS_ENV`), and their metrics are added up
+through prometheus_client's multiprocess mode (see `gateway.metrics`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import signal
+import tempfile
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
+import orjson
 import uvicorn
+from fastapi import FastAPI
+from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.embedded import EmbeddedModelServer
+from gateway.store import open_store, redacted_url
 
 log = logging.getLogger("protege")
 
@@ -22,7 +36,11 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def serve(settings: Settings) -> int:
+WORKER_SETTINGS_ENV = "PROTEGE_WORKER_SETTINGS"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(settings: Settings, *, workers: int = 1) -> int:
     configure_logging(settings.log_level)
     with ExitStack() as stack:
         if not settings.teachers:
@@ -36,7 +54,10 @@ def serve(settings: Settings) -> int:
                                                    "student_api_base": settings.student_api_base or embedded.api_base})
         teachers = ", ".join(f"{t.served_name} ({t.model})" for t in settings.teachers)
         print(f"Protégé gateway on http://{settings.host}:{settings.port}/v1 — teacher: {teachers}; "
-              f"store: {settings.store}", flush=True)
+              f"store: {redacted_url(settings.store)}" + (f"; {workers} workers" if workers > 1 else ""), flush=True)
+        if workers > 1:
+            _run_workers(settings, workers, stack)
+            return 0
         config = uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
             log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
@@ -57,3 +78,51 @@ def serve(settings: Settings) -> int:
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+def _run_workers(settings: Settings, workers: int, stack: ExitStack) -> None:
+    """uvicorn's process supervisor: it restarts a worker that dies and stops them all on SIGTERM/SIGINT."""
+    metrics_dir = os.environ.get(MULTIPROC_ENV)
+    if metrics_dir:
+        # values left by an earlier run would be added to this one's
+        for stale in Path(metrics_dir).glob("*.db"):
+            stale.unlink()
+    else:
+        metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="protege-metrics-"))
+    # the workers are spawned, not forked: they inherit the environment, and import prometheus_client
+    # (which reads the variable once) after it is set
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(_revealed(settings.model_dump())).decode()
+    asyncio.run(_migrate(settings.store))
+    uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=settings.host, port=settings.port,
+                loop="uvloop", http="httptools", log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=30, timeout_keep_alive=30)
+
+
+async def _migrate(url: str) -> None:
+    """Create or upgrade the store once, before the workers open it: on a new store, their concurrent
+    first opens would race to create the same tables."""
+    store = open_store(url)
+    await store.open()
+    await store.close()
+
+
+def _revealed(value: Any) -> Any:
+    """Settings as plain data with their secrets in clear, for the workers (same user, same host)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(v) for v in value]
+    return value
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn factory), from the settings the supervisor passed."""
+    settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV])
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    gc.collect()  # as in `serve`: keep start-up objects out of full collections
+    gc.freeze()
+    return app

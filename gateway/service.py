@@ -14,19 +14,21 @@ from typing import Any
 
 import orjson
 
+from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter, StreamAssembler, normalise_request, normalise_response
 from gateway.config import RetryConfig, TeacherConfig
 from gateway.errors import NotFoundError, ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.metrics import Metrics
-from gateway.pricing import Price
+from gateway.pricing import Price, counterfactual_prompt_tokens
 from gateway.providers import ChatProvider
 from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
+from gateway.ratelimit import RateLimiter
 from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
 from gateway.routing_table import RoutingTable
 from gateway.scoring import agreement
 from gateway.store import Exchange, ExchangeStatus, StudentVersion
-from gateway.tasks import system_prompt, text_hash
+from gateway.tasks import message_text, system_prompt, text_hash
 
 log = logging.getLogger("protege.service")
 
@@ -45,6 +47,8 @@ class ChatRequest:
     task: str
     task_source: str
     user: str | None
+    capture: bool = True  # False: this request is never stored (X-Protege-Capture: off, or a skipped task)
+    client: str | None = None  # who is billed the tokens for rate limits (None: the gateway's own calls)
     received_at: float = field(default_factory=time.perf_counter)
     created_at: float = field(default_factory=time.time)
 
@@ -61,11 +65,16 @@ class ChatRequest:
         return self.user or self.request_id
 
 
+def _no_breaker() -> CircuitBreaker:
+    return CircuitBreaker("upstream", failure_threshold=0)
+
+
 @dataclass(slots=True)
 class Teacher:
     config: TeacherConfig
     provider: ChatProvider
     price: Price | None
+    breaker: CircuitBreaker = field(default_factory=_no_breaker)
 
 
 @dataclass(slots=True)
@@ -77,6 +86,7 @@ class Students:
     price: Price | None = None
     degraded_mode: bool = False
     shadow_rate: float = 0.0
+    breaker: CircuitBreaker = field(default_factory=_no_breaker)
 
 
 @dataclass(slots=True)
@@ -103,6 +113,24 @@ class StudentAttempt:
     completion: dict[str, Any] | None
     confidence: float | None
     verdict: Verdict
+    messages: list[dict[str, Any]] = field(default_factory=list)  # as sent (a distilled system prompt dropped)
+
+
+def _usage(completion: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    usage = (completion or {}).get("usage") or {}
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def _priced(price: Price | None, completion: dict[str, Any] | None) -> float | None:
+    """The cost of one upstream answer; None when the price or the usage is unknown (never a silent 0)."""
+    prompt_tokens, completion_tokens = _usage(completion)
+    if price is None or prompt_tokens is None or completion_tokens is None:
+        return None
+    return price.cost(prompt_tokens, completion_tokens)
+
+
+def _messages_chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(message_text(m.get("content"))) for m in messages)
 
 
 class TeacherSet:
@@ -174,8 +202,13 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 class ChatService:
     def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics, retry: RetryConfig,
-                 students: Students | None = None) -> None:
+                 students: Students | None = None, limiter: RateLimiter | None = None) -> None:
         self.teachers = teachers
+        self.limiter = limiter or RateLimiter(None, None)
+        self.limiter.on_limited = lambda kind: metrics.rate_limited.labels(kind).inc()
+        breakers = [t.breaker for t in teachers.all] + ([students.breaker] if students is not None else [])
+        for breaker in breakers:
+            breaker.on_open = lambda name: metrics.circuit_opened.labels(name).inc()
         self.capture = capture
         self.metrics = metrics
         self.retry = retry
@@ -203,7 +236,10 @@ class ChatService:
         if self.students is None or (req.body.get("n") or 1) != 1:
             return None
         route = await self.students.table.route(req.task)
-        if route is None or not in_rollout(req.task, req.sticky_key, route.rollout_percent):
+        if route is None:
+            return None
+        self.metrics.rollout.labels(self.metrics.task_label(req.task)).set(route.rollout_percent)
+        if not in_rollout(req.task, req.sticky_key, route.rollout_percent):
             return None
         messages = student_messages(req.body.get("messages") or [], route.student)
         return None if messages is None else (route.student, messages)
@@ -213,19 +249,21 @@ class ChatService:
         assert self.students is not None
         started = time.perf_counter()
         try:
-            completion = await self.students.provider.complete(student_body(req.body, student, messages))
+            body, provider = student_body(req.body, student, messages), self.students.provider
+            completion = await self.students.breaker.call(lambda: provider.complete(body))
         except ProtegeError as exc:
             if exc.status_code == 404:
                 self.students.table.forget_loaded(student)
             reason = "student_timeout" if isinstance(exc, UpstreamTimeoutError) else "student_error"
             log.info("student %s failed (%s): %s", student.model, reason, exc.message)
-            return StudentAttempt(student, None, None, Verdict(False, reason, exc.message))  # type: ignore[arg-type]
+            return StudentAttempt(student, None, None, Verdict(False, reason, exc.message),  # type: ignore[arg-type]
+                                  messages)
         self.metrics.upstream_latency.labels(ROUTE_STUDENT).observe(time.perf_counter() - started)
         score = confidence(completion, student.confidence_method)
         if score is not None:
             self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
         verdict = judge(score, student.threshold, validate_output(req.body, completion))
-        return StudentAttempt(student, completion, score, verdict)
+        return StudentAttempt(student, completion, score, verdict, messages)
 
     def _fell_back(self, req: ChatRequest, attempt: StudentAttempt) -> RouteInfo:
         reason = attempt.verdict.reason or "student_error"
@@ -244,7 +282,7 @@ class ChatService:
         attempt = await self._ask_student(req, *plan)
         if attempt.verdict.accept and attempt.completion is not None:
             info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
-            self._record_student(req, attempt, info, stream=stream)
+            self._record_student(req, attempt, info, teacher, stream=stream)
             self._maybe_shadow(req, teacher, attempt)
             return attempt, info, for_client(attempt.completion, req.body)
         return attempt, self._fell_back(req, attempt), None
@@ -257,11 +295,13 @@ class ChatService:
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:
-            result = await with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry)
+            result = await teacher.breaker.call(
+                lambda: with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry))
         except ProtegeError as exc:
             degraded = await self._degraded_answer(req, exc, attempt)
+            # a degraded answer has billed the student's attempt already (on the row that is captured)
             self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message, attempt=attempt, capture=degraded is None)
+                         error=exc.message, attempt=attempt if degraded is None else None, capture=degraded is None)
             if degraded is None:
                 raise
             return degraded
@@ -288,7 +328,7 @@ class ChatService:
             return None
         self.metrics.degraded.labels(self.metrics.task_label(req.task)).inc()
         info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence, "teacher_down")
-        self._record_student(req, attempt, info, stream=stream, teacher_error=exc.message)
+        self._record_student(req, attempt, info, None, stream=stream, teacher_error=exc.message)
         return for_client(attempt.completion, req.body), info
 
     # --- shadow scoring --------------------------------------------------------------------
@@ -304,11 +344,11 @@ class ChatService:
 
     async def _shadow(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
         shadow_req = ChatRequest(request_id=req.request_id + "-shadow", body={**req.body, "stream": False},
-                                 task=req.task, task_source=req.task_source, user=req.user)
+                                 task=req.task, task_source=req.task_source, user=req.user, capture=req.capture)
         started = time.perf_counter()
         body = upstream_body(shadow_req.body, teacher.config.upstream_model)
         try:
-            result = await teacher.provider.complete(body)
+            result = await teacher.breaker.call(lambda: teacher.provider.complete(body))
         except ProtegeError as exc:
             log.info("shadow call to the teacher failed: %s", exc.message)
             return
@@ -338,11 +378,13 @@ class ChatService:
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
         try:
-            first, rest = await open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry)
+            first, rest = await teacher.breaker.call(
+                lambda: open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry))
         except ProtegeError as exc:
             degraded = await self._degraded_answer(req, exc, attempt, stream=True)
             self._record(req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started,
-                         error=exc.message, stream=True, attempt=attempt, capture=degraded is None)
+                         error=exc.message, stream=True, attempt=attempt if degraded is None else None,
+                         capture=degraded is None)
             if degraded is None:
                 raise
             return self._replay(req, degraded[0]), degraded[1]
@@ -387,52 +429,102 @@ class ChatService:
                          time.perf_counter() - started, error=error, stream=True, attempt=attempt)
 
     # --- recording ---------------------------------------------------------------------------
+    #
+    # Cost is what was paid for the request: on a fallback, the teacher's answer and the student's
+    # rejected attempt. The counterfactual is what the teacher alone would have been paid for it, so
+    # that savings = counterfactual − cost over any set of requests (a shadow call is a cost with no
+    # counterfactual: the teacher-only world makes no such call).
 
     def _record(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, status: ExchangeStatus,
                 http_status: int, completion: dict[str, Any] | None, upstream_s: float, *,
                 error: str | None = None, stream: bool = False, attempt: StudentAttempt | None = None,
                 capture: bool = True, extra: dict[str, Any] | None = None) -> None:
         extra = dict(extra or {})
+        teacher_cost = _priced(teacher.price, completion)
+        if teacher_cost is None and status == "ok":
+            self.metrics.unknown_price.labels(teacher.config.served_name).inc()
+        self._count_tokens(req, teacher.config.served_name, completion)
+        self._bill_client(req, completion)
+        student_cost: float | None = None
         if attempt is not None:
+            student_cost = self._student_cost(req, attempt)
             answer = (attempt.completion or {}).get("choices") or [{}]
             extra["student"] = {"version": attempt.student.version, "model": attempt.student.model,
                                 "confidence": attempt.confidence, "reason": attempt.verdict.reason,
-                                "detail": attempt.verdict.detail[:500], "message": answer[0].get("message")}
-        self._observe(req, info.route, teacher.config.served_name, teacher.price, status, completion,
-                      upstream_s, stream)
-        if not capture or not self.capture.enabled:
+                                "detail": attempt.verdict.detail[:500], "message": answer[0].get("message"),
+                                "cost_usd": student_cost}
+        parts = [c for c in (teacher_cost, student_cost) if c is not None]
+        cost = sum(parts) if parts else None
+        counterfactual = 0.0 if info.route == ROUTE_SHADOW else teacher_cost
+        self._observe(req, info.route, status, upstream_s, stream, cost, counterfactual)
+        if not capture or not req.capture or not self.capture.enabled:
             return
         self.capture.submit(self._exchange(req, info.route, teacher.config.model, status, http_status, completion,
-                                           error=error, stream=stream, extra=extra, price=teacher.price))
+                                           error=error, stream=stream, extra=extra, cost=cost))
 
-    def _record_student(self, req: ChatRequest, attempt: StudentAttempt, info: RouteInfo, *,
-                        stream: bool = False, teacher_error: str | None = None) -> None:
+    def _student_cost(self, req: ChatRequest, attempt: StudentAttempt) -> float | None:
+        """A student answer's cost (tokens counted under the student's model); None when not priced."""
+        assert self.students is not None
+        if attempt.completion is None:
+            return None  # the student failed before answering: nothing to bill
+        self._count_tokens(req, attempt.student.model, attempt.completion)
+        cost = _priced(self.students.price, attempt.completion)
+        if cost is None:
+            self.metrics.unknown_price.labels(attempt.student.model).inc()
+        return cost
+
+    def _record_student(self, req: ChatRequest, attempt: StudentAttempt, info: RouteInfo, teacher: Teacher | None,
+                        *, stream: bool = False, teacher_error: str | None = None) -> None:
+        """A student answer served to the client. `teacher` is None in degraded mode: the teacher-only
+        world would have answered with an error, which costs nothing."""
         assert self.students is not None and attempt.completion is not None
-        price = self.students.price
-        self._observe(req, ROUTE_STUDENT, attempt.student.model, price, "ok", attempt.completion, 0.0, stream)
-        if not self.capture.enabled:
+        cost = self._student_cost(req, attempt)
+        self._bill_client(req, attempt.completion)
+        counterfactual = 0.0 if teacher is None else self._teacher_estimate(req, teacher, attempt)
+        self._observe(req, ROUTE_STUDENT, "ok", 0.0, stream, cost, counterfactual)
+        if not req.capture or not self.capture.enabled:
             return
         extra: dict[str, Any] = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
-                                             "reason": info.fallback_reason}}
+                                             "reason": info.fallback_reason},
+                                 "counterfactual_cost_usd": counterfactual}
         if teacher_error is not None:
             extra["teacher_error"] = teacher_error
         self.capture.submit(self._exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
-                                           stream=stream, extra=extra, price=price))
+                                           stream=stream, extra=extra, cost=cost))
 
-    def _observe(self, req: ChatRequest, route: str, model: str, price: Price | None, status: ExchangeStatus,
-                 completion: dict[str, Any] | None, upstream_s: float, stream: bool) -> None:
-        total_s = time.perf_counter() - req.received_at
+    @staticmethod
+    def _teacher_estimate(req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> float | None:
+        """What the teacher would have charged for the student's answer: its output tokens, and its
+        prompt with any distilled system prompt put back."""
+        prompt_tokens, completion_tokens = _usage(attempt.completion)
+        if teacher.price is None or prompt_tokens is None or completion_tokens is None:
+            return None
+        full = counterfactual_prompt_tokens(prompt_tokens, _messages_chars(req.body.get("messages") or []),
+                                            _messages_chars(attempt.messages))
+        return teacher.price.cost(full, completion_tokens)
+
+    def _bill_client(self, req: ChatRequest, completion: dict[str, Any] | None) -> None:
+        """The client's token budget pays for the answer it got (not for rejected student attempts)."""
+        if req.client is not None:
+            prompt_tokens, completion_tokens = _usage(completion)
+            self.limiter.spend_tokens(req.client, (prompt_tokens or 0) + (completion_tokens or 0))
+
+    def _count_tokens(self, req: ChatRequest, model: str, completion: dict[str, Any] | None) -> None:
+        prompt_tokens, completion_tokens = _usage(completion)
         task_label = self.metrics.task_label(req.task)
-        usage = (completion or {}).get("usage") or {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if price is not None and prompt_tokens is not None and completion_tokens is not None:
-            self.metrics.cost.labels(task_label, route).inc(price.cost(prompt_tokens, completion_tokens))
-        elif status == "ok":
-            self.metrics.unknown_price.labels(model).inc()
         if prompt_tokens is not None:
             self.metrics.tokens.labels(task_label, model, "input").inc(prompt_tokens)
         if completion_tokens is not None:
             self.metrics.tokens.labels(task_label, model, "output").inc(completion_tokens)
+
+    def _observe(self, req: ChatRequest, route: str, status: ExchangeStatus, upstream_s: float, stream: bool,
+                 cost: float | None, counterfactual: float | None) -> None:
+        total_s = time.perf_counter() - req.received_at
+        task_label = self.metrics.task_label(req.task)
+        if cost is not None:
+            self.metrics.cost.labels(task_label, route).inc(cost)
+        if counterfactual is not None:
+            self.metrics.counterfactual_cost.labels(task_label, route).inc(counterfactual)
         self.metrics.requests.labels(task_label, route, status).inc()
         self.metrics.latency.labels(route, str(stream).lower()).observe(total_s)
         if route != ROUTE_STUDENT:
@@ -442,12 +534,9 @@ class ChatService:
 
     def _exchange(self, req: ChatRequest, route: str, upstream_model: str, status: ExchangeStatus, http_status: int,
                   completion: dict[str, Any] | None, *, error: str | None = None, stream: bool = False,
-                  extra: dict[str, Any] | None = None, price: Price | None = None) -> Exchange:
+                  extra: dict[str, Any] | None = None, cost: float | None = None) -> Exchange:
         response = normalise_response(completion) if completion else None
-        usage = (completion or {}).get("usage") or {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        cost = (price.cost(prompt_tokens, completion_tokens)
-                if price is not None and prompt_tokens is not None and completion_tokens is not None else None)
+        prompt_tokens, completion_tokens = _usage(completion)
         choices = (response or {}).get("choices") or [{}]
         return Exchange(
             request_id=req.request_id, created_at=req.created_at, task=req.task, task_source=req.task_source,

@@ -56,6 +56,7 @@ class Answer:
     latency_s: float
     content: str | None
     error: str | None = None
+    confidence: float | None = None  # x-protege-confidence: the student's score when it was asked
 
 
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -159,22 +160,7 @@ def _cost(rows: Iterable[Exchange]) -> float:
     return sum(r.cost_usd or 0.0 for r in rows)
 
 
-def _majority_pool(contents: Sequence[str | None]) -> list[str]:
-    """The answers the majority baseline is drawn from: the JSON objects when there are any, so the baseline
-    is the field-by-field majority (`majority_answer` falls back to the most common whole text as soon as
-    one answer is not JSON, which for a mostly-JSON task is a much weaker baseline)."""
-    texts = [c for c in contents if c is not None]
-    objects = []
-    for text in texts:
-        try:
-            if isinstance(json.loads(text), dict):
-                objects.append(text)
-        except ValueError:
-            continue
-    return objects or texts
-
-
-def _student_message(row: Exchange | None) -> str | None:
+def student_message(row: Exchange | None) -> str | None:
     """The student's own answer on a fallback row (what the cascade rejected)."""
     message = ((row.extra if row else {}).get("student") or {}).get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
@@ -193,10 +179,10 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
     refs = {a.index: a for a in reference}
     pairs = [(refs[a.index], a) for a in replayed if a.index in refs and refs[a.index].error is None]
     served = [agree(a.content if a.error is None else None, r.content) for r, a in pairs]
-    alone = [agree(a.content if a.route == "student" else _student_message(row(a)), r.content)
+    alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content)
              for r, a in pairs if a.route in ("student", "fallback")]
     majority = majority_answer([EvalExample([], {"role": "assistant", "content": text})
-                                for text in _majority_pool([a.content for a in captured if a.error is None])])
+                                for text in [a.content for a in captured if a.error is None and a.content is not None]])
     majority_scores = [agree(str(majority.get("content") or ""), r.content) for r, _ in pairs]
 
     routes = Counter(a.route or "error" for a in replayed)
@@ -234,9 +220,8 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
     if not promoted:
         notes.append(f"the student was not promoted ({outcome.gate_message}): the replay went to the teacher")
     if routes["fallback"]:
-        notes.append(f"the gateway prices a fallback as its teacher call only; the {routes['fallback']} rejected "
-                     f"student attempts cost about ${routes['fallback'] * student_cost_each:.6f} more (at the mean "
-                     "student-served cost), not in the figures above")
+        notes.append(f"{routes['fallback']} fallbacks: each pays the teacher's answer and the student's rejected "
+                     "attempt (both in the costs above)")
     report = DemoReport(
         run_dir=str(run_dir), task=workload.task, teacher=teacher,
         student=f"{outcome.student.model}@v{outcome.student.version}", student_status=outcome.student.status,

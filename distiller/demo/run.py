@@ -169,10 +169,13 @@ def start_child(name: str, cmd: Sequence[str], log: Path, health_url: str, timeo
 # --- the run ---------------------------------------------------------------------------------------------
 
 @dataclass(slots=True)
-class _Run:
+class DemoRun:
+    """The demo's processes and how to talk to them (also used by `bench/cascade` on a finished run)."""
+
     options: DemoOptions
     workload: Workload
-    run_dir: Path
+    run_dir: Path  # config, logs and the store (unless `store_file` names another)
+    store_file: Path | None = None
     children: list[Child] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -190,7 +193,7 @@ class _Run:
 
     @property
     def store_url(self) -> str:
-        return f"sqlite:///{(self.run_dir / 'store.db').resolve()}"
+        return f"sqlite:///{(self.store_file or self.run_dir / 'store.db').resolve()}"
 
     def teacher_model(self) -> str:
         return self.options.teacher or f"openai/{self.served_name}"
@@ -280,8 +283,10 @@ class _Run:
                             stop=stop or openai.omit, response_format={"type": "json_object"},
                             extra_headers={"X-Protege-Task": TASK})
                         completion = raw.parse()
+                        confidence = raw.headers.get("x-protege-confidence")
                         answer = Answer(index, raw.headers.get("x-request-id"), raw.headers.get("x-protege-route"),
-                                        time.perf_counter() - started, completion.choices[0].message.content)
+                                        time.perf_counter() - started, completion.choices[0].message.content,
+                                        confidence=float(confidence) if confidence is not None else None)
                     except openai.APIError as exc:
                         answer = Answer(index, None, None, time.perf_counter() - started, None,
                                         error=f"{type(exc).__name__}: {exc}"[:300])
@@ -302,12 +307,16 @@ class _Run:
                     values[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
         return MetricsSnapshot(values)
 
-    async def set_rollout(self, percent: float) -> None:
+    async def admin(self, path: str, body: dict[str, Any]) -> None:
+        """PUT an admin setting of the demo task, e.g. `rollout` or `threshold`."""
         async with httpx.AsyncClient(timeout=30) as client:
-            response = await client.put(f"{self.gateway_url}/admin/tasks/{TASK}/rollout", json={"percent": percent},
+            response = await client.put(f"{self.gateway_url}/admin/tasks/{TASK}/{path}", json=body,
                                         headers={"authorization": f"Bearer {self.admin_token}"})
         if response.status_code != 200:
-            raise DemoError(f"the gateway refused rollout {percent}%: {response.status_code} {response.text[:300]}")
+            raise DemoError(f"the gateway refused {path} {body}: {response.status_code} {response.text[:300]}")
+
+    async def set_rollout(self, percent: float) -> None:
+        await self.admin("rollout", {"percent": percent})
 
 
 async def wait_for_rows(store: Store, request_ids: set[str], timeout_s: float = 60) -> dict[str, Exchange]:
@@ -320,7 +329,7 @@ async def wait_for_rows(store: Store, request_ids: set[str], timeout_s: float = 
         await asyncio.sleep(0.2)
 
 
-def _progress(console: Console) -> Progress:
+def progress_display(console: Console) -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
 
@@ -340,7 +349,7 @@ class _Phase:
             self.console.log(f"{self.name.removesuffix('_s')} done in {self.timings[self.name]:.0f} s")
 
 
-def _start(run: _Run, progress: Progress) -> None:
+def start_processes(run: DemoRun, progress: Progress) -> None:
     # from the main thread: the children's parent-death signal is tied to the thread that started them
     with _Phase(run.timings, "startup_s", progress.console):
         startup = progress.add_task("starting the model server and the gateway", total=2)
@@ -350,7 +359,7 @@ def _start(run: _Run, progress: Progress) -> None:
         progress.advance(startup)
 
 
-async def _run_phases(run: _Run, progress: Progress) -> DemoReport:
+async def _run_phases(run: DemoRun, progress: Progress) -> DemoReport:
     options, workload, timings = run.options, run.workload, run.timings
     console = progress.console
     store = open_store(run.store_url)
@@ -392,14 +401,15 @@ async def _run_phases(run: _Run, progress: Progress) -> DemoReport:
         metrics={"capture": before_capture.delta(before_teacher), "teacher_pass": before_teacher.delta(after_teacher),
                  "replay": after_teacher.delta(after_replay)},
         teacher_price=teacher_price, student_price=student_price, timings=dict(timings),
-        settings={"requests": options.requests, "epochs": options.epochs, "learning_rate": options.learning_rate,
+        settings={"requests": options.requests, "train_fraction": options.train_fraction, "epochs": options.epochs,
+                  "learning_rate": options.learning_rate,
                   "max_steps": options.max_steps, "validation_fraction": options.validation_fraction,
                   "max_tokens": options.max_tokens, "concurrency": options.concurrency, "seed": options.seed,
                   "stop": options.stop_sequences(), "base_model": options.base_model or "SmolLM2-135M-Instruct",
                   "gate": options.gate, "target_parity": options.target_parity})
 
 
-async def _distill(run: _Run, store: Store, progress: Progress) -> DistillOutcome:
+async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOutcome:
     options = run.options
     trainer_config: dict[str, Any] = {"epochs": options.epochs, "learning_rate": options.learning_rate}
     if options.max_steps is not None:
@@ -432,11 +442,11 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoRep
             break
         run_dir = options.runs_dir / f"{stamp}-{n}"  # two runs in the same second
     run_dir.mkdir(parents=True)
-    run = _Run(options, workload, run_dir.resolve())
+    run = DemoRun(options, workload, run_dir.resolve())
     started = time.monotonic()
     try:
-        with _progress(console) as progress:
-            _start(run, progress)
+        with progress_display(console) as progress:
+            start_processes(run, progress)
             report = asyncio.run(_run_phases(run, progress))
     finally:
         run.stop_all()

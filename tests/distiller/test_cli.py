@@ -44,8 +44,16 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("serve", "model-server", "tasks", "export", "students", "rollout", "promote", "rollback",
-                    "distill", "scheduler"):
+    commands = ("serve", "model-server", "tasks", "export", "students", "rollout", "promote", "rollback",
+                "distill", "scheduler", "report", "forget", "prune", "migrate-store", "export-merged", "demo")
+    for command in commands:
         out = protege(command, "--help").stdout
         assert "usage: protege" in out and "--help" in out
+    listing = protege("--help").stdout
+    assert all(f"    {command}" in listing for command in commands)
     assert "--json" in protege("tasks", "--help").stdout and "--store" in protege("export", "--help").stdout
+    assert "--workers" in protege("serve", "--help").stdout
+    for command, flags in (("forget", ("--user", "--yes", "--store")), ("prune", ("--older-than", "--task", "--yes")),
+                           ("migrate-store", ("--from", "--to", "--batch-size"))):
+        out = protege(command, "--help").stdout
+        assert all(flag in out for flag in flags), command

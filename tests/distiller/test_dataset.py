@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -19,7 +20,7 @@ from distiller.dataset import (
     token_stats,
     write_dataset,
 )
-from gateway.store import Exchange, open_store
+from gateway.store import Exchange, open_store, user_hash
 from gateway.tasks import text_hash
 from tests.distiller.conftest import make_exchange
 
@@ -285,6 +286,18 @@ def test_config_validation_and_help() -> None:
     config = CurationConfig(language_cap=3, seed=9)
     assert CurationConfig.from_dict(config.to_dict()) == config
     assert set(CurationConfig.help()) == set(config.to_dict()) and all(CurationConfig.help().values())
+
+
+def test_exchanges_of_forgotten_users_are_dropped_with_their_reason() -> None:
+    exchanges = [dataclasses.replace(e, user=("gone" if e.request_id in ("req_00003", "req_00007") else
+                                              "kept" if int(e.request_id[-1]) % 2 else None)) for e in synthetic(12)]
+    dataset = curate(exchanges, forgotten={user_hash("gone"), user_hash("nobody")})
+    assert dataset.report["dropped"]["forgotten_user"] == 2 == dataset.report["dropped_total"]
+    assert [rid for rid, _ in dataset.dropped] == ["req_00003", "req_00007"]
+    remaining = [e for e in exchanges if e.user != "gone"]
+    # as if the rows had never been captured: the same examples, splits and hash
+    assert dataset.dataset_hash == curate(remaining).dataset_hash
+    assert curate(exchanges).report["dropped"]["forgotten_user"] == 0  # nobody forgotten: nothing dropped
 
 
 async def test_curate_a_task_from_a_real_sqlite_store(tmp_path: Path) -> None:

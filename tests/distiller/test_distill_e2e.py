@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,12 +37,20 @@ async def send_all(url: str, messages: list[str]) -> None:
                 extra_headers={"X-Protege-Task": TASK}) for m in messages[chunk:chunk + 8]))
 
 
-def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
+def run_distill(store: Path, runs: Path, *flags: str, env: dict[str, str] | None = None,
+                timeout: float = 600) -> dict[str, object]:
+    """`protege distill --task TASK --json` as a subprocess; its JSON summary."""
     out = subprocess.run([sys.executable, "-m", "distiller.cli", "distill", "--task", TASK, "--store",
-                          f"sqlite:///{store}", "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
-                          "--runs-dir", str(runs), "--json"], capture_output=True, text=True, timeout=600)
+                          f"sqlite:///{store}", "--runs-dir", str(runs), "--json", *flags],
+                         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr[-3000:]
     return dict(json.loads(out.stdout))
+
+
+def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
+    # one torch thread for training and the embedded model server: two threads on two shared cores crawl
+    return run_distill(store, runs, "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
+                       env={"OMP_NUM_THREADS": "1"})
 
 
 def test_capture_then_distill_registers_an_evaluated_student(

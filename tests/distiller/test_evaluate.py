@@ -43,6 +43,32 @@ def test_majority_answer_for_text_and_json() -> None:
     assert report.score.mean == pytest.approx((1.0 + 0.0) / 2)
 
 
+def test_majority_answer_ignores_a_few_answers_that_are_not_json() -> None:
+    """One refusal among JSON answers: still the field-by-field majority of the JSON ones, not a whole text."""
+    train = [example('{"queue": "billing", "urgent": true}'), example('{"queue": "billing", "urgent": false}'),
+             example("Sorry, I cannot read this ticket."), example('{"queue": "tech", "urgent": false}')]
+    assert json.loads(majority_answer(train)["content"]) == {"queue": "billing", "urgent": False}
+    test = [example('{"queue": "billing", "urgent": false}'), example('{"queue": "tech", "urgent": true}'),
+            example("Sorry, I cannot read this ticket.")]
+    assert majority_report(train, test).score.mean == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+
+
+def test_majority_answer_is_whole_text_when_almost_nothing_is_json() -> None:
+    train = [example("yes"), example("yes"), example("no"), example('{"answer": "yes"}'), example("[1, 2]")]
+    assert majority_answer(train)["content"] == "yes"
+    assert majority_answer([example("[1, 2]"), example("[1, 2]"), example('{"a": 1}')])["content"] == "[1, 2]"
+    assert majority_answer([])["content"] == ""
+
+
+def test_majority_counts_answers_the_scorer_treats_as_equal() -> None:
+    """Agreement compares normalised text (case, spacing), so the majority counts it that way too."""
+    train = [example("Oslo"), example("oslo"), example(" OSLO\n"), example("Paris"), example("Paris")]
+    assert majority_answer(train)["content"] == "Oslo"
+    fields = [example('{"queue": "Billing"}'), example('{"queue": "billing "}'), example('{"queue": "BILLING"}'),
+              example('{"queue": "tech"}'), example('{"queue": "tech"}')]
+    assert json.loads(majority_answer(fields)["content"]) == {"queue": "Billing"}
+
+
 def write_dataset(root: Path, answers: dict[str, list[str]]) -> Path:
     for split, contents in answers.items():
         lines = [json.dumps({"messages": [{"role": "user", "content": f"ticket {i}"},

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 
 from distiller.pipeline import DistillOptions
-from distiller.scheduler import RetrainPolicy, TaskState, due, run_once, task_state
+from distiller.scheduler import RetrainPolicy, TaskState, apply_retention, due, run_once, task_state
 from gateway.store import Exchange, StudentVersion, open_store
 
 NOW = 1_000_000.0
@@ -66,4 +67,19 @@ async def test_run_once_reports_a_failed_run_and_leaves_the_task_alone(tmp_path:
     results = await run_once(store, RetrainPolicy(min_new_examples=2), DistillOptions(runs_dir=tmp_path / "runs"))
     assert [(task, outcome) for task, _, outcome in results] == [("t", None)]  # 3 examples are too few to train
     assert await store.list_students(task="t") == []
+    await store.close()
+
+
+async def test_forgotten_users_do_not_count_and_retention_deletes_old_rows(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    await store.open()
+    await store.insert_exchanges([dataclasses.replace(exchange(i, NOW - i * 86400), user=f"u{i % 2}")
+                                  for i in range(6)])
+    assert (await task_state(store, "t")).new_good_examples == 6
+    await store.forget_user("u1")
+    await store.insert_exchanges([dataclasses.replace(exchange(9, NOW), user="u1")])  # captured after the forget
+    assert (await task_state(store, "t")).new_good_examples == 3
+    assert await apply_retention(store, None, now=NOW) == 0
+    assert await apply_retention(store, 3, now=NOW) == 1  # r4, 4 days old (r3 is exactly 3 days: kept)
+    assert {e.request_id for e in await store.list_exchanges()} == {"r0", "r2", "r9"}
     await store.close()

@@ -57,11 +57,14 @@ def cascade(katan: Server, student_server: Server, gateway_factory: Callable[...
             tmp_path: Path) -> Callable[..., tuple[Server, Path]]:
     def make(*, threshold: float | None = None, distilled: bool = False, percent: float = 100,
              teacher: Server | None = None, degraded: bool = False,
-             student: Server | None = None, shadow: float = 0) -> tuple[Server, Path]:
+             student: Server | None = None, shadow: float = 0, student_prices: tuple[float, float] | None = None,
+             ) -> tuple[Server, Path]:
         store = tmp_path / "store.db"
         config = tmp_path / "protege.yaml"
+        prices = (f"  input_cost_per_token: {student_prices[0]}\n  output_cost_per_token: {student_prices[1]}\n"
+                  if student_prices else "")
         config.write_text(f"cascade:\n  timeout_s: 5\n  refresh_s: 0.2\n  degraded_mode: {str(degraded).lower()}\n"
-                          f"  shadow_rate: {shadow}\nretry:\n  attempts: 0\n")
+                          f"  shadow_rate: {shadow}\n{prices}retry:\n  attempts: 0\n")
         register(store, threshold=threshold, distilled=distilled)
         upstream = teacher or katan
         gateway = gateway_factory(
@@ -286,3 +289,56 @@ def test_gateway_loads_a_promoted_adapter_into_the_student_server(
     listed = httpx.get(f"{server.url}/v1/models").json()["data"]
     assert f"{TASK}-v2" in {m["id"] for m in listed}
     stop(server.proc)
+
+
+def metric(gateway: Server, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gateway.url}/metrics").text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def captured(store: Path) -> list[dict[str, Any]]:
+    import sqlite3
+
+    time.sleep(0.4)  # capture flush interval
+    with sqlite3.connect(store) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM exchanges ORDER BY created_at")]
+
+
+TEACHER_PRICE = (0.15e-6, 0.60e-6)  # gpt-4o-mini in litellm's bundled price map
+STUDENT_PRICE = (0.01e-6, 0.02e-6)
+
+
+def test_a_fallback_pays_for_the_teacher_and_the_student_attempt(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=100, threshold=-0.001, student_prices=STUDENT_PRICE)
+    assert chat(gateway)[1]["x-protege-route"] == "fallback"
+    [row] = captured(store)
+    teacher_cost = row["prompt_tokens"] * TEACHER_PRICE[0] + row["completion_tokens"] * TEACHER_PRICE[1]
+    student_cost = json.loads(row["extra_json"])["student"]["cost_usd"]
+    assert student_cost > 0
+    assert row["cost_usd"] == pytest.approx(teacher_cost + student_cost)
+    assert metric(gateway, "protege_cost_usd_total", route="fallback") == pytest.approx(teacher_cost + student_cost)
+    # the teacher alone would have paid its own answer only
+    assert metric(gateway, "protege_counterfactual_cost_usd_total", route="fallback") == pytest.approx(teacher_cost)
+    assert metric(gateway, "protege_tokens_total", model="tiny", kind="input") > 0  # the attempt's tokens count
+
+
+def test_a_student_answer_records_what_the_teacher_would_have_cost(
+        cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=100, distilled=True, student_prices=STUDENT_PRICE)
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    [row] = captured(store)
+    assert row["cost_usd"] == pytest.approx(row["prompt_tokens"] * STUDENT_PRICE[0]
+                                            + row["completion_tokens"] * STUDENT_PRICE[1])
+    # the student read the messages without the distilled system prompt; the teacher would have read all
+    user = "My order to Oslo is late."
+    teacher_prompt = round(row["prompt_tokens"] * len(SYSTEM + user) / len(user))
+    expected = teacher_prompt * TEACHER_PRICE[0] + row["completion_tokens"] * TEACHER_PRICE[1]
+    assert json.loads(row["extra_json"])["counterfactual_cost_usd"] == pytest.approx(expected)
+    assert metric(gateway, "protege_counterfactual_cost_usd_total", route="student") == pytest.approx(expected)
+    savings = (metric(gateway, "protege_counterfactual_cost_usd_total")
+               - metric(gateway, "protege_cost_usd_total"))
+    assert savings == pytest.approx(expected - row["cost_usd"]) and savings > 0

@@ -1,0 +1,307 @@
+"""Savings against the teacher-only counterfactual, per task, from the store's exchanges and student
+versions: the computation behind `protege report` and the admin console (rendering lives with each).
+
+How each figure is made:
+
+- actual cost: the sum of the rows' `cost_usd`, as the gateway priced them (a fallback row holds the
+  teacher's answer and the student's rejected attempt; shadow rows, the background teacher calls that
+  measure live parity, are a cost too).
+- counterfactual (teacher only): teacher and fallback rows, the teacher's part of their cost; student
+  rows, the estimate the gateway recorded (`extra.counterfactual_cost_usd`: the teacher's price on the
+  student's tokens, a distilled system prompt added back) or, for rows without one, the task's mean
+  teacher cost per request; shadow rows, 0 (the teacher-only world makes no such call). The same
+  definition as `protege_counterfactual_cost_usd_total`, so savings agree with the dashboard.
+- upfront: the teacher's answers used as training data were paid for when they were served, so they
+  add nothing; training costs are the `training_cost_usd` of each version's lineage (`details`), 0 with
+  a note where it was not recorded (local LoRA training on own hardware).
+- break-even: upfront / savings per request and per day, both measured from the first request routed
+  to a student (before it, savings are 0 by construction and would dilute the rate).
+"""
+
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.store import Exchange, Store, StudentVersion
+
+ReportFormat = Literal["table", "json", "markdown"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("table", "json", "markdown")
+
+STUDENT_ROUTES = ("student", "fallback")
+TEACHER_ROUTES = ("teacher", "fallback")
+SHADOW = "shadow"
+DAY_S = 86400.0
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY_S, "w": 7 * DAY_S}
+
+METHOD_NOTES = (
+    "actual: the rows' cost_usd as the gateway priced them (fallbacks include the student's rejected attempt; "
+    "shadow calls count)",
+    "teacher only: teacher/fallback rows at the teacher's price; student rows at the gateway's recorded estimate "
+    "(teacher price on the student's tokens, a distilled system prompt added back), else the task's mean teacher "
+    "cost per request; shadow calls 0",
+    "upfront: training cost from each version's lineage (details.training_cost_usd); teacher data was already "
+    "paid as served traffic",
+    "break-even: upfront / savings per request and per day, measured from the first request routed to a student",
+)
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '2w', '90m', '45s' → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: use a number and s, m, h, d or w (e.g. 30d)")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+@dataclass(slots=True)
+class Row:
+    """One exchange as the report sees it: when, how served, what it cost, and the teacher-only estimate."""
+
+    at: float
+    route: str
+    cost_usd: float  # 0 when unpriced
+    counterfactual_usd: float | None  # None: unknown (unpriced teacher, or no teacher row to estimate from)
+    estimated: bool = False  # counterfactual from the task's mean teacher cost
+
+
+@dataclass(slots=True)
+class TaskReport:
+    task: str
+    requests: int  # client requests (shadow calls excluded)
+    routes: dict[str, int]
+    actual_usd: float
+    counterfactual_usd: float
+    upfront_usd: float
+    student_since: float | None  # first request routed to a student
+    student_requests: int  # client requests from then on
+    period_end: float
+    estimated_rows: int = 0
+    unpriced_rows: int = 0
+    version: int | None = None
+    parity: float | None = None  # offline evaluation of the active version
+    gate: float | None = None
+    live_parity: float | None = None  # shadowed traffic in the window
+    live_comparisons: int = 0
+    notes: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list, repr=False)
+    training: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (version created at, USD)
+
+    @property
+    def savings_usd(self) -> float:
+        return self.counterfactual_usd - self.actual_usd
+
+    @property
+    def student_days(self) -> float | None:
+        return None if self.student_since is None else max(0.0, self.period_end - self.student_since) / DAY_S
+
+    @property
+    def savings_per_request(self) -> float | None:
+        return self.savings_usd / self.student_requests if self.student_requests else None
+
+    @property
+    def savings_per_day(self) -> float | None:
+        days = self.student_days
+        return self.savings_usd / days if days else None
+
+    @property
+    def breakeven_requests(self) -> float | None:
+        return _breakeven(self.upfront_usd, self.savings_per_request)
+
+    @property
+    def breakeven_days(self) -> float | None:
+        return _breakeven(self.upfront_usd, self.savings_per_day)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "requests": self.requests, "routes": self.routes,
+            "actual_cost_usd": self.actual_usd, "teacher_only_cost_usd": self.counterfactual_usd,
+            "savings_usd": self.savings_usd, "upfront_cost_usd": self.upfront_usd,
+            "student_since": self.student_since, "student_requests": self.student_requests,
+            "student_days": self.student_days, "savings_per_request_usd": self.savings_per_request,
+            "savings_per_day_usd": self.savings_per_day, "breakeven_requests": self.breakeven_requests,
+            "breakeven_days": self.breakeven_days, "estimated_rows": self.estimated_rows,
+            "unpriced_rows": self.unpriced_rows, "version": self.version, "parity": self.parity,
+            "gate": self.gate, "live_parity": self.live_parity, "live_comparisons": self.live_comparisons,
+            "notes": self.notes,
+        }
+
+
+def _breakeven(upfront: float, savings_rate: float | None) -> float | None:
+    """How many units (requests, days) of savings pay back `upfront`; None when nothing is saved."""
+    if savings_rate is None or savings_rate <= 0:
+        return None
+    return max(0.0, upfront) / savings_rate
+
+
+@dataclass(slots=True)
+class Report:
+    generated_at: float
+    since: float | None
+    tasks: list[TaskReport]
+
+    @property
+    def total(self) -> dict[str, Any]:
+        actual = sum(t.actual_usd for t in self.tasks)
+        counterfactual = sum(t.counterfactual_usd for t in self.tasks)
+        upfront = sum(t.upfront_usd for t in self.tasks)
+        student_requests = sum(t.student_requests for t in self.tasks)
+        savings = counterfactual - actual
+        per_request = savings / student_requests if student_requests else None
+        rates = [t.savings_per_day for t in self.tasks if t.savings_per_day is not None]
+        per_day = sum(rates) if rates else None  # the tasks save side by side
+        return {"requests": sum(t.requests for t in self.tasks), "actual_cost_usd": actual,
+                "teacher_only_cost_usd": counterfactual, "savings_usd": savings, "upfront_cost_usd": upfront,
+                "savings_per_request_usd": per_request, "savings_per_day_usd": per_day,
+                "breakeven_requests": _breakeven(upfront, per_request), "breakeven_days": _breakeven(upfront, per_day)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generated_at": self.generated_at, "since": self.since, "method": list(METHOD_NOTES),
+                "tasks": [t.to_dict() for t in self.tasks], "total": self.total}
+
+
+# --- building ----------------------------------------------------------------------------------
+
+PAGE = 5000
+
+
+async def read_exchanges(store: Store, *, task: str | None, start: float | None, page_size: int = PAGE,
+                         ) -> list[Exchange]:
+    """The exchanges created from `start` on, a page at a time; their message bodies are dropped as they are
+    read (the report needs none), so a large store costs rows, not conversations."""
+    found: list[Exchange] = []
+    after = None if start is None else (start, "")  # the store filters by time: older rows are never read
+    while True:
+        page = await store.list_exchanges(task=task, limit=page_size, after=after)
+        for ex in page:
+            ex.request, ex.response = {}, None
+        found += page
+        if len(page) < page_size:
+            return found
+        after = (page[-1].created_at, page[-1].request_id)
+
+
+def _student_attempt_cost(ex: Exchange) -> float:
+    student = ex.extra.get("student")
+    cost = student.get("cost_usd") if isinstance(student, dict) else None
+    return float(cost) if isinstance(cost, int | float) else 0.0
+
+
+def _teacher_cost(ex: Exchange) -> float | None:
+    """The teacher's charge on a teacher or fallback row (the row's cost minus a rejected student attempt)."""
+    if ex.cost_usd is None:
+        return None
+    return ex.cost_usd - _student_attempt_cost(ex) if ex.route == "fallback" else ex.cost_usd
+
+
+def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
+    """Rows with their counterfactual; and how many answered rows had no known price."""
+    teacher_costs = [c for ex in exchanges if ex.route in TEACHER_ROUTES and ex.status == "ok"
+                     and (c := _teacher_cost(ex)) is not None]
+    teacher_mean = statistics.fmean(teacher_costs) if teacher_costs else None
+    rows: list[Row] = []
+    unpriced = 0
+    for ex in exchanges:
+        if ex.cost_usd is None and ex.status == "ok":
+            unpriced += 1
+        cost = ex.cost_usd or 0.0
+        if ex.route == SHADOW:
+            rows.append(Row(ex.created_at, ex.route, cost, 0.0))
+        elif ex.route == "student":
+            recorded = ex.extra.get("counterfactual_cost_usd")
+            if isinstance(recorded, int | float):
+                rows.append(Row(ex.created_at, ex.route, cost, float(recorded)))
+            else:  # captured before the gateway recorded its estimate
+                rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=teacher_mean is not None))
+        elif ex.cost_usd is None and ex.status != "ok":
+            rows.append(Row(ex.created_at, ex.route, cost, 0.0))  # a failed call: the teacher alone fails too
+        else:  # teacher or fallback: what the teacher charged (an interrupted stream too)
+            rows.append(Row(ex.created_at, ex.route, cost, _teacher_cost(ex)))
+    return rows, unpriced
+
+
+def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[float, float]], list[str]]:
+    """(created at, USD) of each version whose lineage records its training cost; a note for the others."""
+    costs, missing = [], []
+    for s in students:
+        cost = s.details.get("training_cost_usd")
+        if isinstance(cost, int | float):
+            costs.append((s.created_at, float(cost)))
+        else:
+            missing.append(f"v{s.version}")
+    notes = [f"training cost not recorded for {', '.join(missing)} (counted as 0)"] if missing else []
+    return costs, notes
+
+
+def _parity(student: StudentVersion) -> tuple[float | None, float | None]:
+    """The offline parity of a version with the teacher and the gate it was held to."""
+    evaluation = student.details.get("evaluation") or {}
+    score = ((evaluation.get("student") or {}).get("score") or {}).get("mean")
+    gate = (student.details.get("gate") or {}).get("min_parity")
+    return (float(score) if isinstance(score, int | float) else None,
+            float(gate) if isinstance(gate, int | float) else None)
+
+
+def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[StudentVersion], *,
+                now: float) -> TaskReport:
+    rows, unpriced = _rows(exchanges)
+    clients = [r for r in rows if r.route != SHADOW]
+    routes: dict[str, int] = {}
+    for r in clients:
+        routes[r.route] = routes.get(r.route, 0) + 1
+    student_since = min((r.at for r in clients if r.route in STUDENT_ROUTES), default=None)
+    training, notes = _training_costs(students)
+    report = TaskReport(
+        task=task, requests=len(clients), routes=routes, actual_usd=sum(r.cost_usd for r in rows),
+        counterfactual_usd=sum(r.counterfactual_usd or 0.0 for r in rows), upfront_usd=sum(c for _, c in training),
+        student_since=student_since,
+        student_requests=0 if student_since is None else sum(r.at >= student_since for r in clients),
+        period_end=now, estimated_rows=sum(r.estimated for r in rows), unpriced_rows=unpriced, notes=notes, rows=rows,
+        training=training)
+    if report.estimated_rows:
+        notes.append(f"{report.estimated_rows} student rows estimated at the task's mean teacher cost per request")
+    missing = sum(r.counterfactual_usd is None for r in rows)
+    if missing:
+        notes.append(f"{missing} rows without a teacher-only estimate (unpriced, or no teacher row to estimate from)")
+    if unpriced:
+        notes.append(f"{unpriced} answered rows have no price: set the teacher's or cascade's cost_per_token")
+    if not students:
+        notes.append("no student version: teacher only")
+    active = next((s for s in reversed(students) if s.status == "active"), None)
+    shown = active or next((s for s in reversed(students) if s.status != "rejected"), None)
+    if shown is not None:
+        report.version = shown.version
+        report.parity, report.gate = _parity(shown)
+        scores = [float(a) for ex in exchanges if ex.route == SHADOW
+                  and isinstance(shadow := ex.extra.get("shadow"), dict) and shadow.get("version") == shown.version
+                  and isinstance(a := shadow.get("agreement"), int | float)]
+        report.live_comparisons = len(scores)
+        report.live_parity = statistics.fmean(scores) if scores else None
+    return report
+
+
+def build_report(exchanges: Iterable[Exchange], students: Iterable[StudentVersion], *, now: float,
+                 since_s: float | None = None) -> Report:
+    """Per task, over the exchanges created in the last `since_s` seconds (all when None)."""
+    start = None if since_s is None else now - since_s
+    by_task: dict[str, list[Exchange]] = {}
+    for ex in exchanges:
+        if start is None or ex.created_at >= start:
+            by_task.setdefault(ex.task, []).append(ex)
+    versions: dict[str, list[StudentVersion]] = {}
+    for s in students:
+        versions.setdefault(s.task, []).append(s)
+    tasks = [task_report(task, sorted(rows, key=lambda e: e.created_at),
+                         sorted(versions.get(task, []), key=lambda s: s.version), now=now)
+             for task, rows in sorted(by_task.items())]
+    return Report(generated_at=now, since=start, tasks=tasks)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
