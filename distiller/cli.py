@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "host": args.host, "port": args.port, "teacher": args.teacher, "teacher_api_base": args.teacher_api_base,
         "teacher_api_key": args.teacher_api_key, "student_api_base": args.student_api_base,
-        "admin_token": args.admin_token, "log_level": args.log_level,
+        "admin_token": args.admin_token, "admin_port": args.admin_port, "log_level": args.log_level,
     }
     settings = _settings(args, **overrides)
     if args.no_capture:
@@ -86,6 +86,8 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "e.g. OPENAI_API_KEY, ANTHROPIC_API_KEY)")
     p.add_argument("--student-api-base", metavar="URL", help="OpenAI-compatible server for students")
     p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for /admin (env PROTEGE_ADMIN_TOKEN)")
+    p.add_argument("--admin-port", type=int, help="serve /admin, the console and /metrics only on this port "
+                   "(env PROTEGE_ADMIN_PORT; bind it with admin_host in the config); default: on --port")
     p.add_argument("--no-capture", action="store_true", help="do not record exchanges")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on the one port (default 1); "
                    "/metrics adds up all of them (PROMETHEUS_MULTIPROC_DIR, default a temporary folder)")

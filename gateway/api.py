@@ -109,7 +109,10 @@ def build_api_router() -> APIRouter:
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        state = _state(request)
+        if state.service.students is not None:
+            await state.service.students.table.refresh()  # registry and rollout gauges, also without traffic
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

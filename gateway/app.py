@@ -25,6 +25,7 @@ from gateway.config import Settings
 from gateway.console import build_console_router
 from gateway.errors import ProtegeError, error_body, error_type_for_status
 from gateway.metrics import Metrics, multiprocess_dir
+from gateway.ports import AdminPortGuard
 from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
@@ -52,7 +53,8 @@ def build_teachers(settings: Settings) -> TeacherSet:
     redact = redactor(secrets_of(settings))
     return TeacherSet([
         Teacher(config=t, provider=build_provider(t, settings, redact),
-                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token),
+                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token,
+                                    t.cached_input_cost_per_token),
                 breaker=build_breaker(f"teacher:{t.served_name}", settings))
         for t in settings.teachers
     ])
@@ -67,6 +69,8 @@ def build_students(settings: Settings, store: Store) -> Students | None:
                                         redact=redactor(secrets_of(settings)))
     price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
              if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
+    if price is None and cascade.gpu_hour_cost_usd is not None and cascade.gpu_tokens_per_s is not None:
+        price = Price.per_gpu_hour(cascade.gpu_hour_cost_usd, cascade.gpu_tokens_per_s)
     api_base = settings.student_api_base
 
     async def load(student: StudentVersion) -> None:
@@ -163,4 +167,6 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
     app.include_router(build_admin_router())
     app.include_router(build_console_router())
     app.include_router(build_anthropic_router())
+    if settings.admin_port is not None:
+        app.add_middleware(AdminPortGuard, admin_port=settings.admin_port)
     return app

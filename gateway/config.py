@@ -35,6 +35,8 @@ class TeacherConfig(_Strict):
         default="auto", description="auto: direct httpx for OpenAI-compatible upstreams, litellm otherwise")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
+    cached_input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per prompt token "
+                                                      "read from the provider's cache (with the two above)")
 
     @field_validator("model")
     @classmethod
@@ -102,6 +104,10 @@ class CascadeConfig(_Strict):
     refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student input token")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student output token")
+    gpu_hour_cost_usd: float | None = Field(default=None, gt=0, description="self-hosted students: the GPU's "
+                                            "hourly cost, spread over gpu_tokens_per_s (when no per-token price)")
+    gpu_tokens_per_s: float | None = Field(default=None, gt=0, description="measured throughput of the student "
+                                           "server, input and output tokens per second (see bench/model_server)")
 
 
 class EmbeddedConfig(_Strict):
@@ -132,8 +138,13 @@ class Settings(_Strict):
     embedded: EmbeddedConfig = EmbeddedConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
+    header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "
+                                    "time (from the connection's start or the request's first byte)")
     gateway_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys, plain")
     admin_token: SecretStr | None = None
+    admin_port: int | None = Field(default=None, ge=1, le=65535, description="serve /admin, the console and "
+                                   "/metrics only on this port (and nothing else there); default: on `port`")
+    admin_host: str | None = Field(default=None, description="bind address of admin_port; default: host")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @field_validator("store")
@@ -154,6 +165,7 @@ ENV_KEYS: dict[str, str] = {
     "PROTEGE_TEACHER_API_KEY": "teacher_api_key",
     "PROTEGE_STUDENT_API_BASE": "student_api_base",
     "PROTEGE_ADMIN_TOKEN": "admin_token",
+    "PROTEGE_ADMIN_PORT": "admin_port",
     "PROTEGE_GATEWAY_KEYS": "gateway_keys",
     "PROTEGE_LOG_LEVEL": "log_level",
 }

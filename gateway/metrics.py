@@ -77,6 +77,12 @@ class Metrics:
         self.live_parity = Gauge("protege_live_parity", "Mean agreement of student and teacher on shadowed traffic",
                                  ["task", "version"], registry=registry, multiprocess_mode="liveall")
         self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
+        # the registry's state, as every gateway reads it from the store (the same value in every worker)
+        self.student_versions = Gauge("protege_student_versions", "Registered student versions (training runs "
+                                      "that reached the registry) by task and status", ["task", "status"],
+                                      registry=registry, multiprocess_mode="max")
+        self.last_training = Gauge("protege_last_training_seconds", "Training time of a task's newest student version",
+                                   ["task"], registry=registry, multiprocess_mode="max")
         self.circuit_opened = Counter("protege_circuit_opened", "Times an upstream's circuit breaker opened",
                                       ["upstream"], registry=registry)
         self.rate_limited = Counter("protege_rate_limited_requests", "Requests refused by a per-key rate limit",

@@ -15,9 +15,19 @@ from typing import Any
 class Price:
     input_per_token: float
     output_per_token: float
+    cached_input_per_token: float | None = None  # prompt tokens served from the provider's cache
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_per_token + completion_tokens * self.output_per_token
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached = min(cached_tokens, prompt_tokens) if self.cached_input_per_token is not None else 0
+        return ((prompt_tokens - cached) * self.input_per_token + cached * (self.cached_input_per_token or 0.0)
+                + completion_tokens * self.output_per_token)
+
+    @classmethod
+    def per_gpu_hour(cls, usd_per_hour: float, tokens_per_s: float) -> Price:
+        """A self-hosted model's price: its GPU's hourly cost spread over the tokens it serves per second
+        at measured throughput (input and output alike)."""
+        per_token = usd_per_hour / 3600.0 / tokens_per_s
+        return cls(per_token, per_token)
 
 
 def counterfactual_prompt_tokens(sent_prompt_tokens: int, full_chars: int, sent_chars: int) -> int:
@@ -54,11 +64,14 @@ def lookup_price(model: str) -> Price | None:
     for key in candidates:
         entry = prices.get(key)
         if isinstance(entry, dict) and "input_cost_per_token" in entry and "output_cost_per_token" in entry:
-            return Price(float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"]))
+            cached = entry.get("cache_read_input_token_cost")
+            return Price(float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"]),
+                         float(cached) if isinstance(cached, int | float) else None)
     return None
 
 
-def resolve_price(model: str, input_per_token: float | None, output_per_token: float | None) -> Price | None:
+def resolve_price(model: str, input_per_token: float | None, output_per_token: float | None,
+                  cached_input_per_token: float | None = None) -> Price | None:
     if input_per_token is not None and output_per_token is not None:
-        return Price(input_per_token, output_per_token)
+        return Price(input_per_token, output_per_token, cached_input_per_token)
     return lookup_price(model)

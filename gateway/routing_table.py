@@ -20,6 +20,7 @@ class TaskRoute:
 
 
 StudentLoader = Callable[[StudentVersion], Awaitable[object]]
+RefreshHook = Callable[[list[StudentVersion], dict[str, float]], None]
 
 
 class RoutingTable:
@@ -34,6 +35,7 @@ class RoutingTable:
         self._routes: dict[str, TaskRoute] = {}
         self._rollouts: dict[str, float] = {}
         self._loaded_at = float("-inf")
+        self.on_refresh: RefreshHook | None = None  # told every student version and rollout after a read
 
     async def refresh(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -47,6 +49,8 @@ class RoutingTable:
             log.warning("routing table not refreshed: %s", exc)
             return
         self._rollouts = rollouts
+        if self.on_refresh is not None:
+            self.on_refresh(students, rollouts)
         active = [s for s in students if s.status == "active" and await self._ready(s)]
         self._routes = {s.task: TaskRoute(s, rollouts.get(s.task, 0.0)) for s in active}
 

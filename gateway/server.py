@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,8 +24,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedModelServer
+from gateway.http_protocol import HeaderTimeoutProtocol
 from gateway.store import open_store, redacted_url
 
 log = logging.getLogger("protege")
@@ -56,10 +58,13 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
         print(f"Protégé gateway on http://{settings.host}:{settings.port}/v1 — teacher: {teachers}; "
               f"store: {redacted_url(settings.store)}" + (f"; {workers} workers" if workers > 1 else ""), flush=True)
         if workers > 1:
+            if settings.admin_port is not None:
+                raise ConfigError("admin_port: a separate admin port needs one worker (--workers 1)")
             _run_workers(settings, workers, stack)
             return 0
+        HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
         config = uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+            create_app(settings), host=settings.host, port=settings.port, loop="uvloop", http=HeaderTimeoutProtocol,
             log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=30,
             timeout_keep_alive=30,
         )
@@ -72,7 +77,13 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
         # moving them out of the collector's view keeps full collections from pausing requests
         gc.collect()
         gc.freeze()
-        server.run()
+        sockets = None
+        if settings.admin_port is not None:  # one server, two sockets: see gateway.ports
+            sockets = [socket.create_server((settings.host, settings.port)),
+                       socket.create_server((settings.admin_host or settings.host, settings.admin_port))]
+            print(f"admin, console and metrics on http://{settings.admin_host or settings.host}:"
+                  f"{settings.admin_port} only", flush=True)
+        server.run(sockets=sockets)
     return 0
 
 
@@ -95,7 +106,7 @@ def _run_workers(settings: Settings, workers: int, stack: ExitStack) -> None:
     os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(_revealed(settings.model_dump())).decode()
     asyncio.run(_migrate(settings.store))
     uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=settings.host, port=settings.port,
-                loop="uvloop", http="httptools", log_level=settings.log_level, access_log=False,
+                loop="uvloop", http=HeaderTimeoutProtocol, log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=30, timeout_keep_alive=30)
 
 
@@ -122,6 +133,7 @@ def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn factory), from the settings the supervisor passed."""
     settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV])
     configure_logging(settings.log_level)
+    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s  # this worker's copy of the class
     app = create_app(settings)
     gc.collect()  # as in `serve`: keep start-up objects out of full collections
     gc.freeze()

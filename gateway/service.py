@@ -126,7 +126,9 @@ def _priced(price: Price | None, completion: dict[str, Any] | None) -> float | N
     prompt_tokens, completion_tokens = _usage(completion)
     if price is None or prompt_tokens is None or completion_tokens is None:
         return None
-    return price.cost(prompt_tokens, completion_tokens)
+    details = ((completion or {}).get("usage") or {}).get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return price.cost(prompt_tokens, completion_tokens, cached if isinstance(cached, int) else 0)
 
 
 def _messages_chars(messages: list[dict[str, Any]]) -> int:
@@ -209,6 +211,8 @@ class ChatService:
         breakers = [t.breaker for t in teachers.all] + ([students.breaker] if students is not None else [])
         for breaker in breakers:
             breaker.on_open = lambda name: metrics.circuit_opened.labels(name).inc()
+        if students is not None:
+            students.table.on_refresh = self._registry_read
         self.capture = capture
         self.metrics = metrics
         self.retry = retry
@@ -224,6 +228,27 @@ class ChatService:
     def live_parity(self) -> dict[tuple[str, int], tuple[int, float]]:
         """(task, version) → (comparisons, mean agreement) seen by this process."""
         return dict(self._parity)
+
+    def _registry_read(self, students: list[StudentVersion], rollouts: dict[str, float]) -> None:
+        """Registry metrics from the routing table's periodic read of the store: versions by status (a
+        rejected one is a training run that failed its gate), the newest version's training time, and
+        every task's rollout (also for tasks without traffic)."""
+        counts: dict[tuple[str, str], int] = {}
+        newest: dict[str, StudentVersion] = {}
+        for s in students:
+            task = self.metrics.task_label(s.task)
+            counts[(task, s.status)] = counts.get((task, s.status), 0) + 1
+            if s.task not in newest or s.version > newest[s.task].version:
+                newest[s.task] = s
+        for task in {t for t, _ in counts}:
+            for status in ("candidate", "active", "retired", "rejected"):
+                self.metrics.student_versions.labels(task, status).set(counts.get((task, status), 0))
+        for task, s in newest.items():
+            training_s = (s.details or {}).get("training_s")
+            if isinstance(training_s, int | float):
+                self.metrics.last_training.labels(self.metrics.task_label(task)).set(training_s)
+        for task, percent in rollouts.items():
+            self.metrics.rollout.labels(self.metrics.task_label(task)).set(percent)
 
     def _on_retry(self, exc: ProtegeError) -> None:
         self.metrics.retries.labels(ROUTE_TEACHER).inc()

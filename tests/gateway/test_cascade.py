@@ -342,3 +342,24 @@ def test_a_student_answer_records_what_the_teacher_would_have_cost(
     savings = (metric(gateway, "protege_counterfactual_cost_usd_total")
                - metric(gateway, "protege_cost_usd_total"))
     assert savings == pytest.approx(expected - row["cost_usd"]) and savings > 0
+
+
+def test_registry_and_rollout_gauges_without_traffic(cascade: Callable[..., tuple[Server, Path]]) -> None:
+    gateway, store = cascade(percent=40)
+
+    async def add_rejected() -> None:  # a training run that failed its gate
+        db = open_store(f"sqlite:///{store}")
+        await db.open()
+        now = time.time()
+        await db.add_student(StudentVersion(task=TASK, version=2, status="rejected", model="tiny-v2", created_at=now,
+                                            updated_at=now, details={"training_s": 129.5}))
+        await db.close()
+
+    asyncio.run(add_rejected())
+    deadline = time.monotonic() + 5
+    while metric(gateway, "protege_student_versions", task=TASK, status="rejected") != 1:  # next refresh (0.2 s)
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert metric(gateway, "protege_rollout_percent", task=TASK) == 40  # no request was sent
+    assert metric(gateway, "protege_student_versions", task=TASK, status="active") == 1
+    assert metric(gateway, "protege_last_training_seconds", task=TASK) == 129.5  # the newest version's

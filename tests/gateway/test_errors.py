@@ -187,3 +187,33 @@ def test_a_slow_loris_body_gets_a_408(katan: Server, gateway_factory: Callable[.
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["code"] == "body_timeout"
+
+
+def test_slow_loris_headers_get_a_408_and_the_connection_is_closed(
+        katan: Server, gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
+    import socket
+    import time
+
+    config = tmp_path / "protege.yaml"
+    config.write_text("header_timeout_s: 1\n")
+    slow = gateway_factory("--config", str(config), *teacher_flags(katan, tmp_path / "store.db"))
+
+    def wait_for_close(sock: socket.socket) -> bytes:
+        answer = b""
+        while data := sock.recv(4096):
+            answer += data
+        return answer
+
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=10) as trickle:
+        trickle.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and the rest never comes
+        started = time.monotonic()
+        answer = wait_for_close(trickle)
+    assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 408") and b"header_timeout" in answer
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=10) as idle:  # connects, sends nothing
+        assert wait_for_close(idle).startswith(b"HTTP/1.1 408")
+    # a client that keeps its connection between requests is unaffected
+    with httpx.Client(base_url=slow.url, timeout=30) as client:
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+            time.sleep(0.6)
