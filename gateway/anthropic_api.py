@@ -19,7 +19,7 @@ from gateway.anthropic import (
     parse_request,
     to_openai,
 )
-from gateway.api import SSEResponse, _capture_wanted, _route_headers, _state
+from gateway.api import SSEResponse, capture_wanted, gateway_state, route_headers
 from gateway.auth import bearer_token
 from gateway.errors import AuthenticationError
 from gateway.http_utils import parse_json_object, read_body
@@ -42,7 +42,7 @@ def build_anthropic_router() -> APIRouter:
 
     @router.post(MESSAGES_PATH, openapi_extra=messages_openapi(), response_model=None)
     async def messages(request: Request) -> Response:
-        state = _state(request)
+        state = gateway_state(request)
         try:
             client = await state.keys.check(api_key(request))
         except AuthenticationError as exc:
@@ -56,7 +56,7 @@ def build_anthropic_router() -> APIRouter:
         body = to_openai(parsed)
         task, source = resolve_task(request.headers.get("x-protege-task"), body)
         user = request.headers.get("x-protege-user") or parsed.user_id
-        capture = (_capture_wanted(request.headers.get("x-protege-capture"))
+        capture = (capture_wanted(request.headers.get("x-protege-capture"))
                    and task not in state.settings.capture.skip_tasks)
         req = ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
                           user=user, capture=capture, client=client)
@@ -76,4 +76,4 @@ def build_anthropic_router() -> APIRouter:
 
 def _headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:
     # `request-id` is the header Anthropic's SDK exposes as `_request_id`
-    return {**_route_headers(req, info), "request-id": req.request_id}
+    return {**route_headers(req, info), "request-id": req.request_id}

@@ -37,12 +37,12 @@ class SSEResponse(StreamingResponse):
                 await aclose()
 
 
-def _state(request: Request) -> GatewayState:
+def gateway_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.protege
     return state
 
 
-def _route_headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:
+def route_headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:
     return {"x-request-id": req.request_id, "x-protege-task": req.task, **info.headers()}
 
 
@@ -56,7 +56,7 @@ def build_api_router() -> APIRouter:
 
     @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
     async def chat_completions(request: Request) -> Response:
-        state = _state(request)
+        state = gateway_state(request)
         client = await state.keys.check(_bearer(request))
         state.service.limiter.admit(client)
         body = parse_json_object(await read_body(request, state.settings.max_body_bytes,
@@ -64,21 +64,21 @@ def build_api_router() -> APIRouter:
         parsed = validate(ChatCompletionRequest, body)
         task, source = resolve_task(request.headers.get("x-protege-task"), body)
         user = request.headers.get("x-protege-user") or parsed.user
-        capture = (_capture_wanted(request.headers.get("x-protege-capture"))
+        capture = (capture_wanted(request.headers.get("x-protege-capture"))
                    and task not in state.settings.capture.skip_tasks)
         req = ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
                           user=user, capture=capture, client=client)
         service: ChatService = state.service
         if req.stream:
             chunks, info = await service.open_stream(req)
-            return SSEResponse(chunks, headers={**_route_headers(req, info), "cache-control": "no-cache"})
+            return SSEResponse(chunks, headers={**route_headers(req, info), "cache-control": "no-cache"})
         result, info = await service.complete(req)
         return Response(orjson.dumps(result), media_type="application/json",
-                        headers=_route_headers(req, info))
+                        headers=route_headers(req, info))
 
     @router.get("/v1/models", response_model=ModelList)
     async def list_models(request: Request) -> ModelList:
-        state = _state(request)
+        state = gateway_state(request)
         await state.keys.check(_bearer(request))
         created = int(state.started_at)
         cards = [ModelCard(id=t.config.served_name, created=created, owned_by=t.config.provider,
@@ -97,7 +97,7 @@ def build_api_router() -> APIRouter:
 
     @router.get("/readyz")
     async def readyz(request: Request) -> dict[str, Any]:
-        state = _state(request)
+        state = gateway_state(request)
         if not state.service.teachers.all:
             raise ServiceUnavailableError("no teacher configured", code="not_ready")
         try:
@@ -109,7 +109,7 @@ def build_api_router() -> APIRouter:
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
-        state = _state(request)
+        state = gateway_state(request)
         if state.service.students is not None:
             await state.service.students.table.refresh()  # registry and rollout gauges, also without traffic
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -121,7 +121,7 @@ _CAPTURE_VALUES = {"on": True, "true": True, "1": True, "yes": True,
                    "off": False, "false": False, "0": False, "no": False}
 
 
-def _capture_wanted(header: str | None) -> bool:
+def capture_wanted(header: str | None) -> bool:
     """X-Protege-Capture: off keeps a request out of the store (sensitive traffic)."""
     if header is None:
         return True
