@@ -261,10 +261,7 @@ class ChatService:
         if self.students is None or (req.body.get("n") or 1) != 1:
             return None
         route = await self.students.table.route(req.task)
-        if route is None:
-            return None
-        self.metrics.rollout.labels(self.metrics.task_label(req.task)).set(route.rollout_percent)
-        if not in_rollout(req.task, req.sticky_key, route.rollout_percent):
+        if route is None or not in_rollout(req.task, req.sticky_key, route.rollout_percent):
             return None
         messages = student_messages(req.body.get("messages") or [], route.student)
         return None if messages is None else (route.student, messages)

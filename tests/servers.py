@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -105,3 +108,18 @@ def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = N
         stop(proc)
         raise RuntimeError(f"model server failed to start:\n{log.read_text(errors='replace')}") from None
     return Server(proc, port, log)
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a server's /metrics whose labels include `labels`."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def captured_rows(store: Path, flush_s: float = 0.4) -> list[dict[str, Any]]:
+    """Every row of a SQLite store's exchanges, oldest first, after the capture flush interval."""
+    time.sleep(flush_s)
+    with sqlite3.connect(store) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM exchanges ORDER BY created_at")]

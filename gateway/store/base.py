@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -140,15 +141,25 @@ class Store(abc.ABC):
                               user: str | None = None, created_before: float | None = None) -> int: ...
 
     @abc.abstractmethod
+    async def _delete_exchanges(self, *, task: str | None, user: str | None, created_before: float | None,
+                                batch_size: int, progress: DeleteProgress | None) -> int:
+        """Delete the exchanges these filters pick (oldest first), `batch_size` rows per transaction so that
+        capture is never blocked for long; returns how many were deleted."""
+
     async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
                                       batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        """Retention: delete exchanges created before this time (of one task, if given), `batch_size` rows per
-        transaction so that capture is never blocked for long; returns how many were deleted."""
+        """Retention: delete exchanges created before this time (of one task, if given)."""
+        return await self._delete_exchanges(task=task, user=None, created_before=created_before,
+                                            batch_size=batch_size, progress=progress)
 
-    @abc.abstractmethod
     async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
         """Record `user_hash(user)` as forgotten, then delete the user's exchanges in batches; returns how many
         were deleted. Recorded first: if the deletion is interrupted, the user is already kept out of datasets."""
+        if not user:
+            raise ValueError("no user to forget")
+        await self.add_forgotten_users({user_hash(user): time.time()})
+        return await self._delete_exchanges(task=None, user=user, created_before=None, batch_size=batch_size,
+                                            progress=progress)
 
     @abc.abstractmethod
     async def forgotten_users(self) -> dict[str, float]:

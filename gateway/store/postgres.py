@@ -32,7 +32,6 @@ from gateway.store.base import (
     StudentVersion,
     TaskSummary,
     redacted_url,
-    user_hash,
 )
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
@@ -308,17 +307,10 @@ class PostgresStore(Store):
         async with self._connection("count exchanges") as conn:
             return int(await conn.fetchval(f"SELECT COUNT(*) FROM exchanges{where}", *params))
 
-    async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
-                                      batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        where, params = self._where(task, None, created_before=created_before)
+    async def _delete_exchanges(self, *, task: str | None, user: str | None, created_before: float | None,
+                                batch_size: int, progress: DeleteProgress | None) -> int:
+        where, params = self._where(task, None, user=user, created_before=created_before)
         return await self._delete_batches(f"{where} ORDER BY created_at", params, batch_size, progress)
-
-    async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        if not user:
-            raise ValueError("no user to forget")
-        await self.add_forgotten_users({user_hash(user): time.time()})
-        where, params = self._where(None, None, user=user)
-        return await self._delete_batches(where, params, batch_size, progress)
 
     async def _delete_batches(self, selection: str, params: list[Any], batch_size: int,
                               progress: DeleteProgress | None) -> int:

@@ -20,7 +20,6 @@ from gateway.store.base import (
     StudentStatus,
     StudentVersion,
     TaskSummary,
-    user_hash,
 )
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
@@ -173,17 +172,10 @@ class SQLiteStore(Store):
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
-                                      batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        where, params = self._where(task, None, created_before=created_before)
+    async def _delete_exchanges(self, *, task: str | None, user: str | None, created_before: float | None,
+                                batch_size: int, progress: DeleteProgress | None) -> int:
+        where, params = self._where(task, None, user=user, created_before=created_before)
         return await self._delete_batches(f"{where} ORDER BY created_at", params, batch_size, progress)
-
-    async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        if not user:
-            raise ValueError("no user to forget")
-        await self.add_forgotten_users({user_hash(user): time.time()})
-        where, params = self._where(None, None, user=user)
-        return await self._delete_batches(where, params, batch_size, progress)
 
     async def _delete_batches(self, selection: str, params: list[Any], batch_size: int,
                               progress: DeleteProgress | None) -> int:

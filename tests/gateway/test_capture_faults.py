@@ -14,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import teacher_flags
-from tests.servers import Server
+from tests.servers import Server, metric
 
 FLUSH_MS = 100
 
@@ -32,10 +31,6 @@ def stored_ids(store: Path) -> set[str]:
         return {r[0] for r in db.execute("SELECT request_id FROM exchanges")}
 
 
-def metric(gateway: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def ask(gateway: Server, content: str = "hello", timeout: float = 30) -> httpx.Response:

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.store import StudentVersion, open_store
 from gateway.tasks import text_hash
-from tests.servers import Server, start_model_server, stop
+from tests.servers import Server, captured_rows, metric, start_model_server, stop
 
 ADMIN = "admin-secret-token"
 TASK = "tickets"
@@ -96,11 +96,7 @@ def chat(gateway: Server, user: str = "u1", *, stream: bool = False, **kwargs: o
 
 
 def routes(store: Path) -> list[tuple[str, str]]:
-    import sqlite3
-
-    time.sleep(0.4)  # capture flush interval
-    with sqlite3.connect(store) as db:
-        return [(r[0], r[1]) for r in db.execute("SELECT route, status FROM exchanges ORDER BY created_at")]
+    return [(r["route"], r["status"]) for r in captured_rows(store)]
 
 
 def test_rollout_zero_sends_everything_to_the_teacher(cascade: Callable[..., tuple[Server, Path]]) -> None:
@@ -291,21 +287,8 @@ def test_gateway_loads_a_promoted_adapter_into_the_student_server(
     stop(server.proc)
 
 
-def metric(gateway: Server, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{gateway.url}/metrics").text
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
-def captured(store: Path) -> list[dict[str, Any]]:
-    import sqlite3
-
-    time.sleep(0.4)  # capture flush interval
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM exchanges ORDER BY created_at")]
 
 
 TEACHER_PRICE = (0.15e-6, 0.60e-6)  # gpt-4o-mini in litellm's bundled price map
@@ -315,7 +298,7 @@ STUDENT_PRICE = (0.01e-6, 0.02e-6)
 def test_a_fallback_pays_for_the_teacher_and_the_student_attempt(cascade: Callable[..., tuple[Server, Path]]) -> None:
     gateway, store = cascade(percent=100, threshold=-0.001, student_prices=STUDENT_PRICE)
     assert chat(gateway)[1]["x-protege-route"] == "fallback"
-    [row] = captured(store)
+    [row] = captured_rows(store)
     teacher_cost = row["prompt_tokens"] * TEACHER_PRICE[0] + row["completion_tokens"] * TEACHER_PRICE[1]
     student_cost = json.loads(row["extra_json"])["student"]["cost_usd"]
     assert student_cost > 0
@@ -330,7 +313,7 @@ def test_a_student_answer_records_what_the_teacher_would_have_cost(
         cascade: Callable[..., tuple[Server, Path]]) -> None:
     gateway, store = cascade(percent=100, distilled=True, student_prices=STUDENT_PRICE)
     assert chat(gateway)[1]["x-protege-route"] == "student"
-    [row] = captured(store)
+    [row] = captured_rows(store)
     assert row["cost_usd"] == pytest.approx(row["prompt_tokens"] * STUDENT_PRICE[0]
                                             + row["completion_tokens"] * STUDENT_PRICE[1])
     # the student read the messages without the distilled system prompt; the teacher would have read all

@@ -7,35 +7,23 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import teacher_flags
-from tests.servers import Server
+from tests.servers import Server, captured_rows, metric
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 
 
-def metric(gateway: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def rows(store: Path) -> list[dict[str, Any]]:
-    time.sleep(0.4)  # capture flush interval
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM exchanges ORDER BY created_at")]
 
 
 def config(tmp_path: Path, text: str) -> str:
@@ -122,7 +110,7 @@ def test_teacher_500s_are_retried_then_a_clean_502(katan_factory: Callable[..., 
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
     assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
     assert metric(gateway, "protege_upstream_retries_total", route="teacher") == 2
-    [row] = rows(store)
+    [row] = captured_rows(store)
     assert row["status"] == "failed" and row["http_status"] == 502 and row["error"]
 
 
@@ -141,7 +129,7 @@ def test_429_without_retry_after_backs_off_and_then_passes_on(katan_factory: Cal
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
     assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
     assert metric(gateway, "protege_upstream_retries_total", route="teacher") == 1
-    assert [r["http_status"] for r in rows(store)] == [429]
+    assert [r["http_status"] for r in captured_rows(store)] == [429]
 
 
 def test_503_at_the_in_flight_limit_is_retried_to_success(katan_factory: Callable[..., Server],
@@ -160,7 +148,7 @@ def test_503_at_the_in_flight_limit_is_retried_to_success(katan_factory: Callabl
 
     assert asyncio.run(burst()) == [200, 200, 200]
     assert metric(gateway, "protege_upstream_retries_total", route="teacher") >= 1
-    assert [r["status"] for r in rows(store)] == ["ok"] * 3
+    assert [r["status"] for r in captured_rows(store)] == ["ok"] * 3
 
 
 def test_slow_first_token_past_the_timeout_is_a_504_before_any_byte(
@@ -200,7 +188,7 @@ def test_a_connection_dropped_mid_stream_ends_with_an_error_event(
     assert "error" in json.loads(events[-2])  # …and says it failed: never a silent truncation
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                    for e in events[:-2] if json.loads(e).get("choices")) == "Hello"
-    [row] = rows(store)
+    [row] = captured_rows(store)
     assert row["status"] == "failed" and row["stream"] == 1
     assert json.loads(row["response_json"])["choices"][0]["message"]["content"] == "Hello"  # what arrived
 
@@ -215,7 +203,7 @@ def test_invalid_json_from_the_teacher_is_a_clean_502(broken: Callable[[str], Br
                               f"{upstream.url}/v1", "--teacher-api-key", "sk-x")
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
     assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
-    assert [r["status"] for r in rows(store)] == ["failed"]
+    assert [r["status"] for r in captured_rows(store)] == ["failed"]
 
 
 def test_a_hanging_student_times_out_into_a_fallback(broken: Callable[[str], BrokenUpstream], katan: Server,
@@ -236,5 +224,5 @@ def test_a_hanging_student_times_out_into_a_fallback(broken: Callable[[str], Bro
     assert response.status_code == 200 and response.headers["x-protege-route"] == "fallback"
     assert time.monotonic() - started < 5
     assert metric(gateway, "protege_fallbacks_total", reason="student_timeout") == 1
-    [row] = rows(store)
+    [row] = captured_rows(store)
     assert row["route"] == "fallback" and json.loads(row["extra_json"])["student"]["reason"] == "student_timeout"
