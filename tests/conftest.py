@@ -11,6 +11,12 @@ from tests.servers import Server, start_gateway, start_katan, stop
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One compute thread per process, for this process and every server it starts: the suite runs on two
+# xdist workers on two cores, and torch's or the tokenizer's extra threads only wait on each other's
+# time slices there (measured: twice the CPU time for the same tests).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = N
     port = free_port()
     log = log_dir / f"model-server-{port}.log"
     cmd = [sys.executable, "-m", "distiller.local.server", "--port", str(port), "--log-level", "warning",
-           "--threads", "2", *args]
+           "--threads", "1", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                                 env={**os.environ, **(env or {})})

