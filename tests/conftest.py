@@ -19,6 +19,23 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One dequantised SmolLM2 for the whole run, shared by both xdist workers ($PROTEGE_MODEL_CACHE, kept out
+    of ~/.cache): the first process that loads the model builds it (atomically), every later one reuses it."""
+    from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+
+    if os.environ.get(CACHE_ENV):
+        yield Path(os.environ[CACHE_ENV])
+        return
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above gw0/gw1
+    path = shared / "smollm2-cache" / DEFAULT_SERVED_NAME
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def katan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A healthy llm-katan echo server shared by the session."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+from distiller.local.names import DEFAULT_SERVED_NAME
 from gateway.store import StudentVersion, open_store
 from tests.conftest import teacher_flags
 from tests.distiller.test_distill_e2e import SYSTEM, TASK, run_distill, send_all, tickets
@@ -28,7 +27,7 @@ from tests.servers import Server, start_model_server, stop
 pytestmark = pytest.mark.slow
 
 EXCHANGES = 64
-MAX_STEPS = 8  # ~130 tokens an example at batch 8: about 10 s a step on one core
+MAX_STEPS = 4  # ~130 tokens an example at batch 8: about 10 s a step on one core; the loop, not quality
 MAX_NEW_TOKENS = 16  # the model server clamps every evaluation answer to this: a short evaluation
 GATE = 0.9
 # One torch thread for the model server and the trainer: on two cores shared with other processes, two threads
@@ -37,14 +36,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
-def smollm2_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the dequantised SmolLM2 out of ~/.cache: a folder of this test's own unless the session set one."""
-    if not os.environ.get(CACHE_ENV):
-        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "model-cache" / DEFAULT_SERVED_NAME))
-
-
-@pytest.fixture
-def smollm2_server(tmp_path: Path, smollm2_cache: None) -> Iterator[Callable[[], Server]]:
+def smollm2_server(tmp_path: Path, smollm2_cache: Path) -> Iterator[Callable[[], Server]]:
     """Starts the model server with SmolLM2 (no --model) in a thread; calling the fixture waits for it."""
     with ThreadPoolExecutor(1) as pool:
         starting = pool.submit(start_model_server, tmp_path, "--max-new-tokens", str(MAX_NEW_TOKENS), "--threads",

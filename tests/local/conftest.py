@@ -17,13 +17,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 TINY_NAME = "tiny"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A per-session SmolLM2 cache folder ($PROTEGE_MODEL_CACHE), so tests never touch ~/.cache."""
-    path = tmp_path_factory.mktemp("model-cache") / "smollm2-135m-instruct"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PROTEGE_MODEL_CACHE", str(path))
-        yield path
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SmolLM2 cache folder of its own, for the test that watches the cache being built (every
+    other test shares the session's cache: tests/conftest.py)."""
+    return tmp_path_factory.mktemp("model-cache") / "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from distiller.local.names import CACHE_ENV
 from tests.local.conftest import start_model_server
 from tests.local.reference import client, user
 from tests.servers import Server, stop
@@ -33,7 +34,7 @@ def _load_seconds(server: Server) -> float:
 def smollm2(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[tuple[Server, float, float]]:
     """Starts the server twice: cold (builds the cache from the GGUF), then warm. Yields the warm one."""
     logs = tmp_path_factory.mktemp("smollm2")
-    cold = start_model_server(logs, timeout=300)  # no --model: SmolLM2 via $PROTEGE_MODEL_CACHE
+    cold = start_model_server(logs, timeout=300, env={CACHE_ENV: str(model_cache)})  # no --model: SmolLM2
     try:
         cold_load = _load_seconds(cold)
     finally:
