@@ -1,28 +1,33 @@
-"""Fuzzing the HTTP API from its own OpenAPI schema (schemathesis) against a real gateway process:
-no 5xx, every error in OpenAI's shape, nothing hangs past the client's timeout."""
+"""Fuzzing the HTTP API from its own OpenAPI schema (schemathesis) against the gateway app in this process
+(schemathesis' ASGI transport, which runs the app's lifespan) in front of a real upstream: no 5xx, every
+error in OpenAI's shape, nothing hangs past the client's timeout (the transport's read deadline)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
+from prometheus_client import CollectorRegistry
+from schemathesis.python import asgi
 
-from tests.conftest import teacher_flags
-from tests.servers import Server, start_gateway, stop
+from gateway.app import create_app
+from tests.inprocess import inprocess_gateway, settings_for
+from tests.servers import Server
 
 ADMIN = "fuzz-admin-token"
 EXAMPLES = 25  # per route and identity: bounded, a few seconds each
 
 
-@pytest.fixture(scope="module")
-def fuzz_gateway(katan: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    gateway = start_gateway(tmp, *teacher_flags(katan, tmp / "store.db"), "--admin-token", ADMIN)
-    yield gateway
-    stop(gateway.proc)
+@pytest.fixture
+def fuzz_app(katan: Server, tmp_path: Path) -> Iterator[FastAPI]:
+    """The app as `protege serve ... --admin-token` builds it; schemathesis starts its lifespan on first use."""
+    yield create_app(settings_for(katan, tmp_path / "store.db", admin_token=ADMIN), registry=CollectorRegistry())
+    asgi.shutdown_lifespans()  # also done by schemathesis' pytest plugin; here in case that is disabled
 
 
 def check_openai_error(status: int, body: Any) -> None:
@@ -33,9 +38,9 @@ def check_openai_error(status: int, body: Any) -> None:
         assert isinstance(error["type"], str)
 
 
-def call_and_check(case: Any, gateway: Server, auth: str | None) -> None:
+def call_and_check(case: Any, auth: str | None) -> None:
     headers = {"authorization": f"Bearer {auth}"} if auth else None
-    response = case.call(base_url=gateway.url, headers=headers, timeout=30)
+    response = case.call(headers=headers, timeout=30)  # the ASGI transport fails a call running past 30 s
     content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: header → list of values
     body = response.json() if content_type.startswith("application/json") else None
     if response.status_code >= 400:
@@ -44,23 +49,20 @@ def call_and_check(case: Any, gateway: Server, auth: str | None) -> None:
 
 
 @pytest.mark.parametrize("auth", [None, ADMIN], ids=["anonymous", "admin"])
-def test_every_route_never_answers_a_server_error(fuzz_gateway: Server, auth: str | None) -> None:
-    schema = schemathesis.openapi.from_url(f"{fuzz_gateway.url}/openapi.json")
+def test_every_route_never_answers_a_server_error(fuzz_app: FastAPI, auth: str | None) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/models", "/admin/tasks"}
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def fuzz(case: Any) -> None:
-            call_and_check(case, fuzz_gateway, auth)
+            call_and_check(case, auth)
 
         fuzz()
 
 
-def test_hostile_bodies_get_clear_4xx(fuzz_gateway: Server) -> None:
-    import httpx
-
-    url = f"{fuzz_gateway.url}/v1/chat/completions"
+def test_hostile_bodies_get_clear_4xx(katan: Server, tmp_path: Path) -> None:
     nested: str = '{"model": "m", "messages": ' + "[" * 5000 + "]" * 5000 + "}"
     cases: list[tuple[bytes | str, int]] = [
         (nested, 400),
@@ -73,7 +75,9 @@ def test_hostile_bodies_get_clear_4xx(fuzz_gateway: Server) -> None:
         ("[]", 400),
         ("", 400),
     ]
-    for body, status in cases:
-        response = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
-        assert response.status_code == status, (body[:80], response.status_code, response.text[:300])
-        check_openai_error(response.status_code, response.json())
+    with inprocess_gateway(settings_for(katan, tmp_path / "store.db", admin_token=ADMIN)) as gateway:
+        for body, status in cases:
+            response = gateway.client.post("/v1/chat/completions", content=body,
+                                           headers={"content-type": "application/json"})
+            assert response.status_code == status, (body[:80], response.status_code, response.text[:300])
+            check_openai_error(response.status_code, response.json())

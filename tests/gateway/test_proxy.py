@@ -1,17 +1,16 @@
-"""The gateway as a real process in front of a real upstream (llm-katan), with the openai SDK."""
+"""The gateway app (in this process) in front of a real upstream (llm-katan), with the openai SDK."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from tests.conftest import teacher_flags
+from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
 from tests.servers import Server
 
 WEATHER_TOOL = {"type": "function", "function": {
@@ -20,12 +19,13 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 
 @pytest.fixture
-def gateway(katan: Server, gateway_factory: Callable[..., Server], tmp_path: Path) -> Server:
-    return gateway_factory(*teacher_flags(katan, tmp_path / "store.db"))
+def gateway(katan: Server, tmp_path: Path) -> Iterator[InProcessGateway]:
+    with inprocess_gateway(settings_for(katan, tmp_path / "store.db")) as gateway:
+        yield gateway
 
 
-def client_for(server: Server, **kwargs: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-client", max_retries=0, **kwargs)  # type: ignore[arg-type]
+def client_for(gateway: InProcessGateway) -> openai.OpenAI:
+    return gateway.openai(api_key="sk-client")
 
 
 def katan_client(katan: Server) -> openai.OpenAI:
@@ -38,21 +38,19 @@ def rows(store: Path, query: str = "SELECT * FROM exchanges") -> list[sqlite3.Ro
         return list(db.execute(query))
 
 
-def wait_captured(store: Path, count: int, timeout: float = 5) -> list[sqlite3.Row]:
-    import time
+def wait_captured(gateway: InProcessGateway, store: Path, count: int, timeout: float = 5) -> list[sqlite3.Row]:
+    """The store's rows once at least `count` are written (the capture writer flushed after each look)."""
+    def written() -> list[sqlite3.Row]:
+        gateway.flush()
+        found = rows(store)
+        return found if len(found) >= count else []
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = rows(store)
-        except sqlite3.OperationalError:
-            found = []
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+    found: list[sqlite3.Row] = poll(written, timeout=timeout, what=f"{count} captured exchanges")
+    return found
 
 
-def test_non_streaming_passes_upstream_answer_and_captures(gateway: Server, katan: Server, tmp_path: Path) -> None:
+def test_non_streaming_passes_upstream_answer_and_captures(gateway: InProcessGateway, katan: Server,
+                                                            tmp_path: Path) -> None:
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "ping"}]
     raw = client_for(gateway).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
     reply = raw.parse()
@@ -65,7 +63,7 @@ def test_non_streaming_passes_upstream_answer_and_captures(gateway: Server, kata
     assert raw.headers["x-protege-task"].startswith("t_") and len(raw.headers["x-protege-task"]) == 14
     request_id = raw.headers["x-request-id"]
 
-    [row] = wait_captured(tmp_path / "store.db", 1)
+    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
     assert row["request_id"] == request_id
     assert row["status"] == "ok" and row["route"] == "teacher" and row["stream"] == 0
     assert row["task"] == raw.headers["x-protege-task"] and row["task_source"] == "fingerprint"
@@ -76,7 +74,7 @@ def test_non_streaming_passes_upstream_answer_and_captures(gateway: Server, kata
         reply.usage.prompt_tokens * 0.15e-6 + reply.usage.completion_tokens * 0.6e-6)
 
 
-def test_streaming_relays_chunks_and_captures_assembled_answer(gateway: Server, tmp_path: Path) -> None:
+def test_streaming_relays_chunks_and_captures_assembled_answer(gateway: InProcessGateway, tmp_path: Path) -> None:
     stream = client_for(gateway).chat.completions.create(
         model="m", messages=[{"role": "user", "content": "stream me"}], stream=True,
         stream_options={"include_usage": True}, extra_headers={"X-Protege-Task": "streamer"})
@@ -86,26 +84,26 @@ def test_streaming_relays_chunks_and_captures_assembled_answer(gateway: Server, 
     assert any(c.usage is not None for c in chunks)
     assert chunks[-1].choices == [] or chunks[-1].choices[0].finish_reason == "stop"
 
-    [row] = wait_captured(tmp_path / "store.db", 1)
+    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
     assert row["task"] == "streamer" and row["task_source"] == "header" and row["stream"] == 1
     assert row["status"] == "ok" and row["finish_reason"] == "stop"
     assert json.loads(row["response_json"])["choices"][0]["message"]["content"] == text
 
 
-def test_stream_without_include_usage_still_records_usage(gateway: Server, tmp_path: Path) -> None:
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={
+def test_stream_without_include_usage_still_records_usage(gateway: InProcessGateway, tmp_path: Path) -> None:
+    with gateway.client.stream("POST", "/v1/chat/completions", json={
             "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(e["choices"] for e in events)  # no usage-only chunk the client did not ask for
-    [row] = wait_captured(tmp_path / "store.db", 1)
+    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
     assert row["completion_tokens"] is not None and row["completion_tokens"] > 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_tools_round_trip(gateway: Server, katan: Server, tmp_path: Path, stream: bool) -> None:
+def test_tools_round_trip(gateway: InProcessGateway, katan: Server, tmp_path: Path, stream: bool) -> None:
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     client = client_for(gateway)
     if stream:
@@ -126,7 +124,7 @@ def test_tools_round_trip(gateway: Server, katan: Server, tmp_path: Path, stream
     direct_call = direct.choices[0].message.tool_calls[0].function  # type: ignore[index,union-attr]
     assert (name, json.loads(arguments)) == (direct_call.name, json.loads(direct_call.arguments))
 
-    [row] = wait_captured(tmp_path / "store.db", 1)
+    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
     request = json.loads(row["request_json"])
     assert request["tools"] == [WEATHER_TOOL] and request["tool_choice"] == "auto"
     captured_call = json.loads(row["response_json"])["choices"][0]["message"]["tool_calls"][0]
@@ -134,7 +132,7 @@ def test_tools_round_trip(gateway: Server, katan: Server, tmp_path: Path, stream
     assert json.loads(captured_call["function"]["arguments"]) == json.loads(arguments)
 
 
-def test_json_mode_and_unknown_fields_pass_through(gateway: Server) -> None:
+def test_json_mode_and_unknown_fields_pass_through(gateway: InProcessGateway) -> None:
     reply = client_for(gateway).chat.completions.create(
         model="m", messages=[{"role": "user", "content": "give json"}], response_format={"type": "json_object"},
         seed=7, stop=["\n\n"], max_completion_tokens=50, logprobs=True, top_logprobs=2, n=1,
@@ -142,23 +140,23 @@ def test_json_mode_and_unknown_fields_pass_through(gateway: Server) -> None:
     assert json.loads(reply.choices[0].message.content or "")["response"].endswith("User: give json")
 
 
-def test_metadata_task_names_the_task(gateway: Server) -> None:
+def test_metadata_task_names_the_task(gateway: InProcessGateway) -> None:
     raw = client_for(gateway).chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "user", "content": "x"}], extra_body={"metadata": {"task": "from-body"}})
     assert raw.headers["x-protege-task"] == "from-body"
 
 
-def test_models_lists_teacher(gateway: Server) -> None:
+def test_models_lists_teacher(gateway: InProcessGateway) -> None:
     models = client_for(gateway).models.list()
     assert [m.id for m in models.data] == ["gpt-4o-mini"]
 
 
-def test_health_ready_and_metrics(gateway: Server) -> None:
-    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{gateway.url}/readyz")
+def test_health_ready_and_metrics(gateway: InProcessGateway) -> None:
+    assert gateway.client.get("/healthz").json() == {"status": "ok"}
+    ready = gateway.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["teachers"] == ["gpt-4o-mini"]
     client_for(gateway).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                                 extra_headers={"X-Protege-Task": "metered"})
-    text = httpx.get(f"{gateway.url}/metrics").text
+    text = gateway.client.get("/metrics").text
     assert 'protege_requests_total{route="teacher",status="ok",task="metered"} 1.0' in text
     assert "protege_gateway_overhead_seconds_bucket" in text

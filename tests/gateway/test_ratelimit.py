@@ -1,16 +1,16 @@
-"""Per-key rate limits: token buckets on a fake clock, then a real gateway with two keys."""
+"""Per-key rate limits: token buckets on a fake clock, then the gateway app (in this process, in front of a
+real upstream) with two keys."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from gateway.errors import RateLimitError
 from gateway.ratelimit import RateLimiter
-from tests.conftest import teacher_flags
+from tests.inprocess import inprocess_gateway, settings_for
 from tests.servers import Server
 
 
@@ -49,35 +49,30 @@ def test_token_budget_may_be_overdrawn_then_waits() -> None:
     assert not RateLimiter(None, None).enabled
 
 
-def test_gateway_limits_each_key_separately(katan: Server, gateway_factory: Callable[..., Server],
-                                           tmp_path: Path) -> None:
-    config = tmp_path / "protege.yaml"
-    config.write_text("rate_limits:\n  requests_per_minute: 2\n")
-    gateway = gateway_factory("--config", str(config), *teacher_flags(katan, tmp_path / "store.db"),
-                              env={"PROTEGE_GATEWAY_KEYS": "key-alpha-123,key-beta-456"})
+def test_gateway_limits_each_key_separately(katan: Server, tmp_path: Path) -> None:
+    settings = settings_for(katan, tmp_path / "store.db", config={"rate_limits": {"requests_per_minute": 2}},
+                            gateway_keys="key-alpha-123,key-beta-456")
+    with inprocess_gateway(settings) as gateway:
+        def ask(key: str) -> httpx2.Response:
+            return gateway.client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 
-    def ask(key: str) -> httpx.Response:
-        return httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                          json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-
-    assert [ask("key-alpha-123").status_code for _ in range(2)] == [200, 200]
-    limited = ask("key-alpha-123")
-    assert limited.status_code == 429
-    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
-    assert limited.json()["error"]["type"] == "rate_limit_error"
-    assert 1 <= int(limited.headers["retry-after"]) <= 30
-    assert ask("key-beta-456").status_code == 200
-    assert ask("wrong-key").status_code == 401  # an unknown key is refused before it is counted
-    assert 'protege_rate_limited_requests_total{limit="requests"} 1.0' in httpx.get(f"{gateway.url}/metrics").text
+        assert [ask("key-alpha-123").status_code for _ in range(2)] == [200, 200]
+        limited = ask("key-alpha-123")
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+        assert limited.json()["error"]["type"] == "rate_limit_error"
+        assert 1 <= int(limited.headers["retry-after"]) <= 30
+        assert ask("key-beta-456").status_code == 200
+        assert ask("wrong-key").status_code == 401  # an unknown key is refused before it is counted
+        assert 'protege_rate_limited_requests_total{limit="requests"} 1.0' in gateway.client.get("/metrics").text
 
 
-def test_gateway_token_limit_uses_the_answers_usage(katan: Server, gateway_factory: Callable[..., Server],
-                                                    tmp_path: Path) -> None:
-    config = tmp_path / "protege.yaml"
-    config.write_text("rate_limits:\n  tokens_per_minute: 5\n")
-    gateway = gateway_factory("--config", str(config), *teacher_flags(katan, tmp_path / "store.db"))
+def test_gateway_token_limit_uses_the_answers_usage(katan: Server, tmp_path: Path) -> None:
+    settings = settings_for(katan, tmp_path / "store.db", config={"rate_limits": {"tokens_per_minute": 5}})
     body = {"model": "m", "messages": [{"role": "user", "content": "a question of more than five tokens"}]}
-    first = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30)
-    assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 5
-    second = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30)
-    assert second.status_code == 429 and "token rate limit" in second.json()["error"]["message"]
+    with inprocess_gateway(settings) as gateway:
+        first = gateway.client.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and first.json()["usage"]["total_tokens"] > 5
+        second = gateway.client.post("/v1/chat/completions", json=body)
+        assert second.status_code == 429 and "token rate limit" in second.json()["error"]["message"]
