@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -78,8 +78,10 @@ async def test_writer_flushes_within_the_interval(tmp_path: Path) -> None:
     await store.open()
     writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=50), Metrics(CollectorRegistry()))
     writer.start()
+    started = time.monotonic()
     writer.submit(exchange(1))
-    await asyncio.sleep(0.3)
+    await writer.wait_idle()  # written, without a close
+    assert time.monotonic() - started < 0.3
     assert await store.count_exchanges() == 1
     await writer.close()
     await store.close()
@@ -118,7 +120,8 @@ async def test_a_refused_batch_is_retried_before_anything_is_dropped(tmp_path: P
     writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=10, write_retries=3), Metrics(registry))
     writer.start()
     writer.submit(exchange(1))
-    await asyncio.sleep(1.0)  # backoff 0.2 s, then 0.4 s
+    await writer.wait_idle()  # backoff 0.2 s, then 0.4 s, then written
+    assert store.failures == 0
     assert [e.request_id for e in await store.list_exchanges()] == ["req_1"]
     await writer.close()
     assert sample(registry, "protege_capture_dropped_exchanges_total", reason="store_error") == 0
@@ -132,7 +135,8 @@ async def test_store_error_is_counted_and_writer_keeps_going(tmp_path: Path) -> 
     writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=10, write_retries=0), Metrics(registry))
     writer.start()
     writer.submit(exchange(1))
-    await asyncio.sleep(0.2)
+    await writer.wait_idle()  # the first batch is refused and dropped, alone
+    assert sample(registry, "protege_capture_dropped_exchanges_total", reason="store_error") == 1
     writer.submit(exchange(2))
     await writer.close()
     assert sample(registry, "protege_capture_dropped_exchanges_total", reason="store_error") == 1

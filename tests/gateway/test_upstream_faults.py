@@ -1,35 +1,32 @@
-"""Upstream faults, each against real processes: what the client gets, what is captured, what the
-metrics show. llm-katan injects the HTTP-level faults; a small raw-socket server (`BrokenUpstream`,
-in this process) does what katan cannot: drop the connection mid-stream, answer invalid JSON, hang."""
+"""Upstream faults: what the client gets, what is captured, what the metrics show. The gateway runs in
+this process (`tests.inprocess`); its upstreams are real servers on sockets. llm-katan injects the
+HTTP-level faults; a small raw-socket server (`BrokenUpstream`, in this process) does what katan
+cannot: drop the connection mid-stream, answer invalid JSON, hang."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
-import openai
+import httpx2
 import pytest
 
-from tests.conftest import teacher_flags
-from tests.servers import Server, captured_rows, metric
+from gateway.store import StudentVersion
+from tests.inprocess import InProcessGateway, inprocess_gateway, settings_for
+from tests.servers import Server
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
-
-
-
-
-
-
-def config(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "protege.yaml"
-    path.write_text(text)
-    return str(path)
+CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+ADMIN = "admin-secret-token"
+# llm-katan probes torch for `--device auto` (4-5 s of imports at each start); its echo backend needs none
+NO_TORCH = ("--device", "cpu")
+TASK = "tickets"
 
 
 class BrokenUpstream:
@@ -101,128 +98,132 @@ def broken() -> Iterator[Callable[[str], BrokenUpstream]]:
         upstream.close()
 
 
-def test_teacher_500s_are_retried_then_a_clean_502(katan_factory: Callable[..., Server],
-                                                    gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
-    failing = katan_factory("--error-rate", "1.0")
-    store = tmp_path / "store.db"
-    gateway = gateway_factory("--config", config(tmp_path, "retry:\n  attempts: 2\n  backoff_s: 0.05\n"),
-                              *teacher_flags(failing, store))
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
-    assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
-    assert metric(gateway, "protege_upstream_retries_total", route="teacher") == 2
-    [row] = captured_rows(store)
-    assert row["status"] == "failed" and row["http_status"] == 502 and row["error"]
+def ask(gateway: InProcessGateway, body: dict[str, Any] = CHAT,
+        headers: dict[str, str] | None = None) -> httpx2.Response:
+    return gateway.client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def test_teacher_500s_are_retried_then_a_clean_502(katan_factory: Callable[..., Server], tmp_path: Path) -> None:
+    failing = katan_factory(*NO_TORCH, "--error-rate", "1.0")
+    settings = settings_for(failing, tmp_path / "store.db", config={"retry": {"attempts": 2, "backoff_s": 0.05}})
+    with inprocess_gateway(settings) as gateway:
+        response = ask(gateway)
+        assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
+        assert gateway.metric("protege_upstream_retries_total", route="teacher") == 2
+        [row] = gateway.rows()
+    assert row.status == "failed" and row.http_status == 502 and row.error
 
 
 def test_429_without_retry_after_backs_off_and_then_passes_on(katan_factory: Callable[..., Server],
-                                                              gateway_factory: Callable[..., Server],
                                                               tmp_path: Path) -> None:
-    limited = katan_factory("--rate-limit-after", "1")
+    limited = katan_factory(*NO_TORCH, "--rate-limit-after", "1")
     auth = {"authorization": "Bearer sk-any"}
     probe = httpx.post(f"{limited.url}/v1/chat/completions", json=CHAT, headers=auth, timeout=30)
     assert probe.status_code == 200  # uses up the allowance
     refused = httpx.post(f"{limited.url}/v1/chat/completions", json=CHAT, headers=auth)
     assert refused.status_code == 429 and "retry-after" not in refused.headers
-    store = tmp_path / "store.db"
-    gateway = gateway_factory("--config", config(tmp_path, "retry:\n  attempts: 1\n  backoff_s: 0.05\n"),
-                              *teacher_flags(limited, store))
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
-    assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
-    assert metric(gateway, "protege_upstream_retries_total", route="teacher") == 1
-    assert [r["http_status"] for r in captured_rows(store)] == [429]
+    settings = settings_for(limited, tmp_path / "store.db", config={"retry": {"attempts": 1, "backoff_s": 0.05}})
+    with inprocess_gateway(settings) as gateway:
+        response = ask(gateway)
+        assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
+        assert gateway.metric("protege_upstream_retries_total", route="teacher") == 1
+        assert [r.http_status for r in gateway.rows()] == [429]
 
 
 def test_503_at_the_in_flight_limit_is_retried_to_success(katan_factory: Callable[..., Server],
-                                                          gateway_factory: Callable[..., Server],
                                                           tmp_path: Path) -> None:
-    busy = katan_factory("--max-inflight", "1", "--latency-ms", "300")
-    store = tmp_path / "store.db"
-    gateway = gateway_factory("--config", config(tmp_path, "retry:\n  attempts: 6\n  backoff_s: 0.2\n"),
-                              *teacher_flags(busy, store))
-
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            answers = await asyncio.gather(*(client.post(f"{gateway.url}/v1/chat/completions", json=CHAT)
-                                             for _ in range(3)))
-        return [a.status_code for a in answers]
-
-    assert asyncio.run(burst()) == [200, 200, 200]
-    assert metric(gateway, "protege_upstream_retries_total", route="teacher") >= 1
-    assert [r["status"] for r in captured_rows(store)] == ["ok"] * 3
+    busy = katan_factory(*NO_TORCH, "--max-inflight", "1", "--latency-ms", "300")
+    settings = settings_for(busy, tmp_path / "store.db", config={"retry": {"attempts": 6, "backoff_s": 0.2}})
+    with inprocess_gateway(settings) as gateway:
+        # three at once: the test client is thread-safe, each request runs as its own task on the app's loop
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: ask(gateway), range(3)))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert gateway.metric("protege_upstream_retries_total", route="teacher") >= 1
+        assert [r.status for r in gateway.rows()] == ["ok"] * 3
 
 
-def test_slow_first_token_past_the_timeout_is_a_504_before_any_byte(
-        katan_factory: Callable[..., Server], gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
-    slow = katan_factory("--ttft-ms", "4000")
-    gateway = gateway_factory("--config", config(tmp_path, "timeout_s: 1\nretry:\n  attempts: 0\n"),
-                              *teacher_flags(slow, tmp_path / "store.db"))
-    started = time.monotonic()
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True}, timeout=30)
-    assert time.monotonic() - started < 3.5  # never a hang past the configured timeout
-    assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
+def test_slow_first_token_past_the_timeout_is_a_504_before_any_byte(katan_factory: Callable[..., Server],
+                                                                    tmp_path: Path) -> None:
+    slow = katan_factory(*NO_TORCH, "--ttft-ms", "4000")
+    settings = settings_for(slow, tmp_path / "store.db", config={"timeout_s": 1, "retry": {"attempts": 0}})
+    with inprocess_gateway(settings) as gateway:
+        started = time.monotonic()
+        response = ask(gateway, {**CHAT, "stream": True})
+        assert time.monotonic() - started < 3.5  # never a hang past the configured timeout
+        # a 504 status, not a 200 stream that fails later: nothing was sent before the first token
+        assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
 
 
-def test_slow_first_token_within_the_timeout_streams_and_is_measured(
-        katan_factory: Callable[..., Server], gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
-    slow = katan_factory("--ttft-ms", "600")
-    gateway = gateway_factory(*teacher_flags(slow, tmp_path / "store.db"))
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                            stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    ttft_sum = metric(gateway, "protege_time_to_first_token_seconds_sum", route="teacher")
+def test_slow_first_token_within_the_timeout_streams_and_is_measured(katan_factory: Callable[..., Server],
+                                                                     tmp_path: Path) -> None:
+    slow = katan_factory(*NO_TORCH, "--ttft-ms", "600")
+    with inprocess_gateway(settings_for(slow, tmp_path / "store.db")) as gateway:
+        stream = gateway.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        ttft_sum = gateway.metric("protege_time_to_first_token_seconds_sum", route="teacher")
     assert ttft_sum >= 0.6
 
 
-def test_a_connection_dropped_mid_stream_ends_with_an_error_event(
-        broken: Callable[[str], BrokenUpstream], gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
+def test_a_connection_dropped_mid_stream_ends_with_an_error_event(broken: Callable[[str], BrokenUpstream],
+                                                                  tmp_path: Path) -> None:
     upstream = broken("drop-mid-stream")
-    store = tmp_path / "store.db"
-    gateway = gateway_factory("--store", f"sqlite:///{store}", "--teacher", "openai/gpt-4o-mini",
-                              "--teacher-api-base", f"{upstream.url}/v1", "--teacher-api-key", "sk-x")
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json={**CHAT, "stream": True},
-                      timeout=30) as response:
-        assert response.status_code == 200
-        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    settings = settings_for(None, tmp_path / "store.db", teacher="openai/gpt-4o-mini",
+                            teacher_api_base=f"{upstream.url}/v1", teacher_api_key="sk-x")
+    with inprocess_gateway(settings) as gateway:
+        with gateway.client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        [row] = gateway.rows()
     assert events[-1] == "[DONE]"  # the stream is well formed…
     assert "error" in json.loads(events[-2])  # …and says it failed: never a silent truncation
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                    for e in events[:-2] if json.loads(e).get("choices")) == "Hello"
-    [row] = captured_rows(store)
-    assert row["status"] == "failed" and row["stream"] == 1
-    assert json.loads(row["response_json"])["choices"][0]["message"]["content"] == "Hello"  # what arrived
+    assert row.status == "failed" and row.stream is True
+    assert row.response is not None
+    assert row.response["choices"][0]["message"]["content"] == "Hello"  # what arrived
 
 
 def test_invalid_json_from_the_teacher_is_a_clean_502(broken: Callable[[str], BrokenUpstream],
-                                                      gateway_factory: Callable[..., Server],
                                                       tmp_path: Path) -> None:
     upstream = broken("invalid-json")
-    store = tmp_path / "store.db"
-    gateway = gateway_factory("--config", config(tmp_path, "retry:\n  attempts: 0\n"), "--store",
-                              f"sqlite:///{store}", "--teacher", "openai/gpt-4o-mini", "--teacher-api-base",
-                              f"{upstream.url}/v1", "--teacher-api-key", "sk-x")
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30)
-    assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
-    assert [r["status"] for r in captured_rows(store)] == ["failed"]
+    settings = settings_for(None, tmp_path / "store.db", config={"retry": {"attempts": 0}},
+                            teacher="openai/gpt-4o-mini", teacher_api_base=f"{upstream.url}/v1",
+                            teacher_api_key="sk-x")
+    with inprocess_gateway(settings) as gateway:
+        response = ask(gateway)
+        assert response.status_code == 502 and response.json()["error"]["type"] == "upstream_error"
+        assert [r.status for r in gateway.rows()] == ["failed"]
+
+
+def register_student(gateway: InProcessGateway) -> None:
+    """An active student for TASK (a hosted model id: nothing to load on the student server)."""
+    store = gateway.state.store
+    now = time.time()
+
+    async def run() -> None:
+        await store.add_student(StudentVersion(task=TASK, version=1, status="candidate", model="tiny",
+                                               created_at=now, updated_at=now))
+        await store.set_student_status(TASK, 1, "active")
+
+    gateway.run(run())
 
 
 def test_a_hanging_student_times_out_into_a_fallback(broken: Callable[[str], BrokenUpstream], katan: Server,
-                                                     gateway_factory: Callable[..., Server], tmp_path: Path) -> None:
-    from tests.gateway.test_cascade import ADMIN, TASK, register
-
+                                                     tmp_path: Path) -> None:
     hanging = broken("hang")
-    store = tmp_path / "store.db"
-    register(store)
-    gateway = gateway_factory("--config", config(tmp_path, "cascade:\n  timeout_s: 1\n  refresh_s: 0.2\n"),
-                              *teacher_flags(katan, store), "--student-api-base", f"{hanging.url}/v1",
-                              "--admin-token", ADMIN)
-    assert httpx.put(f"{gateway.url}/admin/tasks/{TASK}/rollout", json={"percent": 100},
-                     headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
-    started = time.monotonic()
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers={"X-Protege-Task": TASK},
-                          timeout=30)
-    assert response.status_code == 200 and response.headers["x-protege-route"] == "fallback"
-    assert time.monotonic() - started < 5
-    assert metric(gateway, "protege_fallbacks_total", reason="student_timeout") == 1
-    [row] = captured_rows(store)
-    assert row["route"] == "fallback" and json.loads(row["extra_json"])["student"]["reason"] == "student_timeout"
+    settings = settings_for(katan, tmp_path / "store.db", config={"cascade": {"timeout_s": 1, "refresh_s": 0.2}},
+                            student_api_base=f"{hanging.url}/v1", admin_token=ADMIN)
+    with inprocess_gateway(settings) as gateway:
+        register_student(gateway)
+        # setting the rollout re-reads the routing table at once
+        assert gateway.client.put(f"/admin/tasks/{TASK}/rollout", json={"percent": 100},
+                                  headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+        started = time.monotonic()
+        response = ask(gateway, headers={"X-Protege-Task": TASK})
+        assert response.status_code == 200 and response.headers["x-protege-route"] == "fallback"
+        assert time.monotonic() - started < 5
+        assert gateway.metric("protege_fallbacks_total", reason="student_timeout") == 1
+        [row] = gateway.rows()
+    assert row.route == "fallback" and row.extra["student"]["reason"] == "student_timeout"
