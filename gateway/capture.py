@@ -156,11 +156,12 @@ class CaptureWriter:
             self._batch_full.set()
         self._metrics.capture_queue.set(depth)
 
-    async def wait_idle(self, timeout_s: float = 30) -> None:
-        """Return once every exchange submitted so far is written or dropped (tests, hand-overs)."""
+    async def wait_idle(self, timeout_s: float = 30) -> bool:
+        """Whether every exchange submitted so far was written or dropped within `timeout_s` (tests, hand-overs)."""
         deadline = time.monotonic() + timeout_s
         while self._unsettled > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        return self._unsettled == 0
 
     async def close(self) -> None:
         """Flush everything queued, then stop the writer."""

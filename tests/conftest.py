@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Server, start_gateway, start_katan, stop
+from tests.servers import Server, start_gateway, start_katan, start_model_server, stop
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,6 +77,16 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 def teacher_flags(upstream: Server, store: Path, model: str = "openai/gpt-4o-mini") -> list[str]:
     return ["--store", f"sqlite:///{store}", "--teacher", model, "--teacher-api-base", f"{upstream.url}/v1",
             "--teacher-api-key", "sk-upstream-secret-123456"]
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One model server with the tiny random Llama (served as "tiny") for every test that needs a student
+    server and does not change what it serves for good (tests that load an adapter unload it again)."""
+    server = start_model_server(tmp_path_factory.mktemp("tiny-student"), "--model", str(tiny_model),
+                                "--served-model-name", "tiny", "--threads", "1")
+    yield server
+    stop(server.proc)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,7 +66,7 @@ class InProcessGateway:
 
     def flush(self) -> None:
         """Wait until every exchange submitted so far is written (or dropped): polls the capture queue."""
-        self.run(self.state.capture.wait_idle())
+        assert self.run(self.state.capture.wait_idle()), "the capture writer did not catch up"
 
     def rows(self, **filters: Any) -> list[Exchange]:
         """Captured exchanges, oldest first, read through the Store API after a flush."""
@@ -129,4 +128,3 @@ async def apoll(condition: Callable[[], Any], timeout: float = 10, interval: flo
         await asyncio.sleep(interval)
 
 
-__all__ = ["BASE_URL", "InProcessGateway", "apoll", "httpx", "inprocess_gateway", "poll", "settings_for"]

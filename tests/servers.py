@@ -70,7 +70,8 @@ def start_katan(log_dir: Path, *extra: str, port: int | None = None) -> Server:
     port = port or free_port()
     log = log_dir / f"katan-{port}.log"
     cmd = [str(BIN / "llm-katan"), "--model", "echo-model", "--backend", "echo", "--providers",
-           "openai,anthropic", "--port", str(port), "--disable-dashboard", "--log-level", "warning", *extra]
+           "openai,anthropic", "--port", str(port), "--disable-dashboard", "--log-level", "warning",
+           "--device", "cpu", *extra]  # `auto` imports torch to look for a GPU: 4-5 s a start for an echo server
     env = {**os.environ, "HOME": str(log_dir)}  # katan keeps stats under ~/.llm-katan
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

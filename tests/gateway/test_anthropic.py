@@ -20,7 +20,7 @@ from tests.gateway.test_cascade import SYSTEM, TASK, admin, cascade_settings, re
 from tests.gateway.test_providers import without_time
 from tests.gateway.test_upstream_faults import BrokenUpstream
 from tests.inprocess import InProcessGateway, inprocess_gateway, settings_for
-from tests.servers import Server, start_model_server, stop
+from tests.servers import Server
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -252,12 +252,9 @@ def test_anthropic_teacher_through_litellm(katan: Server, tmp_path: Path) -> Non
 
 # --- cascade -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def student_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_model_server(tmp_path_factory.mktemp("student"), "--model", str(tiny_model),
-                                "--served-model-name", "tiny", "--threads", "1")
-    yield server
-    stop(server.proc)
+@pytest.fixture
+def student_server(tiny_student: Server) -> Server:
+    return tiny_student  # the session's model server with the tiny Llama, served as "tiny"
 
 
 @pytest.mark.parametrize("stream", [False, True])

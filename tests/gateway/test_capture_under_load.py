@@ -21,8 +21,6 @@ from tests.inprocess import BASE_URL, inprocess_gateway, settings_for
 from tests.servers import Server
 
 TASK = "load-task"
-# llm-katan probes torch for `--device auto` (4-5 s of imports at each start); its echo backend needs none
-NO_TORCH = ("--device", "cpu")
 
 
 async def one_request(client: openai.AsyncOpenAI, i: int) -> bool:
@@ -95,7 +93,7 @@ def test_fifty_concurrent_requests_are_all_captured(katan: Server, tmp_path: Pat
 def test_sigterm_during_load_loses_no_answered_request(katan_factory: Callable[..., Server],
                                                        gateway_factory: Callable[..., Server],
                                                        tmp_path: Path) -> None:
-    slow = katan_factory(*NO_TORCH, "--latency-ms", "3000", "--max-concurrent", "100")
+    slow = katan_factory("--latency-ms", "3000", "--max-concurrent", "100")
     store = tmp_path / "store.db"
     gateway = gateway_factory(*teacher_flags(slow, store))
 

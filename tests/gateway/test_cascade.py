@@ -26,19 +26,16 @@ from gateway.config import Settings
 from gateway.store import StudentVersion, open_store
 from gateway.tasks import text_hash
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
-from tests.servers import Server, start_model_server, stop
+from tests.servers import Server
 
 ADMIN = "admin-secret-token"
 TASK = "tickets"
 SYSTEM = "You extract the city from support tickets."
 
 
-@pytest.fixture(scope="module")
-def student_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_model_server(tmp_path_factory.mktemp("student"), "--model", str(tiny_model),
-                                "--served-model-name", "tiny", "--threads", "1")
-    yield server
-    stop(server.proc)
+@pytest.fixture
+def student_server(tiny_student: Server) -> Server:
+    return tiny_student  # the session's model server with the tiny Llama, served as "tiny"
 
 
 class Link:

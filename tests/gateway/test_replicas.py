@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +21,7 @@ from gateway.router import rollout_bucket
 from gateway.store import StudentVersion, open_store
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
 from tests.pg import fresh_schema
-from tests.servers import REPO, Server, start_model_server, stop
+from tests.servers import REPO, Server
 
 ADMIN = "admin-secret-token"
 TASK = "tickets"
@@ -35,12 +34,9 @@ def store_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def student_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_model_server(tmp_path_factory.mktemp("student"), "--model", str(tiny_model),
-                                "--served-model-name", "tiny", "--threads", "1")
-    yield server
-    stop(server.proc)
+@pytest.fixture
+def student_server(tiny_student: Server) -> Server:
+    return tiny_student  # the session's model server with the tiny Llama, served as "tiny"
 
 
 def register_student(url: str) -> None:

@@ -24,8 +24,6 @@ from tests.servers import Server
 
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 ADMIN = "admin-secret-token"
-# llm-katan probes torch for `--device auto` (4-5 s of imports at each start); its echo backend needs none
-NO_TORCH = ("--device", "cpu")
 TASK = "tickets"
 
 
@@ -104,7 +102,7 @@ def ask(gateway: InProcessGateway, body: dict[str, Any] = CHAT,
 
 
 def test_teacher_500s_are_retried_then_a_clean_502(katan_factory: Callable[..., Server], tmp_path: Path) -> None:
-    failing = katan_factory(*NO_TORCH, "--error-rate", "1.0")
+    failing = katan_factory("--error-rate", "1.0")
     settings = settings_for(failing, tmp_path / "store.db", config={"retry": {"attempts": 2, "backoff_s": 0.05}})
     with inprocess_gateway(settings) as gateway:
         response = ask(gateway)
@@ -116,7 +114,7 @@ def test_teacher_500s_are_retried_then_a_clean_502(katan_factory: Callable[..., 
 
 def test_429_without_retry_after_backs_off_and_then_passes_on(katan_factory: Callable[..., Server],
                                                               tmp_path: Path) -> None:
-    limited = katan_factory(*NO_TORCH, "--rate-limit-after", "1")
+    limited = katan_factory("--rate-limit-after", "1")
     auth = {"authorization": "Bearer sk-any"}
     probe = httpx.post(f"{limited.url}/v1/chat/completions", json=CHAT, headers=auth, timeout=30)
     assert probe.status_code == 200  # uses up the allowance
@@ -132,7 +130,7 @@ def test_429_without_retry_after_backs_off_and_then_passes_on(katan_factory: Cal
 
 def test_503_at_the_in_flight_limit_is_retried_to_success(katan_factory: Callable[..., Server],
                                                           tmp_path: Path) -> None:
-    busy = katan_factory(*NO_TORCH, "--max-inflight", "1", "--latency-ms", "300")
+    busy = katan_factory("--max-inflight", "1", "--latency-ms", "300")
     settings = settings_for(busy, tmp_path / "store.db", config={"retry": {"attempts": 6, "backoff_s": 0.2}})
     with inprocess_gateway(settings) as gateway:
         # three at once: the test client is thread-safe, each request runs as its own task on the app's loop
@@ -145,7 +143,7 @@ def test_503_at_the_in_flight_limit_is_retried_to_success(katan_factory: Callabl
 
 def test_slow_first_token_past_the_timeout_is_a_504_before_any_byte(katan_factory: Callable[..., Server],
                                                                     tmp_path: Path) -> None:
-    slow = katan_factory(*NO_TORCH, "--ttft-ms", "4000")
+    slow = katan_factory("--ttft-ms", "4000")
     settings = settings_for(slow, tmp_path / "store.db", config={"timeout_s": 1, "retry": {"attempts": 0}})
     with inprocess_gateway(settings) as gateway:
         started = time.monotonic()
@@ -157,7 +155,7 @@ def test_slow_first_token_past_the_timeout_is_a_504_before_any_byte(katan_factor
 
 def test_slow_first_token_within_the_timeout_streams_and_is_measured(katan_factory: Callable[..., Server],
                                                                      tmp_path: Path) -> None:
-    slow = katan_factory(*NO_TORCH, "--ttft-ms", "600")
+    slow = katan_factory("--ttft-ms", "600")
     with inprocess_gateway(settings_for(slow, tmp_path / "store.db")) as gateway:
         stream = gateway.openai().chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
