@@ -14,7 +14,9 @@
 # (PROTEGE_TEACHER, or `teachers:` in a file passed with --config) — a hosted model, vLLM, or the
 # trainer image's `protege model-server`.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# by digest, so a rebuild gets the same base (the tag moves); refresh it on purpose with
+# `docker buildx imagetools inspect python:3.11-slim`
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # --- base: Python, the non-root user, environment shared by both targets ----------------------
 FROM ${PYTHON_IMAGE} AS base

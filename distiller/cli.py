@@ -65,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "teacher": args.teacher, "teacher_api_base": args.teacher_api_base,
         "teacher_api_key": args.teacher_api_key, "student_api_base": args.student_api_base,
         "admin_token": args.admin_token, "admin_port": args.admin_port, "log_level": args.log_level,
+        "auth_required": None if args.auth is None else args.auth == "required",
     }
     settings = _settings(args, **overrides)
     if args.no_capture:
@@ -88,6 +89,9 @@ def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for /admin (env PROTEGE_ADMIN_TOKEN)")
     p.add_argument("--admin-port", type=int, help="serve /admin, the console and /metrics only on this port "
                    "(env PROTEGE_ADMIN_PORT; bind it with admin_host in the config); default: on --port")
+    p.add_argument("--auth", choices=["required", "off"], help="required: every /v1 request needs a gateway key "
+                   "and the gateway will not start without one; off: open while no key exists (env "
+                   "PROTEGE_AUTH_REQUIRED; default: required unless --host is a loopback address)")
     p.add_argument("--no-capture", action="store_true", help="do not record exchanges")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on the one port (default 1); "
                    "/metrics adds up all of them (PROMETHEUS_MULTIPROC_DIR, default a temporary folder)")
@@ -262,7 +266,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args, student_api_base=args.student_api_base)
 
     async def work(store: Store) -> int:
-        await students_ops.promote(store, args.task, args.version, student_api_base=settings.student_api_base)
+        await students_ops.promote(store, args.task, args.version, student_api_base=settings.student_api_base,
+                                   student_api_key=settings.student_key)
         print(f"task {args.task}: version {args.version} is active")
         return 0
 
@@ -352,6 +357,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         try:
             outcome = await distill(store, args.task, options, student_api_base=settings.student_api_base,
+                                    student_api_key=settings.student_key,
                                     progress=progress)
         except DistillError as exc:
             print(f"protege distill: {exc}", file=sys.stderr)
@@ -398,13 +404,15 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         if not args.once:
             await run_forever(store, policy, options, interval_s=args.interval,
-                              student_api_base=settings.student_api_base, retention_days=retention_days)
+                              student_api_base=settings.student_api_base, student_api_key=settings.student_key,
+                              retention_days=retention_days)
             return 0
         if retention_days is not None:
             pruned = await apply_retention(store, retention_days)
             print(f"retention: deleted {pruned} exchanges older than {retention_days} days",
                   file=sys.stderr if args.json else sys.stdout)
         results = await run_once(store, policy, options, student_api_base=settings.student_api_base,
+                                 student_api_key=settings.student_key,
                                  tasks=args.task or None)
         rows = [{"task": task, "reason": reason, "version": o.student.version if o else None,
                  "status": o.student.status if o else "failed"} for task, reason, o in results]
@@ -674,7 +682,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         table = Table("key id", "name", "created (UTC)", "revoked")
         for r in records:
             table.add_row(r.key_id, r.name, _time(r.created_at), "yes" if r.revoked else "no")
-        Console().print(table if records else "no gateway keys: the gateway accepts any client")
+        Console().print(table if records else "no gateway keys: a gateway bound to a loopback address accepts any "
+                        "local client; any other refuses to start (auth.required)")
         return 0
 
     return _with_store(_settings(args), work)

@@ -25,6 +25,7 @@ import orjson
 
 from gateway.router import token_logprobs
 from gateway.scoring import agreement, normalise_text
+from gateway.students import student_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +179,10 @@ def majority_answer(train: Sequence[EvalExample]) -> dict[str, Any]:
 
 
 async def ask_model(api_base: str, model: str, examples: Sequence[EvalExample], *, max_tokens: int = 256,
-                    concurrency: int = 4, timeout_s: float = 300) -> list[ModelAnswer]:
+                    concurrency: int = 4, timeout_s: float = 300, api_key: str | None = None) -> list[ModelAnswer]:
     """Greedy answers with logprobs, a few requests at a time (the server batches them)."""
     semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+    async with student_client(api_base, api_key, timeout_s) as client:
 
         async def one(example: EvalExample) -> ModelAnswer:
             body: dict[str, Any] = {"model": model, "messages": example.messages, "temperature": 0,
@@ -221,16 +222,17 @@ def majority_report(train: Sequence[EvalExample], examples: Sequence[EvalExample
 
 
 async def evaluate(api_base: str, *, student_model: str, base_model: str | None, dataset_dir: Path,
-                   split: str = "test", max_tokens: int = 256) -> tuple[EvaluationReport, list[ModelAnswer]]:
+                   split: str = "test", max_tokens: int = 256,
+                   api_key: str | None = None) -> tuple[EvaluationReport, list[ModelAnswer]]:
     """Score the student (and the base model) on a held-out split; the student's raw answers are
     returned too, for calibration."""
     examples = load_split(dataset_dir, split)
     train = load_split(dataset_dir, "train")
-    student_answers = await ask_model(api_base, student_model, examples, max_tokens=max_tokens)
+    student_answers = await ask_model(api_base, student_model, examples, max_tokens=max_tokens, api_key=api_key)
     report = EvaluationReport(split=split, student=model_report(f"student ({student_model})", student_answers,
                                                                  examples))
     if base_model is not None:
-        base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens)
+        base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens, api_key=api_key)
         report.baselines.append(model_report(f"base model ({base_model})", base_answers, examples))
     report.baselines.append(majority_report(train, examples))
     return report, student_answers

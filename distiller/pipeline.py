@@ -73,6 +73,7 @@ def _quiet(_: str, __: float | None) -> None:
 
 
 async def distill(store: Store, task: str, options: DistillOptions, *, student_api_base: str | None = None,
+                 student_api_key: str | None = None,
                   progress: Progress = _quiet) -> DistillOutcome:
     run_dir = options.runs_dir / task / time.strftime("%Y%m%d-%H%M%S")
     progress("curating captured traffic", None)
@@ -94,6 +95,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         run_dir, version, job = unfinished
         progress(f"resuming training job {job.job_id} of {run_dir}", None)
     else:
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the dataset holds captured prompts: this user's only
         write_dataset(dataset, run_dir / "dataset")
         version = await next_version(store, task)
         write_json_atomic(run_dir / RUN_FILE, {**key, "task": task, "version": version})
@@ -104,22 +106,23 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     training_s = time.monotonic() - started
 
     async with AsyncExitStack() as stack:
-        api_base = student_api_base
+        api_base, api_key = student_api_base, student_api_key
         if api_base is None:
             progress("starting a model server for evaluation", None)
             server = EmbeddedModelServer(EmbeddedConfig(model=options.base_model))
             await asyncio.to_thread(server.start)
             stack.callback(server.stop)
-            api_base = server.api_base
+            api_base, api_key = server.api_base, server.api_key
         if options.trainer == "local":
-            await students_ops.load_adapter(api_base, model, result.artifact)
-        base = await students_ops.base_model_name(api_base) if options.trainer == "local" else None
+            await students_ops.load_adapter(api_base, model, result.artifact, api_key=api_key)
+        base = await students_ops.base_model_name(api_base, api_key=api_key) if options.trainer == "local" else None
         progress("evaluating on the validation split (calibration)", None)
         _, val_answers = await evaluate(api_base, student_model=model, base_model=None, dataset_dir=dataset_dir,
-                                        split="validation", max_tokens=options.max_eval_tokens)
+                                        split="validation", max_tokens=options.max_eval_tokens, api_key=api_key)
         progress("evaluating on the test split", None)
         report, _ = await evaluate(api_base, student_model=model, base_model=base or EMBEDDED_MODEL_NAME,
-                                   dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens)
+                                   dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens,
+                                   api_key=api_key)
 
     calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
@@ -136,7 +139,8 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         threshold=calibration.threshold if calibration else None,
         confidence_method=calibration.method if calibration else "mean_logprob", details=details)
     if passed and options.promote:
-        await students_ops.promote(store, task, version, student_api_base=student_api_base)
+        await students_ops.promote(store, task, version, student_api_base=student_api_base,
+                                   student_api_key=student_api_key)
         student.status = "active"
     outcome = DistillOutcome(task, run_dir, dataset.dataset_hash, student, passed=passed, gate_message=gate_message,
                              evaluation=report, calibration=calibration, training_s=training_s)

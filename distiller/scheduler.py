@@ -76,8 +76,9 @@ async def task_state(store: Store, task: str) -> TaskState:
 
 
 async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions, *,
-                   student_api_base: str | None = None, tasks: list[str] | None = None,
-                   now: float | None = None) -> list[tuple[str, str, DistillOutcome | None]]:
+                   student_api_base: str | None = None, student_api_key: str | None = None,
+                   tasks: list[str] | None = None, now: float | None = None,
+                   ) -> list[tuple[str, str, DistillOutcome | None]]:
     """Check every task once and retrain the due ones, one at a time. Returns (task, reason, outcome)
     for each task that was due; outcome None when its run failed."""
     names = tasks or [t.name for t in await store.list_tasks()]
@@ -88,7 +89,8 @@ async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions,
             continue
         log.info("retraining %s: %s", name, reason)
         try:
-            outcome = await distill(store, name, options, student_api_base=student_api_base)
+            outcome = await distill(store, name, options, student_api_base=student_api_base,
+                                    student_api_key=student_api_key)
         except DistillError as exc:
             log.warning("retraining %s failed; its active student is unchanged: %s", name, exc)
             results.append((name, reason, None))
@@ -108,8 +110,9 @@ async def apply_retention(store: Store, retention_days: int | None, *, now: floa
 
 
 async def run_forever(store: Store, policy: RetrainPolicy, options: DistillOptions, *, interval_s: float,
-                      student_api_base: str | None = None, retention_days: int | None = None) -> None:
+                      student_api_base: str | None = None, student_api_key: str | None = None,
+                      retention_days: int | None = None) -> None:
     while True:
         await apply_retention(store, retention_days)
-        await run_once(store, policy, options, student_api_base=student_api_base)
+        await run_once(store, policy, options, student_api_base=student_api_base, student_api_key=student_api_key)
         await asyncio.sleep(interval_s)

@@ -3,15 +3,13 @@ route answers 403 — when no admin token is configured."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from gateway import students as students_ops
-from gateway.auth import bearer_token
-from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.admin_auth import require_admin
 from gateway.http_utils import parse_json_object, read_body, validate
 from gateway.state import GatewayState
 from gateway.store import StudentVersion
@@ -40,14 +38,7 @@ def student_view(s: StudentVersion) -> dict[str, Any]:
 async def _state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.protege
     token = state.settings.admin_token
-    if token is None:
-        raise PermissionDeniedError("the admin API is disabled: start the gateway with --admin-token",
-                                    code="admin_disabled")
-    presented = bearer_token(request.headers.get("authorization"))
-    if presented is None:
-        raise AuthenticationError("missing admin token: send 'Authorization: Bearer <admin token>'")
-    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
-        raise PermissionDeniedError("invalid admin token")
+    require_admin(None if token is None else token.get_secret_value(), request.headers.get("authorization"))
     return state
 
 
@@ -98,7 +89,8 @@ def build_admin_router() -> APIRouter:
         state = await _state(request)
         wanted = validate(PromoteRequest, await _body(request, state))
         await students_ops.promote(state.store, task, wanted.version,
-                                   student_api_base=state.settings.student_api_base)
+                                   student_api_base=state.settings.student_api_base,
+                                   student_api_key=state.settings.student_key)
         await routing_changed(state)
         return {"task": task, "active_version": wanted.version}
 

@@ -12,10 +12,11 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
+from gateway.admin_auth import require_admin
 from gateway.auth import bearer_token
 from gateway.errors import BadRequestError, ServiceUnavailableError
 from gateway.http_utils import parse_json_object, read_body, validate
-from gateway.protocol import ChatCompletionRequest, ModelCard, ModelList
+from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
 from gateway.service import ChatRequest, ChatService, RouteInfo
 from gateway.state import GatewayState
 from gateway.store import StoreError
@@ -47,8 +48,28 @@ def route_headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:
 
 
 def chat_completions_openapi() -> dict[str, Any]:
-    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    """The request body's JSON schema for the OpenAPI document, with pydantic's `$defs` inlined: a `$ref`
+    in `openapi_extra` resolves against the whole document, where those definitions do not exist."""
+    schema = ChatCompletionRequest.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_refs(schema)}}}}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every `#/$defs/...` reference replaced by its definition (the models are not recursive)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def build_api_router() -> APIRouter:
@@ -62,6 +83,7 @@ def build_api_router() -> APIRouter:
         body = parse_json_object(await read_body(request, state.settings.max_body_bytes,
                                                  state.settings.body_timeout_s))
         parsed = validate(ChatCompletionRequest, body)
+        check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
         task, source = resolve_task(request.headers.get("x-protege-task"), body)
         user = request.headers.get("x-protege-user") or parsed.user
         capture = (capture_wanted(request.headers.get("x-protege-capture"))
@@ -104,12 +126,19 @@ def build_api_router() -> APIRouter:
             await state.store.check_writable()
         except StoreError as exc:
             raise ServiceUnavailableError(f"store not writable: {exc}", code="not_ready") from None
+        capture_problem = state.capture.health()
+        if capture_problem is not None:
+            raise ServiceUnavailableError(capture_problem, code="not_ready")
         return {"status": "ready", "teachers": [t.config.served_name for t in state.service.teachers.all],
                 "uptime_s": round(time.time() - state.started_at, 1)}
 
-    @router.get("/metrics")
+    @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         state = gateway_state(request)
+        if state.settings.admin_port is None:  # on an admin port of its own, the socket is what is private
+            token = state.settings.admin_token
+            require_admin(None if token is None else token.get_secret_value(), request.headers.get("authorization"),
+                          surface="/metrics")
         if state.service.students is not None:
             await state.service.students.table.refresh()  # registry and rollout gauges, also without traffic
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

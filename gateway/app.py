@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -15,17 +16,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gateway.admin import build_admin_router
+from gateway.admin_auth import require_admin
 from gateway.anthropic import error_from_openai, is_anthropic_path
 from gateway.anthropic_api import build_anthropic_router
 from gateway.api import build_api_router
 from gateway.auth import KeyRing
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.console import build_console_router
 from gateway.errors import ProtegeError, error_body, error_type_for_status
 from gateway.metrics import Metrics, multiprocess_dir
-from gateway.ports import AdminPortGuard
+from gateway.ports import AdminPortGuard, is_private
 from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
@@ -39,10 +41,16 @@ from gateway.students import load_student
 
 log = logging.getLogger("protege.app")
 
+NO_KEY_MESSAGE = ("authentication is required (auth.required, or a non-loopback host) and no gateway key exists: "
+                  "add one with `protege keys add --name <app> --store ...` or set PROTEGE_GATEWAY_KEYS, or "
+                  "set auth.required: false to run an open gateway on purpose")
+
 
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret the settings hold, for redaction."""
     values = [t.api_key.get_secret_value() for t in settings.teachers if t.api_key]
+    if settings.student_api_key:
+        values.append(settings.student_api_key.get_secret_value())
     values += [k.get_secret_value() for k in settings.gateway_keys]
     if settings.admin_token:
         values.append(settings.admin_token.get_secret_value())
@@ -64,8 +72,9 @@ def build_students(settings: Settings, store: Store) -> Students | None:
     if not settings.student_api_base:
         return None
     cascade = settings.cascade
-    provider = OpenAICompatibleProvider(name="student", api_base=settings.student_api_base, api_key=None,
-                                        timeout_s=cascade.timeout_s, connect_timeout_s=min(2.0, cascade.timeout_s),
+    provider = OpenAICompatibleProvider(name="student", api_base=settings.student_api_base,
+                                        api_key=settings.student_key, timeout_s=cascade.timeout_s,
+                                        connect_timeout_s=min(2.0, cascade.timeout_s),
                                         redact=redactor(secrets_of(settings)))
     price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
              if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
@@ -74,7 +83,7 @@ def build_students(settings: Settings, store: Store) -> Students | None:
     api_base = settings.student_api_base
 
     async def load(student: StudentVersion) -> None:
-        await load_student(api_base, student)
+        await load_student(api_base, student, api_key=settings.student_key)
 
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
                     degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate,
@@ -86,7 +95,7 @@ def build_breaker(name: str, settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(name, failure_threshold=config.failure_threshold, cooldown_s=config.cooldown_s)
 
 
-def json_error(status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> Response:
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
@@ -101,29 +110,48 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def protege_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProtegeError)
-        return json_error(exc.status_code, shaped(request, exc.status_code, exc.to_body()), exc.headers())
+        return json_response(exc.status_code, shaped(request, exc.status_code, exc.to_body()), exc.headers())
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = {404: "unknown route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         body = error_body(message, error_type_for_status(exc.status_code))
-        return json_error(exc.status_code, shaped(request, exc.status_code, body), dict(exc.headers or {}))
+        return json_response(exc.status_code, shaped(request, exc.status_code, body), dict(exc.headers or {}))
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in err["loc"]) or None
         body = error_body(f"{param}: {err['msg']}", "invalid_request_error", param=param)
-        return json_error(400, shaped(request, 400, body))
+        return json_response(400, shaped(request, 400, body))
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return json_error(500, shaped(request, 500, error_body("internal error", "api_error")))
+        return json_response(500, shaped(request, 500, error_body("internal error", "api_error")))
 
     app.add_exception_handler(ProtegeError, protege_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)
+
+
+def install_openapi_routes(app: FastAPI) -> None:
+    """`/openapi.json` describes what clients may call; the admin routes are only in `/admin/openapi.json`,
+    behind the admin token (the public schema would map the private surface for an attacker)."""
+    public: dict[str, Any] = {}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def public_schema() -> Response:
+        if not public:
+            full = app.openapi()
+            public.update({**full, "paths": {p: v for p, v in full["paths"].items() if not is_private(p)}})
+        return json_response(200, public)
+
+    @app.get("/admin/openapi.json", include_in_schema=False)
+    async def admin_schema(request: Request) -> Response:
+        token = request.app.state.protege.settings.admin_token
+        require_admin(None if token is None else token.get_secret_value(), request.headers.get("authorization"))
+        return json_response(200, app.openapi())
 
 
 def create_app(settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None,
@@ -137,17 +165,21 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         the_store = store or open_store(settings.store)
         await the_store.open()
+        metrics.pin_tasks(t.name for t in await the_store.list_tasks())
         capture = CaptureWriter(the_store, settings.capture, metrics)
         capture.start()
         teacher_set = teachers(settings)
-        keys = KeyRing([k.get_secret_value() for k in settings.gateway_keys], the_store)
+        keys = KeyRing([k.get_secret_value() for k in settings.gateway_keys], the_store,
+                       required=settings.auth_required)
         await keys.refresh(force=True)
+        if settings.auth_required and keys.active_keys == 0:
+            raise ConfigError(NO_KEY_MESSAGE)
         students = build_students(settings, the_store)
         if students is not None:
             await students.table.refresh(force=True)
         limits = settings.rate_limits
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
-                              RateLimiter(limits.requests_per_minute, limits.tokens_per_minute))
+                              RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service)
         try:
@@ -161,8 +193,10 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
             await the_store.close()
             metrics.process_exited()
 
-    app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     install_error_handlers(app)
+    install_openapi_routes(app)
     app.include_router(build_api_router())
     app.include_router(build_admin_router())
     app.include_router(build_console_router())

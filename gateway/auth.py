@@ -38,14 +38,20 @@ ANONYMOUS = "anonymous"
 
 
 class KeyRing:
-    """The accepted key hashes: from config plus the store, reloaded every `refresh_s` seconds."""
+    """The accepted key hashes: from config plus the store, reloaded every `refresh_s` seconds.
 
-    def __init__(self, config_keys: list[str], store: Store, refresh_s: float = 5.0) -> None:
+    Fails closed: with `required`, or once any key exists (in the config or the store, revoked ones
+    included), every request needs a key that is in the ring now, so revoking the last key leaves a ring
+    that accepts nobody. Only a gateway that does not require keys and has never had one is open."""
+
+    def __init__(self, config_keys: list[str], store: Store, refresh_s: float = 5.0, *, required: bool = False) -> None:
         self._config_hashes = [hash_key(k) for k in config_keys]
         self._store = store
         self._refresh_s = refresh_s
         self._hashes: list[str] = list(self._config_hashes)
         self._loaded_at = float("-inf")
+        self._required = required
+        self._ever_keyed = bool(config_keys)
 
     async def refresh(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -57,17 +63,26 @@ class KeyRing:
         except StoreError:  # a locked store must not fail requests: keep the last known keys
             return
         self._hashes = self._config_hashes + [r.key_hash for r in records if not r.revoked]
+        self._ever_keyed = self._ever_keyed or bool(records)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._hashes)
+        """Whether requests need a key."""
+        return self._required or self._ever_keyed
+
+    @property
+    def active_keys(self) -> int:
+        return len(self._hashes)
 
     async def check(self, token: str | None) -> str:
         """The client the token identifies (for rate limits): its key's hash, or 'anonymous' when the
         gateway takes no keys. Raises when a key is needed and missing or unknown."""
         await self.refresh()
-        if not self._hashes:
+        if not self.enabled:
             return ANONYMOUS
+        if not self._hashes:
+            raise AuthenticationError("this gateway has no active key, so it accepts no client: add one with "
+                                      "`protege keys add --name <app>`", code="no_active_key")
         if token is None:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'",
                                       code="missing_api_key")

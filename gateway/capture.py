@@ -19,13 +19,17 @@ from typing import Any
 from gateway.config import CaptureConfig
 from gateway.metrics import Metrics
 from gateway.pii import redact_messages
-from gateway.store import Exchange, Store, StoreError
+from gateway.store import Exchange, Store, StoreError, user_hash
 
 log = logging.getLogger("protege.capture")
 
-# request fields that describe the conversation rather than sampling
-_STRUCTURAL = {"model", "messages", "tools", "tool_choice", "response_format", "stream", "stream_options",
-               "user", "metadata"}
+FORGOTTEN_REFRESH_S = 5.0
+
+# the sampling parameters kept with a captured request (`request.params`): what shaped the answer. Anything
+# else a body holds (identifiers, cache keys, provider options) is not training data and is not stored.
+STORED_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "seed",
+                 "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
+                 "parallel_tool_calls", "reasoning_effort", "verbosity")
 
 
 def normalise_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +38,7 @@ def normalise_request(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("tools", "tool_choice", "response_format"):
         if body.get(key) is not None:
             normalised[key] = body[key]
-    params = {k: v for k, v in body.items() if k not in _STRUCTURAL}
+    params = {k: body[k] for k in STORED_PARAMS if k in body}
     if params:
         normalised["params"] = params
     return normalised
@@ -118,7 +122,12 @@ def redact_exchange(exchange: Exchange) -> Exchange:
 
 
 class CaptureWriter:
-    def __init__(self, store: Store, config: CaptureConfig, metrics: Metrics) -> None:
+    """The queue and its writer task. The writer survives anything one exchange can do to it: an exchange
+    the store refuses for its content (it cannot be serialised, say) is dropped alone, counted and logged
+    with its request id; an unexpected failure of the writer itself is logged and the writer restarted.
+    `health()` says when the writer is dead or has made no progress for `stall_s` with work queued."""
+
+    def __init__(self, store: Store, config: CaptureConfig, metrics: Metrics, *, stall_s: float = 30.0) -> None:
         self._store = store
         self._config = config
         self._metrics = metrics
@@ -129,10 +138,15 @@ class CaptureWriter:
         self._last_error_log = 0.0
         self._closing = False
         self._unsettled = 0  # submitted and not yet written or dropped
+        self._stall_s = stall_s
+        self._progress_at = time.monotonic()  # the last time a batch was settled (or the writer started)
+        self.restarts = 0
+        self._forgotten: set[str] = set()  # user hashes whose new traffic is not stored either
+        self._forgotten_read_at = float("-inf")
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="protege-capture")
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="protege-capture")
 
     @property
     def enabled(self) -> bool:
@@ -142,6 +156,17 @@ class CaptureWriter:
     def depth(self) -> int:
         """Exchanges waiting to be written."""
         return self._queue.qsize()
+
+    def health(self) -> str | None:
+        """None while the writer works; otherwise why captured exchanges are not reaching the store."""
+        if not self._config.enabled:
+            return None
+        if self._task is None or self._task.done():
+            return "the capture writer is not running"
+        idle = time.monotonic() - self._progress_at
+        if self._unsettled > 0 and idle > self._stall_s:
+            return f"the capture writer made no progress for {idle:.0f} s with {self._unsettled} exchange(s) queued"
+        return None
 
     def submit(self, exchange: Exchange) -> None:
         if not self._config.enabled:
@@ -163,16 +188,43 @@ class CaptureWriter:
             await asyncio.sleep(0.005)
         return self._unsettled == 0
 
-    async def close(self) -> None:
-        """Flush everything queued, then stop the writer."""
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush everything queued, then stop the writer; within `timeout_s` whatever the store does
+        (what is still queued then is dropped and counted, so shutdown always finishes)."""
         self._closing = True  # a failing store gets one more try, not the whole backoff
-        if self._task is not None:
-            await self._queue.put(None)  # the writer flushes what precedes this and returns
-            self._batch_full.set()
-            await self._task
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._task is not None:
+                    await self._queue.put(None)  # the writer flushes what precedes this and returns
+                    self._batch_full.set()
+                    await self._task
+                while not self._queue.empty():  # anything submitted while closing
+                    await self._write([e for e in self._take_batch() if e is not None])
+        except TimeoutError:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+            left = sum(1 for e in self._take_batch(self._queue.qsize()) if e is not None)
+            if left:
+                self._drop(left, "shutdown", f"the store did not take {left} exchange(s) within {timeout_s:g} s")
+                self._unsettled -= left
+        finally:
             self._task = None
-        while not self._queue.empty():  # anything submitted while closing
-            await self._write([e for e in self._take_batch() if e is not None])
+
+    async def _supervise(self) -> None:
+        """Run the writer; if it ever fails, log it and start it again (nothing queued is lost)."""
+        while True:
+            try:
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                self._metrics.capture_restarts.inc()
+                log.exception("the capture writer failed; restarting it")
+                await asyncio.sleep(0.1)
 
     async def _run(self) -> None:
         interval = self._config.flush_interval_ms / 1000
@@ -205,10 +257,28 @@ class CaptureWriter:
             await self._write_batch(batch)
         finally:
             self._unsettled -= len(batch)
+            self._progress_at = time.monotonic()
+            self._metrics.capture_queue.set(self._queue.qsize())
+
+    async def _without_forgotten_users(self, batch: list[Exchange]) -> list[Exchange]:
+        """A user forgotten with `protege forget` stays forgotten: their new exchanges are not stored."""
+        if time.monotonic() - self._forgotten_read_at > FORGOTTEN_REFRESH_S:
+            with contextlib.suppress(StoreError):  # keep the last known set; the insert reports a dead store
+                self._forgotten = await self._store.forgotten_user_hashes()
+                self._forgotten_read_at = time.monotonic()
+        if not self._forgotten:
+            return batch
+        kept = [e for e in batch if e.user is None or user_hash(e.user) not in self._forgotten]
+        if len(kept) < len(batch):
+            self._metrics.capture_skipped.labels("forgotten_user").inc(len(batch) - len(kept))
+        return kept
 
     async def _write_batch(self, batch: list[Exchange]) -> None:
-        if self._config.redact_pii:  # here, after the response, not on the request's path
-            batch = [redact_exchange(e) for e in batch]
+        batch = await self._without_forgotten_users(batch)
+        if not batch:
+            return
+        if self._config.redact_pii:  # here, after the response, and off the event loop (regexes over MBs)
+            batch = await asyncio.to_thread(lambda: [redact_exchange(e) for e in batch])
         delay = 0.2
         for attempt in range(self._config.write_retries + 1):
             try:
@@ -216,15 +286,33 @@ class CaptureWriter:
             except StoreError as exc:
                 if attempt == self._config.write_retries or self._closing:
                     self._drop(len(batch), "store_error", str(exc))
-                    break
+                    return
                 self._metrics.capture_queue.set(self._queue.qsize())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:  # the content of some exchange, not the store: find it, keep the others
+                await self._write_one_by_one(batch)
+                return
             else:
-                for exchange in batch:
-                    self._metrics.captured.labels(exchange.status).inc()
-                break
-        self._metrics.capture_queue.set(self._queue.qsize())
+                self._count_written(batch)
+                return
+
+    async def _write_one_by_one(self, batch: list[Exchange]) -> None:
+        for exchange in batch:
+            try:
+                await self._store.insert_exchanges([exchange])
+            except StoreError as exc:
+                self._drop(1, "store_error", str(exc))
+            except Exception as exc:
+                self._metrics.capture_dropped.labels("unstorable").inc()
+                log.warning("dropped captured exchange %s: it cannot be stored (%s: %s)", exchange.request_id,
+                            type(exc).__name__, str(exc)[:200])
+            else:
+                self._count_written([exchange])
+
+    def _count_written(self, batch: list[Exchange]) -> None:
+        for exchange in batch:
+            self._metrics.captured.labels(exchange.status).inc()
 
     def _drop(self, count: int, reason: str, detail: str) -> None:
         self._metrics.capture_dropped.labels(reason).inc(count)

@@ -94,6 +94,18 @@ class RateLimitConfig(_Strict):
     tokens_per_minute: int | None = Field(default=None, ge=1, description="input + output tokens")
 
 
+class LimitsConfig(_Strict):
+    """What one request may ask for, and how many may run at once (beyond: 400, 429 or 503)."""
+
+    max_n: int = Field(default=8, ge=1, le=128, description="most choices (`n`) one request may ask for")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="most output tokens (`max_tokens`, "
+                                          "`max_completion_tokens`) one request may ask for; None: no cap")
+    max_concurrent: int | None = Field(default=1024, ge=1, description="requests in flight in this process; "
+                                       "beyond, 503 with Retry-After")
+    max_concurrent_per_key: int | None = Field(default=None, ge=1, description="requests in flight per gateway "
+                                               "key; beyond, 429 with Retry-After")
+
+
 class CascadeConfig(_Strict):
     """How the gateway uses students."""
 
@@ -108,6 +120,17 @@ class CascadeConfig(_Strict):
                                             "hourly cost, spread over gpu_tokens_per_s (when no per-token price)")
     gpu_tokens_per_s: float | None = Field(default=None, gt=0, description="measured throughput of the student "
                                            "server, input and output tokens per second (see bench/model_server)")
+
+
+class AuthConfig(_Strict):
+    """Who may call /v1: holders of a gateway key, or (only where explicitly allowed) anyone."""
+
+    required: bool | None = Field(default=None, description="true: every /v1 request needs a gateway key, and the "
+                                  "gateway refuses to start without one; false: without any key the gateway is "
+                                  "open; default: required unless the gateway binds a loopback address only")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class EmbeddedConfig(_Strict):
@@ -128,11 +151,14 @@ class Settings(_Strict):
     store: str = Field(default="sqlite:///data/protege.db", description="sqlite:///path.db or postgresql://…")
     teachers: list[TeacherConfig] = Field(default_factory=list)
     student_api_base: str | None = None
+    student_api_key: SecretStr | None = Field(default=None, description="the student server's API key (its "
+                                              "--api-key-file), sent by the gateway and the distiller")
     timeout_s: float = Field(default=120, gt=0, description="upstream read timeout")
     connect_timeout_s: float = Field(default=5, gt=0)
     retry: RetryConfig = RetryConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    limits: LimitsConfig = LimitsConfig()
     cascade: CascadeConfig = CascadeConfig()
     capture: CaptureConfig = CaptureConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
@@ -141,11 +167,36 @@ class Settings(_Strict):
     header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "
                                     "time (from the connection's start or the request's first byte)")
     gateway_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys, plain")
+    auth: AuthConfig = AuthConfig()
     admin_token: SecretStr | None = None
     admin_port: int | None = Field(default=None, ge=1, le=65535, description="serve /admin, the console and "
                                    "/metrics only on this port (and nothing else there); default: on `port`")
     admin_host: str | None = Field(default=None, description="bind address of admin_port; default: host")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    forward_fields: list[str] = Field(default_factory=list, description="request fields beyond OpenAI's documented "
+                                      "ones that clients may send and the teachers receive (e.g. vLLM's top_k); "
+                                      "anything else is refused with a 400")
+
+    @field_validator("forward_fields")
+    @classmethod
+    def _no_provider_control(cls, value: list[str]) -> list[str]:
+        from gateway.protocol import PROVIDER_CONTROL_FIELDS
+
+        steering = sorted(set(value) & PROVIDER_CONTROL_FIELDS)
+        if steering:
+            raise ValueError(f"{steering[0]!r} steers the provider client and is never taken from clients")
+        return value
+
+    @property
+    def student_key(self) -> str | None:
+        return None if self.student_api_key is None else self.student_api_key.get_secret_value()
+
+    @property
+    def auth_required(self) -> bool:
+        """`auth.required`, or by default: required on anything but a loopback bind."""
+        if self.auth.required is not None:
+            return self.auth.required
+        return not (self.host in LOOPBACK_HOSTS or self.host.startswith("127."))
 
     @field_validator("store")
     @classmethod
@@ -164,9 +215,11 @@ ENV_KEYS: dict[str, str] = {
     "PROTEGE_TEACHER_API_BASE": "teacher_api_base",
     "PROTEGE_TEACHER_API_KEY": "teacher_api_key",
     "PROTEGE_STUDENT_API_BASE": "student_api_base",
+    "PROTEGE_STUDENT_API_KEY": "student_api_key",
     "PROTEGE_ADMIN_TOKEN": "admin_token",
     "PROTEGE_ADMIN_PORT": "admin_port",
     "PROTEGE_GATEWAY_KEYS": "gateway_keys",
+    "PROTEGE_AUTH_REQUIRED": "auth_required",
     "PROTEGE_LOG_LEVEL": "log_level",
 }
 
@@ -213,6 +266,8 @@ def _apply_flat(data: dict[str, Any], flat: dict[str, Any]) -> None:
     teacher_patch = {_TEACHER_FLAT[k]: flat.pop(k) for k in list(flat) if k in _TEACHER_FLAT}
     if "gateway_keys" in flat and isinstance(flat["gateway_keys"], str):
         flat["gateway_keys"] = [k.strip() for k in flat["gateway_keys"].split(",") if k.strip()]
+    if "auth_required" in flat:
+        data["auth"] = {**(data.get("auth") or {}), "required": flat.pop("auth_required")}
     data.update(flat)
     if not teacher_patch:
         return

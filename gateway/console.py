@@ -2,19 +2,19 @@
 admin API (`gateway.admin`, `gateway.students`), with the cost figures of `protege report`.
 
 Sign-in: the operator pastes the admin token once; the console answers with a session cookie (HttpOnly,
-SameSite=Strict, Path=/admin/ui, Secure over HTTPS) whose value is an HMAC of the token, so the token
-itself never sits in the browser and changing it signs every session out. `Authorization: Bearer <admin
-token>` works as well. Like the admin API, the console is disabled (403) when the gateway has no admin token.
+SameSite=Strict, Path=/admin/ui, Secure over HTTPS) holding a random session id that expires after 8 hours
+and ends at sign-out (`gateway.admin_auth`: the store keeps its hash), so the token itself never sits in the
+browser. Failed sign-ins are throttled per client. `Authorization: Bearer <admin token>` works as well.
+Like the admin API, the console is disabled (403) when the gateway has no admin token.
 
-Forgery: every form that changes state carries a CSRF token (another HMAC of the admin token) and is refused
-when its Origin header names another host; the SameSite=Strict cookie already keeps cross-site posts
-unauthenticated, so either check alone would hold.
+Forgery: every form that changes state carries the session's CSRF token and is refused when its Origin
+header names another host; the SameSite=Strict cookie already keeps cross-site posts unauthenticated, so
+either check alone would hold.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import logging
 import math
 import time
@@ -31,6 +31,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 
 from gateway import students as students_ops
 from gateway.admin import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
+from gateway.admin_auth import SESSION_TTL_S, csrf_token, end_session, same, session_is_valid, start_session
 from gateway.auth import bearer_token
 from gateway.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
 from gateway.errors import BadRequestError, ProtegeError
@@ -64,20 +65,12 @@ HEADERS = {
 }
 
 
-def derive(token: str, purpose: str) -> str:
-    """A value bound to the admin token and one purpose (the session cookie, the CSRF token)."""
-    return hmac.new(token.encode(), f"protege-console:{purpose}".encode(), hashlib.sha256).hexdigest()
-
-
-def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
 @dataclass(frozen=True, slots=True)
 class Session:
     state: GatewayState
     csrf: str
     via_cookie: bool  # False: an Authorization header (no cookie, so no forgery to guard against)
+    session_id: str | None = None
 
 
 # --- formatting (Jinja filters) -----------------------------------------------------------------
@@ -240,12 +233,12 @@ def build_console_router() -> APIRouter:
     env.filters.update(usd=usd, when=when, number=number, path=path_part, parity=lambda s: offline_parity(s)[0])
     env.globals.update(prefix=PREFIX)
 
-    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def render(name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
         context.setdefault("session", None)
         html = env.get_template(f"console/{name}").render(**context)
-        return HTMLResponse(html, status_code=status, headers=HEADERS)
+        return HTMLResponse(html, status_code=status, headers={**HEADERS, **(headers or {})})
 
-    def authenticate(request: Request) -> Session | Response:
+    async def authenticate(request: Request) -> Session | Response:
         state: GatewayState = request.app.state.protege
         if state.settings.admin_token is None:
             return render("disabled.html", 403)
@@ -254,10 +247,10 @@ def build_console_router() -> APIRouter:
         if presented is not None:
             if not same(presented, token):
                 return render("login.html", 403, error="That admin token is not valid.")
-            return Session(state, derive(token, "csrf"), via_cookie=False)
+            return Session(state, "", via_cookie=False)
         cookie = request.cookies.get(COOKIE)
-        if cookie is not None and same(cookie, derive(token, "session")):
-            return Session(state, derive(token, "csrf"), via_cookie=True)
+        if cookie is not None and await session_is_valid(state.store, cookie):
+            return Session(state, csrf_token(token, cookie), via_cookie=True, session_id=cookie)
         if request.method == "GET":
             return RedirectResponse(f"{PREFIX}/login", status_code=303, headers=HEADERS)
         return render("login.html", 401, error="Sign in first.")
@@ -277,7 +270,7 @@ def build_console_router() -> APIRouter:
         return {key: values[-1] for key, values in parsed.items()}
 
     async def checked_form(request: Request) -> tuple[Session, dict[str, str]] | Response:
-        session = authenticate(request)
+        session = await authenticate(request)
         if isinstance(session, Response):
             return session
         fields = await form(request, session.state)
@@ -296,7 +289,8 @@ def build_console_router() -> APIRouter:
         exchanges = await read_exchanges(store, task=task, start=None if since_s is None else now - since_s)
         if not students and summary is None and task not in rollouts and not exchanges:
             return None
-        report = task_report(task, exchanges, students, now=now) if exchanges else None
+        # the report walks every exchange of the window: off the event loop, so other requests go on
+        report = await asyncio.to_thread(task_report, task, exchanges, students, now=now) if exchanges else None
         row = task_row(task, summary, students, rollouts.get(task, 0.0), report, session.state.service.live_parity())
         fallbacks = [ex for ex in exchanges if ex.route == "fallback"][-RECENT_FALLBACKS:][::-1]
         return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks)
@@ -330,7 +324,8 @@ def build_console_router() -> APIRouter:
             elif name == "promote":
                 wanted = validate(PromoteRequest, {"version": fields.get("version", "")})
                 await students_ops.promote(store, task, wanted.version,
-                                           student_api_base=state.settings.student_api_base)
+                                           student_api_base=state.settings.student_api_base,
+                                           student_api_key=state.settings.student_key)
             elif name == "rollback":
                 await students_ops.rollback(store, task)
             else:
@@ -354,7 +349,7 @@ def build_console_router() -> APIRouter:
 
     @router.get("/login")
     async def login_page(request: Request) -> Response:
-        session = authenticate(request)
+        session = await authenticate(request)
         if isinstance(session, Session):
             return RedirectResponse(PREFIX, status_code=303, headers=HEADERS)
         if request.app.state.protege.settings.admin_token is None:
@@ -367,16 +362,22 @@ def build_console_router() -> APIRouter:
         if state.settings.admin_token is None:
             return render("disabled.html", 403)
         token = state.settings.admin_token.get_secret_value()
+        client = request.client.host if request.client else "?"
+        wait = state.sign_ins.retry_after(client)
+        if wait is not None:
+            return render("login.html", 429, error=f"Too many failed sign-ins: try again in {math.ceil(wait)} s.",
+                          headers={"Retry-After": str(math.ceil(wait))})
         fields = await form(request, state)
+        matches = same(fields.get("token", "").strip(), token)  # always compared: every failure costs the same
         if not same_origin(request):
             return render("login.html", 403, error="This sign-in form came from another site.")
-        if not same(fields.get("token", "").strip(), token):
-            log.warning("console: refused sign-in from %s", request.client.host if request.client else "?")
+        if not matches:
+            state.sign_ins.failed(client)
             return render("login.html", 403, error="That admin token is not valid.")
         response = RedirectResponse(PREFIX, status_code=303, headers=HEADERS)
         secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-        response.set_cookie(COOKIE, derive(token, "session"), path=PREFIX, httponly=True, samesite="strict",
-                            secure=secure)
+        response.set_cookie(COOKIE, await start_session(state.store), path=PREFIX, httponly=True,
+                            samesite="strict", secure=secure, max_age=int(SESSION_TTL_S))
         return response
 
     @router.post("/logout")
@@ -384,13 +385,16 @@ def build_console_router() -> APIRouter:
         checked = await checked_form(request)
         if isinstance(checked, Response):
             return checked
+        session = checked[0]
+        if session.session_id is not None:
+            await end_session(session.state.store, session.session_id)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303, headers=HEADERS)
         response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
         return response
 
     @router.get("")
     async def overview(request: Request) -> Response:
-        session = authenticate(request)
+        session = await authenticate(request)
         if isinstance(session, Response):
             return session
         window = request.query_params.get("window", DEFAULT_WINDOW)
@@ -402,7 +406,7 @@ def build_console_router() -> APIRouter:
         now = time.time()
         since_s = WINDOWS[window][1]
         exchanges = await read_exchanges(store, task=None, start=None if since_s is None else now - since_s)
-        report = build_report(exchanges, students, now=now, since_s=since_s)
+        report = await asyncio.to_thread(build_report, exchanges, students, now=now, since_s=since_s)
         reports = {t.task: t for t in report.tasks}
         live = session.state.service.live_parity()
         names = sorted(set(summaries) | {s.task for s in students} | set(rollouts))
@@ -413,7 +417,7 @@ def build_console_router() -> APIRouter:
 
     @router.get("/tasks/{task}")
     async def task_page(task: str, request: Request) -> Response:
-        session = authenticate(request)
+        session = await authenticate(request)
         if isinstance(session, Response):
             return session
         return await task_view(request, session, task)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from gateway.config import EmbeddedConfig, TeacherConfig
 
@@ -33,19 +38,35 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedModelServer:
+    """The model server as a child process on 127.0.0.1, with a random API key of its own: other local
+    users cannot load adapters into it or use it. The key reaches the child in a 0600 file (never on its
+    command line or in its environment) and the gateway sends it as a bearer token."""
+
     def __init__(self, config: EmbeddedConfig, host: str = "127.0.0.1") -> None:
         self.config = config
         self.host = host
         self.port = config.port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
+        self.api_key = secrets.token_urlsafe(32)
+        self._key_dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def api_base(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    def _key_file(self) -> Path:
+        if self._key_dir is None:
+            self._key_dir = tempfile.TemporaryDirectory(prefix="protege-model-server-")  # 0700
+        path = Path(self._key_dir.name) / "api-key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self.api_key)
+        return path
+
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "distiller.local.server", "--host", self.host, "--port", str(self.port),
-               "--served-model-name", EMBEDDED_MODEL_NAME]
+               "--served-model-name", EMBEDDED_MODEL_NAME, "--api-key-file", str(self._key_file())]
         if self.config.model:
             cmd += ["--model", self.config.model]
         if self.config.threads:
@@ -61,6 +82,7 @@ class EmbeddedModelServer:
                 raise RuntimeError(f"embedded model server exited with code {self.process.returncode}")
             try:
                 if httpx.get(f"http://{self.host}:{self.port}/healthz", timeout=1).status_code == 200:
+                    self._forget_key_file()  # read at start-up: it need not stay on disk
                     return
             except httpx.HTTPError:
                 pass
@@ -68,7 +90,13 @@ class EmbeddedModelServer:
         self.stop()
         raise RuntimeError(f"embedded model server not ready after {self.config.startup_timeout_s:.0f} s")
 
+    def _forget_key_file(self) -> None:
+        if self._key_dir is not None:
+            self._key_dir.cleanup()
+            self._key_dir = None
+
     def stop(self) -> None:
+        self._forget_key_file()
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -80,5 +108,6 @@ class EmbeddedModelServer:
 
     def teacher(self) -> TeacherConfig:
         return TeacherConfig(model=f"openai/{EMBEDDED_MODEL_NAME}", api_base=self.api_base,
+                             api_key=SecretStr(self.api_key),
                              input_cost_per_token=self.config.input_cost_per_token,
                              output_cost_per_token=self.config.output_cost_per_token)

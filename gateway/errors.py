@@ -110,6 +110,13 @@ class ServiceUnavailableError(ProtegeError):
     status = 503
     error_type = "service_unavailable"
 
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"retry-after": str(max(1, round(self.retry_after)))}
+
 
 class UpstreamError(ProtegeError):
     """The upstream model server could not be reached or answered with a server error."""

@@ -44,7 +44,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+# JSON nested deeper than this is refused: the gateway must be able to forward, capture (which wraps
+# the body one level deeper) and export whatever it accepts, and orjson stops at 254 levels.
+MAX_NESTING = 64
+
+
+def parse_json_object(raw: bytes, *, max_nesting: int = MAX_NESTING) -> dict[str, Any]:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")
     try:
@@ -53,7 +58,23 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError("request body must be a JSON object")
+    if nested_deeper_than(data, max_nesting):
+        raise BadRequestError(f"request body is nested deeper than {max_nesting} levels", code="too_deep")
     return data
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` has containers more than `limit` levels deep (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def validate(model: type[M], data: dict[str, Any]) -> M:

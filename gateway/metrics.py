@@ -9,6 +9,7 @@ Each gauge says how its per-process values combine (`multiprocess_mode`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -19,7 +20,7 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 # reasons `CaptureWriter` drops exchanges for; created at zero so rates and alerts see a series
-CAPTURE_DROP_REASONS = ("queue_full", "store_error")
+CAPTURE_DROP_REASONS = ("queue_full", "store_error", "unstorable", "shutdown")
 
 
 def multiprocess_dir() -> str | None:
@@ -41,7 +42,8 @@ class Metrics:
             MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
             registry = CollectorRegistry()
         self._max_tasks = max_tasks
-        self._tasks: set[str] = set()
+        self._tasks: set[str] = set()  # first come, at most max_tasks
+        self._pinned: set[str] = set()  # tasks the store or the registry holds: always their own label
         self.requests = Counter("protege_requests", "Chat requests by task, route and outcome",
                                 ["task", "route", "status"], registry=registry)
         self.tokens = Counter("protege_tokens", "Tokens by task, model and kind (input/output)",
@@ -96,15 +98,28 @@ class Metrics:
                                        ["reason"], registry=registry)
         for reason in CAPTURE_DROP_REASONS:
             self.capture_dropped.labels(reason)
+        self.capture_skipped = Counter("protege_capture_skipped_exchanges", "Exchanges not stored on purpose "
+                                       "(a forgotten user's)", ["reason"], registry=registry)
+        self.capture_restarts = Counter("protege_capture_writer_restarts", "Times the capture writer failed and "
+                                        "was started again", registry=registry)
 
     def process_exited(self) -> None:
         """Drop this process's live gauges from the multiprocess totals (its counters stay counted)."""
         if self.multiprocess_dir is not None:
             mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
 
+    def pin_tasks(self, tasks: Iterable[str], *, limit: int = 1000) -> None:
+        """Tasks that exist (captured before this process started, or with a student version): they keep
+        their own label whatever clients send, so junk task names cannot push them into 'other'."""
+        for task in tasks:
+            if len(self._pinned) >= limit:
+                return
+            self._pinned.add(task)
+
     def task_label(self, task: str) -> str:
-        """The task as a label value; past `max_tasks` distinct tasks, new ones count as 'other'."""
-        if task in self._tasks:
+        """The task as a label value: a pinned task's own; else first come up to `max_tasks` distinct
+        tasks, after which new ones count as 'other'."""
+        if task in self._pinned or task in self._tasks:
             return task
         if len(self._tasks) >= self._max_tasks:
             return "other"

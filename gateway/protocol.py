@@ -1,17 +1,24 @@
 """OpenAI wire models: what the gateway validates on the way in (pydantic, and jsonschema for tool schemas).
 
 Fields follow OpenAI's order. Validation is deliberately shallow: the gateway checks what it must
-understand (messages, roles, sampling limits, tools, response_format) and passes every other field
-through untouched, so new OpenAI parameters keep working. Protégé's own fields are marked.
+understand (messages, roles, sampling limits, tools, response_format). The top level is an allowlist:
+OpenAI's documented request fields (plus any the operator names in `forward_fields`) are forwarded,
+and anything else is refused with a 400 naming it, as OpenAI itself does. Fields that steer a provider
+client (`base_url`, `api_key`, `extra_headers`, …) are never accepted from a client, whatever the
+config says: the gateway alone decides where requests go and with which credentials. Protégé's own
+fields are marked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.errors import BadRequestError
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -68,23 +75,35 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions`. Unknown fields are kept (`extra="allow"`) and forwarded."""
+    """`POST /v1/chat/completions`. Unknown top-level fields pass pydantic (`extra="allow"`) and are then
+    checked against the allowlist by `check_fields`."""
 
     model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str = Field(min_length=1)
+    audio: dict[str, Any] | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    function_call: str | dict[str, Any] | None = None  # deprecated by OpenAI for tool_choice
+    functions: list[dict[str, Any]] | None = None  # deprecated by OpenAI for tools
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    modalities: list[str] | None = None
     n: int | None = Field(default=None, ge=1, le=128)
+    prediction: dict[str, Any] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    reasoning_effort: str | None = None
     response_format: ResponseFormat | None = None
+    safety_identifier: str | None = None
     seed: int | None = None
+    service_tier: str | None = None
     stop: str | list[str] | None = None
+    store: bool | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -93,7 +112,35 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None  # OpenAI's field; Protégé reads `metadata.task`
+
+
+CHAT_FIELDS = frozenset(ChatCompletionRequest.model_fields)
+
+# Keyword arguments with which provider clients (litellm, the openai SDK) let a caller choose the
+# upstream, its credentials or its headers. Never taken from a client body, and never allowed in
+# `forward_fields`.
+PROVIDER_CONTROL_FIELDS = frozenset({
+    "api_base", "api_key", "api_type", "api_version", "base_url", "custom_llm_provider", "deployment_id",
+    "extra_body", "extra_headers", "extra_query", "headers", "http_client", "litellm_params", "max_retries",
+    "mock_response", "model_list", "num_retries", "organization", "project", "timeout", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "aws_region_name", "vertex_credentials", "vertex_project",
+    "vertex_location", "azure_ad_token", "client", "input_cost_per_token", "output_cost_per_token",
+})
+
+
+def check_fields(body: dict[str, Any], known: frozenset[str], extra: Collection[str] = ()) -> None:
+    """Refuse (400, naming it) a top-level field that is not a documented request field of this route
+    or one the operator allowed, and always a field that steers the provider client."""
+    for name in body:
+        if name in PROVIDER_CONTROL_FIELDS:
+            raise BadRequestError(f"{name!r} is not accepted from clients: the gateway decides where requests "
+                                  "go and with which credentials", param=name, code="forbidden_parameter")
+        if name not in known and name not in extra:
+            raise BadRequestError(f"Unrecognized request argument supplied: {name}", param=name,
+                                  code="unknown_parameter")
 
 
 class ErrorDetail(BaseModel):

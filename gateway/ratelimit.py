@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import RateLimitError
+from gateway.errors import BadRequestError, RateLimitError, ServiceUnavailableError
 
 
 @dataclass(slots=True)
@@ -79,3 +79,62 @@ class RateLimiter:
     def spend_tokens(self, client: str, tokens: int) -> None:
         if self._tokens is not None and tokens > 0:
             self._tokens.take(client, tokens)
+
+
+class ConcurrencyLimiter:
+    """Requests in flight, in all and per client. A request over either limit is refused at once (no
+    queue to grow): 503 when the process is full, 429 when the client is."""
+
+    def __init__(self, total: int | None, per_client: int | None) -> None:
+        self._total_limit = total
+        self._client_limit = per_client
+        self._total = 0
+        self._by_client: dict[str, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return self._total
+
+    def acquire(self, client: str | None) -> Callable[[], None]:
+        """Take a slot for `client` (None: the gateway's own calls, counted in the total only); returns
+        the function that gives it back (idempotent)."""
+        if self._total_limit is not None and self._total >= self._total_limit:
+            raise ServiceUnavailableError(f"the gateway is at its limit of {self._total_limit} requests in flight; "
+                                          "retry shortly", code="overloaded", retry_after=1)
+        held = 0 if client is None else self._by_client.get(client, 0)
+        if client is not None and self._client_limit is not None and held >= self._client_limit:
+            raise RateLimitError(f"this key has {held} requests in flight, the most it may have; retry when one "
+                                 "finishes", retry_after=1, code="too_many_concurrent_requests")
+        self._total += 1
+        if client is not None:
+            self._by_client[client] = held + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._total -= 1
+            if client is not None:
+                left = self._by_client[client] - 1
+                if left:
+                    self._by_client[client] = left
+                else:
+                    del self._by_client[client]
+
+        return release
+
+
+def check_request_size(body: dict[str, object], *, max_n: int, max_output_tokens: int | None) -> None:
+    """Refuse (400) a request that asks for more choices or output tokens than the operator allows: the
+    tokens are paid before any rate limit can charge them."""
+    n = body.get("n")
+    if isinstance(n, int) and n > max_n:
+        raise BadRequestError(f"n is {n}; this gateway allows at most {max_n}", param="n", code="limit_exceeded")
+    if max_output_tokens is not None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and value > max_output_tokens:
+                raise BadRequestError(f"{name} is {value}; this gateway allows at most {max_output_tokens}",
+                                      param=name, code="limit_exceeded")

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from gateway.store import ConfidenceMethod, StudentVersion
 from gateway.tasks import system_prompt, text_hash
@@ -93,13 +94,48 @@ def _check_json(content: Any, fmt: dict[str, Any]) -> list[str]:
     return _schema_errors(value, schema, "answer")
 
 
+# A client's schema may hold any regular expression, and the student's output is matched against it on
+# the event loop: with Python's `re`, a pattern like (a+)+$ on a long answer would stall every request.
+# The `regex` engine takes a time budget; a pattern that runs past it fails the answer (the teacher answers).
+PATTERN_BUDGET_S = 0.05
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_BUDGET_S) is not None
+    except TimeoutError:
+        raise ValidationError(f"pattern {pattern[:60]!r} took longer than {PATTERN_BUDGET_S:g} s") from None
+    except regex.error:
+        return True  # an invalid pattern from the client is not the student's fault
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"{instance[:80]!r} does not match {pattern[:60]!r}")
+
+
+def _pattern_properties(validator: Any, properties: dict[str, Any], instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in properties.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+BudgetedValidator = validators.extend(Draft202012Validator, {"pattern": _pattern,
+                                                              "patternProperties": _pattern_properties})
+
+
 def _schema_errors(value: Any, schema: Any, what: str) -> list[str]:
     if not isinstance(schema, dict):
         return []
     try:
-        error = next(iter(Draft202012Validator(schema).iter_errors(value)), None)
+        error = next(iter(BudgetedValidator(schema).iter_errors(value)), None)
     except SchemaError:
         return []  # an invalid schema from the client is not the student's fault
+    except ValidationError as exc:  # a pattern ran out of time
+        return [f"{what} could not be checked against the schema: {exc.message}"]
     return [] if error is None else [f"{what} does not match the schema: {error.message[:200]}"]
 
 

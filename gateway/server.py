@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from gateway.app import create_app
+from gateway.app import NO_KEY_MESSAGE, create_app
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedModelServer
 from gateway.http_protocol import HeaderTimeoutProtocol
@@ -38,12 +38,40 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-WORKER_SETTINGS_ENV = "PROTEGE_WORKER_SETTINGS"
+# the path of a 0600 file with the settings (secrets included) for the workers: the secrets themselves
+# never sit in an environment variable or on a command line
+WORKER_SETTINGS_ENV = "PROTEGE_WORKER_SETTINGS_FILE"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+async def _preflight(settings: Settings) -> int:
+    """Create or upgrade the store once (before any worker opens it: concurrent first opens of a new
+    store would race to create the same tables) and count its active gateway keys; refuse to start
+    when keys are required and there is none."""
+    store = open_store(settings.store)
+    await store.open()
+    try:
+        records = await store.list_api_keys()
+    finally:
+        await store.close()
+    active = len(settings.gateway_keys) + sum(1 for r in records if not r.revoked)
+    if settings.auth_required and active == 0:
+        raise ConfigError(NO_KEY_MESSAGE)
+    return active if (settings.auth_required or records or settings.gateway_keys) else -1
+
+
+def auth_summary(settings: Settings, active_keys: int) -> str:
+    """The start line's word on authentication; -1 keys: an open gateway."""
+    if active_keys >= 0:
+        return f"authentication: required ({active_keys} active key{'s' if active_keys != 1 else ''})"
+    where = ("this machine only" if not settings.auth_required and settings.auth.required is None
+             else "ANY HOST THAT REACHES IT (auth.required: false)")
+    return (f"authentication: OFF, open to {where}; `protege keys add --name <app>` turns it on")
 
 
 def serve(settings: Settings, *, workers: int = 1) -> int:
     configure_logging(settings.log_level)
+    active_keys = asyncio.run(_preflight(settings))
     with ExitStack() as stack:
         if not settings.teachers:
             print("No teacher configured: starting the embedded model server (SmolLM2-135M-Instruct) as the "
@@ -52,11 +80,15 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
             stack.callback(embedded.stop)
             embedded.start()
             # the embedded server is also where local students (LoRA adapters) are served
-            settings = settings.model_copy(update={"teachers": [embedded.teacher()],
-                                                   "student_api_base": settings.student_api_base or embedded.api_base})
+            own_students = settings.student_api_base is None  # local students are served there too
+            settings = settings.model_copy(update={
+                "teachers": [embedded.teacher()],
+                "student_api_base": embedded.api_base if own_students else settings.student_api_base,
+                "student_api_key": SecretStr(embedded.api_key) if own_students else settings.student_api_key})
         teachers = ", ".join(f"{t.served_name} ({t.model})" for t in settings.teachers)
         print(f"Protégé gateway on http://{settings.host}:{settings.port}/v1 — teacher: {teachers}; "
-              f"store: {redacted_url(settings.store)}" + (f"; {workers} workers" if workers > 1 else ""), flush=True)
+              f"store: {redacted_url(settings.store)}" + (f"; {workers} workers" if workers > 1 else "")
+              + f"; {auth_summary(settings, active_keys)}", flush=True)
         if workers > 1:
             if settings.admin_port is not None:
                 raise ConfigError("admin_port: a separate admin port needs one worker (--workers 1)")
@@ -103,19 +135,20 @@ def _run_workers(settings: Settings, workers: int, stack: ExitStack) -> None:
     # the workers are spawned, not forked: they inherit the environment, and import prometheus_client
     # (which reads the variable once) after it is set
     os.environ[MULTIPROC_ENV] = metrics_dir
-    os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(_revealed(settings.model_dump())).decode()
-    asyncio.run(_migrate(settings.store))
+    os.environ[WORKER_SETTINGS_ENV] = str(_settings_file(settings, stack))
     uvicorn.run("gateway.server:worker_app", factory=True, workers=workers, host=settings.host, port=settings.port,
                 loop="uvloop", http=HeaderTimeoutProtocol, log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=30, timeout_keep_alive=30)
 
 
-async def _migrate(url: str) -> None:
-    """Create or upgrade the store once, before the workers open it: on a new store, their concurrent
-    first opens would race to create the same tables."""
-    store = open_store(url)
-    await store.open()
-    await store.close()
+def _settings_file(settings: Settings, stack: ExitStack) -> Path:
+    """The settings, secrets in clear, in a file only this user can read, removed when the server stops."""
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="protege-workers-")))  # 0700
+    path = folder / "settings.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(_revealed(settings.model_dump())))
+    return path
 
 
 def _revealed(value: Any) -> Any:
@@ -131,7 +164,7 @@ def _revealed(value: Any) -> Any:
 
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn factory), from the settings the supervisor passed."""
-    settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV])
+    settings = Settings.model_validate_json(Path(os.environ[WORKER_SETTINGS_ENV]).read_bytes())
     configure_logging(settings.log_level)
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s  # this worker's copy of the class
     app = create_app(settings)

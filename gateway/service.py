@@ -8,7 +8,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +16,14 @@ import orjson
 
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter, StreamAssembler, normalise_request, normalise_response
-from gateway.config import RetryConfig, TeacherConfig
+from gateway.config import LimitsConfig, RetryConfig, TeacherConfig
 from gateway.errors import NotFoundError, ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.metrics import Metrics
 from gateway.pricing import Price, counterfactual_prompt_tokens
 from gateway.providers import ChatProvider
 from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, check_request_size
 from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
 from gateway.routing_table import RoutingTable
 from gateway.scoring import agreement
@@ -204,8 +204,11 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 class ChatService:
     def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics, retry: RetryConfig,
-                 students: Students | None = None, limiter: RateLimiter | None = None) -> None:
+                 students: Students | None = None, limiter: RateLimiter | None = None,
+                 limits: LimitsConfig | None = None) -> None:
         self.teachers = teachers
+        self.limits = limits or LimitsConfig()
+        self.concurrency = ConcurrencyLimiter(self.limits.max_concurrent, self.limits.max_concurrent_per_key)
         self.limiter = limiter or RateLimiter(None, None)
         self.limiter.on_limited = lambda kind: metrics.rate_limited.labels(kind).inc()
         breakers = [t.breaker for t in teachers.all] + ([students.breaker] if students is not None else [])
@@ -235,6 +238,7 @@ class ChatService:
         every task's rollout (also for tasks without traffic)."""
         counts: dict[tuple[str, str], int] = {}
         newest: dict[str, StudentVersion] = {}
+        self.metrics.pin_tasks([*(s.task for s in students), *rollouts])
         for s in students:
             task = self.metrics.task_label(s.task)
             counts[(task, s.status)] = counts.get((task, s.status), 0) + 1
@@ -309,7 +313,19 @@ class ChatService:
             return attempt, info, for_client(attempt.completion, req.body)
         return attempt, self._fell_back(req, attempt), None
 
+    def _admit(self, req: ChatRequest) -> Callable[[], None]:
+        """The request-size caps, then a concurrency slot (the returned function gives it back)."""
+        check_request_size(req.body, max_n=self.limits.max_n, max_output_tokens=self.limits.max_output_tokens)
+        return self.concurrency.acquire(req.client)
+
     async def complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
+        release = self._admit(req)
+        try:
+            return await self._complete(req)
+        finally:
+            release()
+
+    async def _complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
         teacher = self.teachers.select(req.model)
         attempt, info, answer = await self._try_student(req, teacher)
         if answer is not None:
@@ -392,7 +408,17 @@ class ChatService:
 
     async def open_stream(self, req: ChatRequest) -> tuple[AsyncIterator[bytes], RouteInfo]:
         """Decide the route and start the answer. Errors before the first byte raise (the client gets
-        a proper HTTP error); afterwards the iterator relays SSE bytes and records the exchange."""
+        a proper HTTP error); afterwards the iterator relays SSE bytes and records the exchange. The
+        request holds its concurrency slot until the stream ends."""
+        release = self._admit(req)
+        try:
+            chunks, info = await self._open_stream(req)
+        except BaseException:
+            release()
+            raise
+        return _released_after(chunks, release), info
+
+    async def _open_stream(self, req: ChatRequest) -> tuple[AsyncIterator[bytes], RouteInfo]:
         teacher = self.teachers.select(req.model)
         attempt, info, answer = await self._try_student(req, teacher, stream=True)
         if answer is not None:
@@ -569,6 +595,17 @@ class ChatService:
             finish_reason=choices[0].get("finish_reason"), error=error, system_hash=_system_hash(req.body),
             extra=extra or {},
         )
+
+
+async def _released_after(chunks: AsyncIterator[bytes], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        release()
 
 
 def _system_hash(body: dict[str, Any]) -> str | None:

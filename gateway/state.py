@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gateway.admin_auth import SignInThrottle
 from gateway.auth import KeyRing
 from gateway.capture import CaptureWriter
 from gateway.config import Settings
@@ -22,3 +23,4 @@ class GatewayState:
     keys: KeyRing
     service: ChatService
     started_at: float = field(default_factory=time.time)
+    sign_ins: SignInThrottle = field(default_factory=SignInThrottle)

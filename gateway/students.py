@@ -9,6 +9,7 @@ import httpx
 
 from gateway.errors import BadRequestError, NotFoundError, UpstreamError
 from gateway.store import Store, StudentVersion
+from gateway.tasks import check_task_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +19,15 @@ class RollbackResult:
 
 
 async def task_students(store: Store, task: str) -> list[StudentVersion]:
+    check_task_name(task)
     students = await store.list_students(task=task)
     if not students:
         raise NotFoundError(f"task {task!r} has no student versions", param="task")
     return students
 
 
-async def promote(store: Store, task: str, version: int, *, student_api_base: str | None = None) -> StudentVersion:
+async def promote(store: Store, task: str, version: int, *, student_api_base: str | None = None,
+                  student_api_key: str | None = None) -> StudentVersion:
     """Make a version active; with a student server, its adapter is loaded there first, so no request
     is routed to a student its server lacks."""
     students = await task_students(store, task)
@@ -35,7 +38,7 @@ async def promote(store: Store, task: str, version: int, *, student_api_base: st
         raise BadRequestError(f"version {version} of task {task!r} was rejected by the quality gate",
                               param="version")
     if student_api_base:
-        await load_student(student_api_base, chosen)
+        await load_student(student_api_base, chosen, api_key=student_api_key)
     await store.set_student_status(task, version, "active")
     return chosen
 
@@ -65,23 +68,32 @@ async def set_threshold(store: Store, task: str, version: int | None, threshold:
 
 
 async def set_rollout(store: Store, task: str, percent: float) -> None:
+    check_task_name(task)
     if not 0 <= percent <= 100:
         raise BadRequestError("rollout percent must be between 0 and 100", param="percent")
     await store.set_rollout(task, percent)
 
 
-async def load_student(api_base: str, student: StudentVersion, timeout_s: float = 120) -> bool:
+def student_client(api_base: str, api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
+    """An HTTP client for a student server (the model server or vLLM), with its API key when it has one."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    return httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s, headers=headers)
+
+
+async def load_student(api_base: str, student: StudentVersion, timeout_s: float = 120, *,
+                       api_key: str | None = None) -> bool:
     """Load a LoRA student into its server; False when it is not a local adapter (a hosted model id)."""
     if not student.artifact or student.trainer == "openai":
         return False
-    await load_adapter(api_base, student.model, student.artifact, timeout_s)
+    await load_adapter(api_base, student.model, student.artifact, timeout_s, api_key=api_key)
     return True
 
 
-async def load_adapter(api_base: str, name: str, path: str, timeout_s: float = 120) -> None:
+async def load_adapter(api_base: str, name: str, path: str, timeout_s: float = 120, *,
+                       api_key: str | None = None) -> None:
     """Load a LoRA adapter with vLLM's route (the embedded model server speaks it too). An adapter the
     server already has under that name is left as it is."""
-    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+    async with student_client(api_base, api_key, timeout_s) as client:
         listed = await client.get("/models")
         if listed.status_code == 200 and any(m.get("id") == name for m in listed.json().get("data", [])):
             return
@@ -90,9 +102,9 @@ async def load_adapter(api_base: str, name: str, path: str, timeout_s: float = 1
         raise UpstreamError(f"student server refused adapter {name}: {response.text[:300]}")
 
 
-async def base_model_name(api_base: str, timeout_s: float = 10) -> str | None:
+async def base_model_name(api_base: str, timeout_s: float = 10, *, api_key: str | None = None) -> str | None:
     """The base model a student server serves (the listed model without a `parent`)."""
-    async with httpx.AsyncClient(base_url=api_base.rstrip("/"), timeout=timeout_s) as client:
+    async with student_client(api_base, api_key, timeout_s) as client:
         response = await client.get("/models")
     if response.status_code != 200:
         return None

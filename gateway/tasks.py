@@ -9,7 +9,10 @@ from typing import Any, Literal
 from gateway.errors import BadRequestError
 
 TaskSource = Literal["header", "metadata", "fingerprint"]
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# The one rule for task names, wherever one comes in (headers, metadata, the admin API, the console, the
+# CLI): letters, digits and `_.:-`, starting with a letter or digit, 64 at most. `\Z`, not `$`, which
+# would let a trailing newline through; no control characters, no path separators.
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 
 
 def message_text(content: Any) -> str:
@@ -50,6 +53,11 @@ def resolve_task(header: str | None, body: dict[str, Any]) -> tuple[str, TaskSou
             raise BadRequestError("metadata.task must be a string", param="metadata.task")
         return _checked(task, "metadata.task"), "metadata"
     return fingerprint(str(body.get("model", "")), system_prompt(body.get("messages") or [])), "fingerprint"
+
+
+def check_task_name(name: str, param: str = "task") -> str:
+    """`name` if it is a valid task name; otherwise a 400 naming `param`."""
+    return _checked(name, param)
 
 
 def _checked(name: str, param: str) -> str:

@@ -52,11 +52,16 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
     return int(proc.returncode)
 
 
+# /metrics needs the admin token: a gateway started without one gets this, so tests can read its metrics
+TEST_ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    admin_token: str | None = None
 
     @property
     def url(self) -> str:
@@ -80,8 +85,16 @@ def start_katan(log_dir: Path, *extra: str, port: int | None = None) -> Server:
 
 
 def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """`protege serve` with these flags. Without --admin-token (or PROTEGE_ADMIN_TOKEN in `env`, which may be
+    empty to start one without), it gets TEST_ADMIN_TOKEN."""
     port = port or free_port()
     log = log_dir / f"gateway-{port}.log"
+    if "--admin-token" in args:
+        admin_token: str | None = args[args.index("--admin-token") + 1]
+    elif env is not None and "PROTEGE_ADMIN_TOKEN" in env:
+        admin_token = env["PROTEGE_ADMIN_TOKEN"] or None
+    else:
+        admin_token, args = TEST_ADMIN_TOKEN, (*args, "--admin-token", TEST_ADMIN_TOKEN)
     cmd = [sys.executable, "-m", "distiller.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
@@ -91,7 +104,7 @@ def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, 
     except Exception:
         stop(proc)
         raise RuntimeError(f"gateway failed to start:\n{log.read_text(errors='replace')}") from None
-    return Server(proc, port, log)
+    return Server(proc, port, log, admin_token)
 
 
 def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Server:
@@ -113,7 +126,10 @@ def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = N
 
 def metric(server: Server, name: str, **labels: str) -> float:
     """The sum of a metric's samples on a server's /metrics whose labels include `labels`."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    headers = {"authorization": f"Bearer {server.admin_token}"} if server.admin_token else {}
+    response = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    text = response.text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 

@@ -441,7 +441,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoRep
         if not run_dir.exists():
             break
         run_dir = options.runs_dir / f"{stamp}-{n}"  # two runs in the same second
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(mode=0o700, parents=True)  # captured prompts and datasets: this user's only
     run = DemoRun(options, workload, run_dir.resolve())
     started = time.monotonic()
     try:

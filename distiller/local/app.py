@@ -8,9 +8,11 @@ Every error is OpenAI's error body, built from `gateway.errors`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from distiller.local import protocol as p
 from distiller.local.adapters import AdapterError, AdapterNotFound
@@ -27,6 +30,7 @@ from distiller.local.engine import Engine, Update
 from distiller.local.names import DEFAULT_SERVED_NAME
 from distiller.local.sampling import LogprobEntry, SamplingParams
 from distiller.local.streams import RequestStream
+from gateway.auth import bearer_token
 from gateway.errors import (
     BadRequestError,
     ContextLengthError,
@@ -36,12 +40,23 @@ from gateway.errors import (
     error_body,
     error_type_for_status,
 )
+from gateway.http_utils import read_body
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What keeps one client from taking the server: a key, a body size, a queue length, adapter folders."""
+
+    api_key: str | None = None  # every route but /healthz needs `Authorization: Bearer <key>`
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_waiting: int = 256  # requests queued behind the running batch; beyond, 503
+    adapter_dirs: tuple[Path, ...] = ()  # LoRA adapters load only from inside these (empty: anywhere)
+
+
 def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_SERVED_NAME,
-                            stop_engine_on_shutdown: bool = False) -> FastAPI:
+                            stop_engine_on_shutdown: bool = False, limits: ServerLimits = ServerLimits()) -> FastAPI:
     """The ASGI app serving `engine` (started here if it is not running yet)."""
 
     @asynccontextmanager
@@ -59,6 +74,11 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
     app.state.served_model_name = served_model_name
     app.state.created = p.now()
     _install_error_handlers(app)
+    if limits.api_key is not None:
+        app.add_middleware(_KeyCheck, api_key=limits.api_key)
+
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request, limits.max_body_bytes)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -82,12 +102,13 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
 
     @app.post("/v1/load_lora_adapter")
     async def load_lora_adapter(request: Request) -> Response:
-        body = p.parse_body(await request.body(), p.LoadLoraRequest)
+        body = p.parse_body(await body_of(request), p.LoadLoraRequest)
         if body.lora_name == served_model_name:
             raise BadRequestError("The LoRA adapter name must differ from the base model's name.",
                                   param="lora_name")
+        path = _allowed_adapter_path(body.lora_path, limits.adapter_dirs)
         try:
-            await asyncio.wrap_future(engine.load_adapter(body.lora_name, Path(body.lora_path).expanduser()))
+            await asyncio.wrap_future(engine.load_adapter(body.lora_name, path))
         except AdapterError as exc:
             raise BadRequestError(str(exc), param="lora_path" if "already" not in str(exc) else "lora_name") \
                 from exc
@@ -95,7 +116,7 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora_adapter(request: Request) -> Response:
-        body = p.parse_body(await request.body(), p.UnloadLoraRequest)
+        body = p.parse_body(await body_of(request), p.UnloadLoraRequest)
         try:
             await asyncio.wrap_future(engine.unload_adapter(body.lora_name))
         except AdapterNotFound as exc:
@@ -105,7 +126,10 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = p.parse_body(await request.body(), p.ChatCompletionRequest)
+        body = p.parse_body(await body_of(request), p.ChatCompletionRequest)
+        if engine.stats()["waiting"] >= limits.max_waiting:
+            raise ServiceUnavailableError(f"{limits.max_waiting} requests are already waiting; retry shortly",
+                                          code="overloaded", retry_after=1)
         model = body.model or served_model_name
         adapter = _resolve_model(engine, model, served_model_name)
         prompt_ids = _encode(engine, body)
@@ -120,6 +144,38 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
         return await _complete(request, engine, stream, body, model, len(prompt_ids))
 
     return app
+
+
+def _allowed_adapter_path(raw: str, dirs: tuple[Path, ...]) -> Path:
+    """The adapter folder, when it lies inside one of `dirs` (after resolving links and `..`)."""
+    path = Path(raw).expanduser()
+    if not dirs:
+        return path
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(d.resolve()) for d in dirs):
+        # the same answer whether or not the path exists: the route is no way to probe the file system
+        raise BadRequestError("LoRA adapters load only from this server's adapter folders (--adapter-dir)",
+                              param="lora_path", code="adapter_path_not_allowed")
+    return resolved
+
+
+class _KeyCheck:
+    """`Authorization: Bearer <key>` on every route but /healthz (a liveness probe carries no key)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            headers = dict(scope.get("headers") or [])
+            token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+            if token is None or not hmac.compare_digest(token.encode(), self._key):
+                response = _json(error_body("missing or invalid API key", "authentication_error",
+                                            code="invalid_api_key"), 401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:

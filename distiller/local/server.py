@@ -27,19 +27,24 @@ from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
 if TYPE_CHECKING:  # torch is imported only when a server is actually built
     from fastapi import FastAPI
 
+    from distiller.local.app import ServerLimits
     from distiller.local.engine import Engine
 
 __all__ = ["add_model_server_arguments", "create_model_server_app", "run_model_server"]
 
 log = logging.getLogger("protege.model_server")
 
+API_KEY_ENV = "PROTEGE_MODEL_SERVER_API_KEY"
+
 
 def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_SERVED_NAME,
-                            stop_engine_on_shutdown: bool = False) -> FastAPI:
+                            stop_engine_on_shutdown: bool = False, limits: ServerLimits | None = None) -> FastAPI:
     """The FastAPI app serving `engine` (see `distiller.local.app`)."""
+    from distiller.local.app import ServerLimits
     from distiller.local.app import create_model_server_app as create
 
-    return create(engine, served_model_name=served_model_name, stop_engine_on_shutdown=stop_engine_on_shutdown)
+    return create(engine, served_model_name=served_model_name, stop_engine_on_shutdown=stop_engine_on_shutdown,
+                  limits=limits or ServerLimits())
 
 
 def add_model_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +72,29 @@ def add_model_server_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long an idle server waits for more requests to batch (default: %(default)s)")
     parser.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
                         help="load a LoRA adapter at start, served as model NAME (repeatable)")
+    parser.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
+                        help="a file holding the API key every route but /healthz then requires "
+                             f"(Authorization: Bearer); a file, so the key is in no process list (containers: "
+                             f"${API_KEY_ENV})")
+    parser.add_argument("--adapter-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="load LoRA adapters only from inside this folder (repeatable; default: anywhere)")
+    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                        help="largest request body (default: %(default)s)")
+    parser.add_argument("--max-waiting", type=int, default=256,
+                        help="requests that may wait for a slot; beyond, 503 (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default: %(default)s)")
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    from distiller.local.app import ServerLimits
+
+    api_key = (args.api_key_file.read_text().strip() if args.api_key_file
+               else os.environ.get(API_KEY_ENV, "").strip() or None)
+    if args.api_key_file and not api_key:
+        raise ValueError(f"{args.api_key_file} holds no API key")
+    return ServerLimits(api_key=api_key, max_body_bytes=args.max_body_bytes, max_waiting=args.max_waiting,
+                        adapter_dirs=tuple(d.expanduser() for d in args.adapter_dir))
 
 
 def _parse_lora(spec: str) -> tuple[str, Path]:
@@ -114,12 +140,13 @@ def run_model_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
+        limits = server_limits(args)
         engine, served = build_engine(args)
     except (ModelLoadError, ValueError, OSError) as exc:
         print(f"model server: {exc}", file=sys.stderr)
         return 2
     load_took = time.perf_counter() - started
-    app = create_model_server_app(engine, served_model_name=served, stop_engine_on_shutdown=True)
+    app = create_model_server_app(engine, served_model_name=served, stop_engine_on_shutdown=True, limits=limits)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ from gateway.errors import (
 )
 
 Redactor = Callable[[str], str]
+
+log = logging.getLogger("protege.providers")
 
 
 class ChatProvider(Protocol):
@@ -60,7 +63,10 @@ def error_for_status(who: str, status: int, message: str, *, retry_after: float 
         return UpstreamError(f"{who} rejected the gateway's credentials ({status})", code="upstream_auth")
     if 400 <= status < 500:
         return UpstreamStatusError(message or text, upstream_status=status, param=param, code=code)
-    return UpstreamError(text, code=code)
+    # a server error's text is the upstream's business (and may carry addresses or internals: a 500 from
+    # litellm wraps the connection error): the client learns the status, the log keeps the text
+    log.warning("%s returned %d: %s", who, status, message[:300])
+    return UpstreamError(f"{who} returned {status}", code=code)
 
 
 def parse_retry_after(value: str | None) -> float | None:

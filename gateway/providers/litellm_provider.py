@@ -6,6 +6,7 @@ unless LITELLM_LOCAL_MODEL_COST_MAP is set, which we force before importing it).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -13,6 +14,8 @@ from typing import Any
 
 from gateway.errors import ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.providers.base import Redactor, error_for_status, parse_retry_after
+
+log = logging.getLogger("protege.providers")
 
 
 def import_litellm() -> ModuleType:
@@ -71,7 +74,10 @@ class LiteLLMProvider:
         if isinstance(exc, self._litellm.Timeout):
             return UpstreamTimeoutError(f"{self.name} timed out")
         if isinstance(exc, self._litellm.APIConnectionError) or not isinstance(status, int):
-            return UpstreamError(f"{self.name} unreachable: {message[:300]}")
+            # the client learns that the upstream failed, not what the network said (no address, no
+            # resolver or TLS detail: the gateway is not a port scanner); the log keeps the detail
+            log.warning("%s unreachable: %s", self.name, message[:300])
+            return UpstreamError(f"{self.name} unreachable ({type(exc).__name__})")
         headers = getattr(getattr(exc, "response", None), "headers", None) or {}
         retry_after = parse_retry_after(headers.get("retry-after")) if hasattr(headers, "get") else None
         return error_for_status(self.name, status, message[:500], retry_after=retry_after)

@@ -174,6 +174,17 @@ class Store(abc.ABC):
         return set(await self.forgotten_users())
 
     @abc.abstractmethod
+    async def add_console_session(self, session_hash: str, created_at: float, expires_at: float) -> None:
+        """Record a console sign-in (and forget the ones that have expired)."""
+
+    @abc.abstractmethod
+    async def console_session_expiry(self, session_hash: str) -> float | None:
+        """When the session ends; None when there is no such session."""
+
+    @abc.abstractmethod
+    async def delete_console_session(self, session_hash: str) -> None: ...
+
+    @abc.abstractmethod
     async def add_api_key(self, record: ApiKeyRecord) -> None: ...
 
     @abc.abstractmethod

@@ -119,6 +119,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX exchanges_user ON exchanges (user_id) WHERE user_id IS NOT NULL",
     ],
+    # 5: console sign-ins: the sha256 of each random session id (never the id), with its expiry, so every
+    # replica and worker knows a session and a sign-out ends it everywhere
+    [
+        """CREATE TABLE console_sessions (
+            session_hash TEXT COLLATE "C" PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -341,6 +350,22 @@ class PostgresStore(Store):
             await conn.execute("INSERT INTO forgotten_users (user_hash, forgotten_at) "
                                "SELECT * FROM unnest($1::text[], $2::float8[]) ON CONFLICT (user_hash) DO NOTHING",
                                list(forgotten), list(forgotten.values()))
+
+    async def add_console_session(self, session_hash: str, created_at: float, expires_at: float) -> None:
+        async with self._connection("record a console session") as conn:
+            await conn.execute("DELETE FROM console_sessions WHERE expires_at < $1", created_at)
+            await conn.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) "
+                               "VALUES ($1, $2, $3)",
+                               session_hash, created_at, expires_at)
+
+    async def console_session_expiry(self, session_hash: str) -> float | None:
+        async with self._connection("read console sessions") as conn:
+            value = await conn.fetchval("SELECT expires_at FROM console_sessions WHERE session_hash = $1", session_hash)
+        return None if value is None else float(value)
+
+    async def delete_console_session(self, session_hash: str) -> None:
+        async with self._connection("delete a console session") as conn:
+            await conn.execute("DELETE FROM console_sessions WHERE session_hash = $1", session_hash)
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
         async with self._connection("add a key") as conn:

@@ -82,6 +82,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX exchanges_user ON exchanges (user_id) WHERE user_id IS NOT NULL",
     ],
+    # 5: console sign-ins: the sha256 of each random session id (never the id), with its expiry, so every
+    # replica and worker knows a session and a sign-out ends it everywhere
+    [
+        """CREATE TABLE console_sessions (
+            session_hash TEXT PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -42,6 +44,16 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+def private_file(path: Path) -> None:
+    """Create the store's folder (0700) and file (0600) when they do not exist yet: captured prompts are
+    nobody else's to read. SQLite gives its -wal and -shm files the database file's permissions."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
@@ -57,7 +69,7 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await self._db.execute("PRAGMA journal_mode = WAL")
@@ -214,6 +226,30 @@ class SQLiteStore(Store):
                                       list(forgotten.items()))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot record forgotten users: {exc}") from exc
+
+    async def add_console_session(self, session_hash: str, created_at: float, expires_at: float) -> None:
+        try:
+            await self.db.execute("DELETE FROM console_sessions WHERE expires_at < ?", (created_at,))
+            await self.db.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) "
+                                  "VALUES (?, ?, ?)",
+                                  (session_hash, created_at, expires_at))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record a console session: {exc}") from exc
+
+    async def console_session_expiry(self, session_hash: str) -> float | None:
+        try:
+            async with self.db.execute("SELECT expires_at FROM console_sessions WHERE session_hash = ?",
+                                       (session_hash,)) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read console sessions: {exc}") from exc
+        return None if row is None else float(row[0])
+
+    async def delete_console_session(self, session_hash: str) -> None:
+        try:
+            await self.db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (session_hash,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot delete a console session: {exc}") from exc
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
         try:

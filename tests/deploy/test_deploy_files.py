@@ -41,6 +41,7 @@ import yaml
 
 from distiller.cli import build_parser
 from distiller.local.names import CACHE_ENV
+from distiller.local.server import API_KEY_ENV
 from gateway.config import ENV_KEYS, load_settings
 from tests.servers import REPO
 
@@ -53,7 +54,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 # kubernetes-validate's oldest and newest schemas; the chart says kubeVersion >= 1.25
 KUBE_VERSIONS = ("1.25", "1.37")
 # environment variables the images and manifests may set besides settings' own (gateway.config.ENV_KEYS)
-OTHER_PROTEGE_ENV = {CACHE_ENV, "PROTEGE_GATEWAY_PORT"}
+OTHER_PROTEGE_ENV = {CACHE_ENV, "PROTEGE_GATEWAY_PORT", API_KEY_ENV}
 
 
 # --- the `protege` command --------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def test_dockerignore_excludes_local_state_but_no_source() -> None:
 def test_dockerfile_stages_and_copy_sources() -> None:
     stages = dockerfile_stages()
     assert {"gateway", "trainer"} <= set(stages)
-    assert stages["base"].base == "python:3.11-slim"
+    assert re.fullmatch(r"python:3.11-slim@sha256:[0-9a-f]{64}", stages["base"].base)  # by digest, not by tag
     names = list(stages)
     for index, stage in enumerate(stages.values()):
         assert stage.base in names[:index] or ":" in stage.base, f"stage {stage.name} FROM unknown {stage.base}"
@@ -529,7 +530,9 @@ def renders() -> tuple[dict[str, Any], ...]:
     """Helm renders and lints the chart with each ci/ values file, then with none (which must fail). In a
     subprocess: the Go runtime Helm brings stays out of the test process."""
     pytest.importorskip("helm_python", reason="helm-python-sdk is in the dev extra")
-    values = [yaml.safe_load(path.read_text()) or {} for path in CI_VALUES] + [{}]
+    # then with none (no store: must fail) and with a store but no gateway key (must fail too)
+    values = [yaml.safe_load(path.read_text()) or {} for path in CI_VALUES] + [
+        {"secrets": {"storeUrl": "postgresql://p:s@db:5432/p"}}, {}]
     result = subprocess.run([sys.executable, "-c", RENDER], input=json.dumps({"chart": str(CHART), "values": values}),
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
@@ -593,6 +596,22 @@ def test_chart_metadata_and_documented_values() -> None:
 def test_chart_refuses_to_render_without_a_store() -> None:
     render = renders()[-1]
     assert render["rendered"] is None and "secrets.storeUrl is required" in render["error"]
+
+
+def test_chart_refuses_to_render_an_open_gateway() -> None:
+    render = renders()[-2]
+    assert render["rendered"] is None and "secrets.gatewayKeys is required" in render["error"]
+
+
+def test_compose_has_no_default_secrets() -> None:
+    """Every secret compose hands out must be set by the operator (`${VAR:?...}`): none has a default."""
+    text = COMPOSE.read_text()
+    for var in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "PROTEGE_ADMIN_TOKEN", "PROTEGE_GATEWAY_KEYS",
+                "PROTEGE_MODEL_SERVER_KEY"):
+        uses = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), (var, uses)
+    model_server = compose()["services"]["model-server"]
+    assert "ports" not in model_server and "--adapter-dir" in model_server["command"]
 
 
 @pytest.mark.parametrize("index", CASES)

@@ -166,8 +166,21 @@ def promtool(*args: str, cwd: Path = DEPLOY / "prometheus") -> str:
     return done.stdout + done.stderr
 
 
-def test_promtool_accepts_the_config_and_the_rules() -> None:
-    assert "SUCCESS" in promtool("check", "config", str(PROMETHEUS_YML))
+def with_token_file(config: dict[str, Any], folder: Path, token: str) -> dict[str, Any]:
+    """The scrape config with its admin-token file at a path of this test's (the committed path is
+    where compose's prometheus service writes it)."""
+    token_file = folder / "admin-token"
+    token_file.write_text(token)
+    [job] = config["scrape_configs"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/prometheus/admin-token"}
+    job["authorization"]["credentials_file"] = str(token_file)
+    return config
+
+
+def test_promtool_accepts_the_config_and_the_rules(tmp_path: Path) -> None:
+    config = with_token_file(yaml.safe_load(PROMETHEUS_YML.read_text(encoding="utf-8")), tmp_path, "token")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({**config, "rule_files": [str(RULES)]}))
+    assert "SUCCESS" in promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert f"SUCCESS: {len(rule_queries())} rules found" in promtool("check", "rules", str(RULES))
     assert "SUCCESS" in promtool("test", "rules", str(RULES_TEST))
 
@@ -210,7 +223,9 @@ def register_students(store: Path) -> None:
 
 
 def start_prometheus(folder: Path, gateways: list[Server]) -> Server:
-    config = yaml.safe_load(PROMETHEUS_YML.read_text(encoding="utf-8"))
+    [token] = {gateway.admin_token for gateway in gateways}
+    assert token is not None
+    config = with_token_file(yaml.safe_load(PROMETHEUS_YML.read_text(encoding="utf-8")), folder, token)
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(RULES)]
     [job] = config["scrape_configs"]
@@ -309,7 +324,8 @@ def traffic(stack: Stack) -> float:
 
 
 def test_every_metric_the_dashboard_and_rules_use_is_exported(stack: Stack, traffic: float) -> None:
-    exported = exported_names(httpx.get(f"{stack.shadowing.url}/metrics").text)
+    exported = exported_names(httpx.get(f"{stack.shadowing.url}/metrics",
+                                        headers={"authorization": f"Bearer {stack.shadowing.admin_token}"}).text)
     for name, expr in [*dashboard_queries(), *rule_queries()]:
         missing = set(METRIC_NAME.findall(expr)) - exported
         assert not missing, f"{name}: {missing} not on /metrics"

@@ -1,59 +1,100 @@
-"""The `protege` registry commands against a real SQLite store, run as the user runs them."""
+"""The `protege` registry commands against a real SQLite store, run as the user runs them: in this process through
+`distiller.cli.main` (the command's contract: output, exit code, what it wrote), and a few times through the real
+`python -m distiller.cli` entry point."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from distiller.cli import main
 from tests.gateway.test_cascade import TASK, register
 
 
 def protege(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real entry point, in a process of its own."""
     return subprocess.run([sys.executable, "-m", "distiller.cli", *args], capture_output=True, text=True,
-                          check=check)
+                          stdin=subprocess.DEVNULL, check=check, timeout=120)
 
 
-def test_students_rollout_promote_rollback(tmp_path: Path) -> None:
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`protege ARGS` in this process: (exit code, stdout, stderr). argparse's --help and usage errors exit;
+    stdin is /dev/null, as it was for the process."""
+    capsys.readouterr()  # only this command's output
+    with open(os.devnull) as null, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdin", null)
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ok(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """stdout of a command that must succeed."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, (args, err)
+    return out
+
+
+def test_students_rollout_promote_rollback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.db"
     url = f"sqlite:///{store}"
     register(store, version=1)
     register(store, version=2, threshold=-0.5)
-    listing = json.loads(protege("students", "--store", url, "--json").stdout)
+    listing = json.loads(ok(capsys, "students", "--store", url, "--json"))
     assert [(s["version"], s["status"], s["rollout_percent"]) for s in listing] == [(1, "retired", 0.0),
                                                                                    (2, "active", 0.0)]
-    assert "rollout 25%" in protege("rollout", "--store", url, "--task", TASK, "--percent", "25").stdout
-    assert "version 2 retired; version 1 is active" in protege("rollback", "--store", url, "--task", TASK).stdout
-    assert "version 2 is active" in protege("promote", "--store", url, "--task", TASK, "--version", "2").stdout
-    listing = json.loads(protege("students", "--store", url, "--task", TASK, "--json").stdout)
+    assert "rollout 25%" in ok(capsys, "rollout", "--store", url, "--task", TASK, "--percent", "25")
+    assert "version 2 retired; version 1 is active" in ok(capsys, "rollback", "--store", url, "--task", TASK)
+    assert "version 2 is active" in ok(capsys, "promote", "--store", url, "--task", TASK, "--version", "2")
+    listing = json.loads(ok(capsys, "students", "--store", url, "--task", TASK, "--json"))
     assert [(s["status"], s["rollout_percent"], s["threshold"]) for s in listing] == [
         ("retired", 25.0, None), ("active", 25.0, -0.5)]
-    table = protege("students", "--store", url).stdout
+    table = ok(capsys, "students", "--store", url)
     assert TASK in table and "active" in table
 
 
-def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    bad = protege("rollout", "--store", url, "--task", TASK, "--percent", "150", check=False)
-    assert bad.returncode == 1 and "between 0 and 100" in bad.stderr and "Traceback" not in bad.stderr
-    missing = protege("promote", "--store", url, "--task", "nope", "--version", "1", check=False)
-    assert missing.returncode == 1 and "has no student versions" in missing.stderr
+    code, _, err = run_cli(capsys, "rollout", "--store", url, "--task", TASK, "--percent", "150")
+    assert code == 1 and "between 0 and 100" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "promote", "--store", url, "--task", "nope", "--version", "1")
+    assert code == 1 and "has no student versions" in err
+    code, _, err = run_cli(capsys, "tasks", "--store", "mysql://x")
+    assert code == 2 and "store" in err
+
+
+def test_the_entry_point_exits_with_the_commands_code() -> None:
+    """`python -m distiller.cli`, as installed: a failing command's code and one clear line reach the shell."""
     config = protege("tasks", "--store", "mysql://x", check=False)
-    assert config.returncode == 2 and "store" in config.stderr
+    assert config.returncode == 2 and "store" in config.stderr and "Traceback" not in config.stderr
+    assert config.stdout == ""
 
 
-def test_every_command_has_help() -> None:
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = ("serve", "model-server", "tasks", "export", "students", "rollout", "promote", "rollback",
                 "distill", "scheduler", "report", "forget", "prune", "migrate-store", "export-merged", "demo")
     for command in commands:
-        out = protege(command, "--help").stdout
+        out = ok(capsys, command, "--help")
         assert "usage: protege" in out and "--help" in out
-    listing = protege("--help").stdout
+    listing = protege("--help").stdout  # the real entry point
     assert all(f"    {command}" in listing for command in commands)
-    assert "--json" in protege("tasks", "--help").stdout and "--store" in protege("export", "--help").stdout
-    assert "--workers" in protege("serve", "--help").stdout
+    assert ok(capsys, "--help") == listing
+    assert "--json" in ok(capsys, "tasks", "--help") and "--store" in ok(capsys, "export", "--help")
+    assert "--workers" in ok(capsys, "serve", "--help")
     for command, flags in (("forget", ("--user", "--yes", "--store")), ("prune", ("--older-than", "--task", "--yes")),
                            ("migrate-store", ("--from", "--to", "--batch-size"))):
-        out = protege(command, "--help").stdout
+        out = ok(capsys, command, "--help")
         assert all(flag in out for flag in flags), command
+
+
+def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "rollout", "--task", TASK)
+    assert code == 2 and out == "" and "usage: protege rollout" in err and "--percent" in err

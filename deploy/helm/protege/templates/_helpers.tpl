@@ -93,6 +93,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Gateway keys must come from somewhere too: the gateway binds 0.0.0.0 in its pod, where
+authentication is required (auth.required) and it refuses to start without a key. */}}
+{{- define "protege.requireKeys" -}}
+{{- if and (not .Values.secrets.existingSecret) (not .Values.secrets.gatewayKeys) }}
+{{- fail "secrets.gatewayKeys is required (comma-separated keys your apps send as Authorization: Bearer): the gateway accepts no client without one. Or set secrets.existingSecret to a Secret holding PROTEGE_GATEWAY_KEYS." }}
+{{- end }}
+{{- end }}
+
 {{/* Volumes and mounts for the config file and the writable /tmp, shared by every pod. */}}
 {{- define "protege.configVolume" -}}
 - name: config
