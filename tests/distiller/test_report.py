@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from distiller.cli import main
 from distiller.report import build_report, parse_duration, read_exchanges
 from gateway.store import Exchange, StudentVersion, open_store
 
@@ -165,34 +166,50 @@ def test_reading_the_store_page_by_page(tmp_path: Path) -> None:
     assert len(recent) == 43  # 30 + 5 + 5 student-era requests and 3 shadow calls
 
 
-def protege(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "distiller.cli", *args], capture_output=True, text=True, check=True)
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`protege ARGS` in this process (`python -m distiller.cli` runs the same `main`): (exit code, stdout,
+    stderr). argparse's usage errors exit; stdin is /dev/null, as for a process run by a test."""
+    capsys.readouterr()  # only this command's output
+    with open(os.devnull) as null, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdin", null)
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_report_formats_and_plot(tmp_path: Path) -> None:
+def protege(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """stdout of a command that must succeed."""
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, (args, err)
+    return out
+
+
+def test_cli_report_formats_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = store_with_traffic(tmp_path / "store.db", time.time())
-    report = json.loads(protege("report", "--store", url, "--format", "json").stdout)
+    report = json.loads(protege(capsys, "report", "--store", url, "--format", "json"))
     assert [t["task"] for t in report["tasks"]] == ["other", "tickets"]
     check_tickets(report["tasks"][1], requests=50)
     assert any("mean teacher cost" in line for line in report["method"])
 
-    recent = json.loads(protege("report", "--store", url, "--task", "tickets", "--since", "5d", "--format",
-                                "json").stdout)
+    recent = json.loads(protege(capsys, "report", "--store", url, "--task", "tickets", "--since", "5d", "--format",
+                                "json"))
     [tickets] = recent["tasks"]
     check_tickets(tickets, requests=40)
 
-    markdown = protege("report", "--store", url, "--task", "tickets", "--format", "markdown").stdout
+    markdown = protege(capsys, "report", "--store", url, "--task", "tickets", "--format", "markdown")
     assert "| tickets (v1) | 50 | $0.0400 | $0.1000 | $0.0600 | $1.5000 | 1,000 | 100.0 | 0.930 (0.90) | 0.500 (3) |" \
         in markdown
     assert "- method — break-even: upfront / savings" in markdown
 
     plot = tmp_path / "cost.png"
-    table = protege("report", "--store", url, "--plot", str(plot)).stdout
+    table = protege(capsys, "report", "--store", url, "--plot", str(plot))
     assert "tickets (v1)" in table and "total" in table and "student since" in table
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_report_rejects_a_bad_duration(tmp_path: Path) -> None:
-    bad = subprocess.run([sys.executable, "-m", "distiller.cli", "report", "--store", f"sqlite:///{tmp_path}/s.db",
-                          "--since", "lately"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "invalid duration" in bad.stderr and "Traceback" not in bad.stderr
+def test_cli_report_rejects_a_bad_duration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "report", "--store", f"sqlite:///{tmp_path}/s.db", "--since", "lately")
+    assert code == 2 and "invalid duration" in err and "Traceback" not in err
