@@ -18,13 +18,14 @@ from typing import Any
 
 import openai
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import Settings, load_settings
 from gateway.state import GatewayState
 from gateway.store import Exchange
-from tests.servers import Server
+from tests.servers import TEST_ADMIN_TOKEN, Server
 
 BASE_URL = "http://testserver"
 
@@ -49,9 +50,21 @@ class InProcessGateway:
                              **kwargs)
 
     def metric(self, name: str, **labels: str) -> float:
-        """The sum of a metric's samples whose labels include `labels`, read from the app's registry."""
-        return sum(sample.value for family in self.registry.collect() for sample in family.samples
-                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+        """The sum of a metric's samples whose labels include `labels`, as /metrics shows them (a scrape also
+        refreshes the registry gauges); read from the registry when the gateway has no admin token."""
+        if self.state.settings.admin_token is None:
+            samples = [s for family in self.registry.collect() for s in family.samples]
+        else:
+            samples = [s for family in text_string_to_metric_families(self.metrics_text()) for s in family.samples]
+        return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def metrics_text(self) -> str:
+        """What Prometheus scrapes: /metrics with the admin token."""
+        token = self.state.settings.admin_token
+        assert token is not None, "this gateway has no admin token: /metrics is off"
+        response = self.client.get("/metrics", headers={"authorization": f"Bearer {token.get_secret_value()}"})
+        assert response.status_code == 200, response.text
+        return response.text
 
     def run(self, coroutine: Any) -> Any:
         """Run a coroutine on the app's own event loop (where its store and capture writer live)."""
@@ -73,11 +86,12 @@ class InProcessGateway:
 def settings_for(upstream: Server | None, store: str | Path, *, config: dict[str, Any] | None = None,
                  model: str = "openai/gpt-4o-mini", **overrides: Any) -> Settings:
     """Settings as `protege serve --teacher ... --teacher-api-base <upstream> --store ...` builds them."""
-    flat: dict[str, Any] = {"store": store if isinstance(store, str) else f"sqlite:///{store}"}
+    flat: dict[str, Any] = {"store": store if isinstance(store, str) else f"sqlite:///{store}",
+                            "admin_token": TEST_ADMIN_TOKEN}  # /metrics needs one; pass admin_token=None for none
     if upstream is not None:
         flat |= {"teacher": model, "teacher_api_base": f"{upstream.url}/v1",
                  "teacher_api_key": "sk-upstream-secret-123456"}
-    flat |= overrides
+    flat = {k: v for k, v in (flat | overrides).items() if v is not None}  # an override None: not set
     settings = load_settings(None, env={}, overrides=flat)
     if config:
         settings = Settings.model_validate(_merged(settings.model_dump(), config))

@@ -298,7 +298,8 @@ class DemoRun:
 
     async def metrics(self) -> MetricsSnapshot:
         async with httpx.AsyncClient(timeout=10) as client:
-            response = await client.get(f"{self.gateway_url}/metrics")
+            response = await client.get(f"{self.gateway_url}/metrics",
+                                        headers={"authorization": f"Bearer {self.admin_token}"})
         response.raise_for_status()
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for family in text_string_to_metric_families(response.text):

@@ -157,8 +157,7 @@ def test_a_gateway_stops_calling_a_dead_teacher_and_recovers(katan: Server, tmp_
             fast = ask()
             assert fast.status_code == 503 and time.monotonic() - started < 1
             assert fast.json()["error"]["code"] == "circuit_open" and int(fast.headers["retry-after"]) >= 1
-            assert 'protege_circuit_opened_total{upstream="teacher:gpt-4o-mini"} 1.0' in gateway.client.get(
-                "/metrics").text
+            assert 'protege_circuit_opened_total{upstream="teacher:gpt-4o-mini"} 1.0' in gateway.metrics_text()
             back = Forwarder(reserved, katan)  # the teacher comes back
             try:
                 [teacher] = gateway.state.service.teachers.all

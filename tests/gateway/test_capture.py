@@ -44,9 +44,10 @@ def test_stream_assembler_rebuilds_content_tool_calls_and_usage() -> None:
 def test_normalise_request_separates_structure_from_params() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "stream": True,
             "tools": [{"type": "function", "function": {"name": "f"}}], "user": "u", "metadata": {"task": "t"},
-            "future_param": 1}
+            "prompt_cache_key": "user-7", "safety_identifier": "someone@example.org", "future_param": 1}
+    # only sampling parameters are kept: identifiers, cache keys and anything unknown are not training data
     assert normalise_request(body) == {"messages": body["messages"], "tools": body["tools"],
-                                       "params": {"temperature": 0.2, "future_param": 1}}
+                                       "params": {"temperature": 0.2}}
     response = normalise_response({"id": "x", "model": "m", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "a", "refusal": None}, "finish_reason": "stop",
          "logprobs": None}], "usage": {"total_tokens": 1}})

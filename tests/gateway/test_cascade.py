@@ -233,7 +233,7 @@ def test_low_confidence_falls_back_to_the_teacher(cascade: Callable[..., tuple[I
     text, headers = chat(gateway, stream=stream)
     assert headers["x-protege-route"] == "fallback" and "User: My order" in text
     assert routes(gateway) == [("fallback", "ok")]
-    metrics = gateway.client.get("/metrics").text
+    metrics = gateway.metrics_text()
     assert f'protege_fallbacks_total{{reason="low_confidence",task="{TASK}"}} 1.0' in metrics
 
 
@@ -243,7 +243,7 @@ def test_invalid_json_from_student_in_json_mode_falls_back(
     text, headers = chat(gateway, response_format={"type": "json_object"})
     assert headers["x-protege-route"] == "fallback"
     assert json.loads(text)["response"].endswith("User: My order to Oslo is late.")
-    assert 'reason="validator"' in gateway.client.get("/metrics").text
+    assert 'reason="validator"' in gateway.metrics_text()
 
 
 def test_sticky_rollout_across_percentages(cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
@@ -279,7 +279,7 @@ def test_dead_student_falls_back_without_client_error(cascade: Callable[..., tup
     doomed.cut()
     text, headers = chat(gateway, stream=stream)
     assert headers["x-protege-route"] == "fallback" and "User: My order" in text
-    assert 'reason="student_error"' in gateway.client.get("/metrics").text
+    assert 'reason="student_error"' in gateway.metrics_text()
 
 
 def test_dead_teacher_with_degraded_mode_serves_the_student(cascade: Callable[..., tuple[InProcessGateway, Path]],
@@ -293,8 +293,7 @@ def test_dead_teacher_with_degraded_mode_serves_the_student(cascade: Callable[..
     _, streamed = chat(gateway, stream=True)
     assert streamed["x-protege-route"] == "student"
     assert routes(gateway) == [("teacher", "ok"), ("student", "ok"), ("student", "ok")]
-    assert 'protege_requests_total{route="teacher",status="failed",task="tickets"} 2.0' in gateway.client.get(
-        "/metrics").text
+    assert 'protege_requests_total{route="teacher",status="failed",task="tickets"} 2.0' in gateway.metrics_text()
 
 
 def test_dead_teacher_without_degraded_mode_is_a_clean_502(cascade: Callable[..., tuple[InProcessGateway, Path]],
@@ -350,7 +349,7 @@ def test_shadow_scoring_measures_live_parity_and_captures_the_teacher(
     # shadow calls run in the background, after the response: wait for both of their rows
     poll(lambda: len(gateway.rows()) >= 4, what="the two shadow rows")
     assert sorted(routes(gateway)) == [("shadow", "ok"), ("shadow", "ok"), ("student", "ok"), ("student", "ok")]
-    metrics = gateway.client.get("/metrics").text
+    metrics = gateway.metrics_text()
     assert f'protege_shadow_comparisons_total{{task="{TASK}",version="1"}} 2.0' in metrics
     assert f'protege_live_parity{{task="{TASK}",version="1"}} 0.0' in metrics  # random student vs echo teacher
     [task] = [t for t in admin(gateway, "GET", "/tasks").json()["tasks"] if t["task"] == TASK]

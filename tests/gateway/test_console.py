@@ -380,7 +380,8 @@ def test_pages_send_security_headers_and_the_stylesheet(setup: Setup) -> None:
 def test_console_is_disabled_without_an_admin_token(katan: Server, tmp_path: Path,
                                                     gateway_factory: Callable[..., Server]) -> None:
     gateway = gateway_factory("--store", f"sqlite:///{tmp_path / 'store.db'}", "--teacher", "openai/gpt-4o-mini",
-                              "--teacher-api-base", f"{katan.url}/v1", "--teacher-api-key", "sk-t")
+                              "--teacher-api-base", f"{katan.url}/v1", "--teacher-api-key", "sk-t",
+                              env={"PROTEGE_ADMIN_TOKEN": ""})
     for method, path in (("GET", "/admin/ui"), ("GET", "/admin/ui/login"), ("POST", "/admin/ui/login")):
         response = httpx.request(method, f"{gateway.url}{path}", data={"token": "x"} if method == "POST" else None)
         assert response.status_code == 403 and "Console disabled" in response.text
@@ -435,10 +436,11 @@ def test_calibration_chart_from_stored_details() -> None:
 
 
 def test_money_and_secrets_helpers() -> None:
-    from gateway.console import derive, savings_chart, usd
+    from gateway.admin_auth import csrf_token
+    from gateway.console import savings_chart, usd
 
     assert [usd(v) for v in (None, 0, 1234.5, 0.5, 0.000012, -0.25)] == [
         "—", "$0", "$1,234.50", "$0.5000", "$0.000012", "−$0.2500"]
-    assert derive(ADMIN, "session") != derive(ADMIN, "csrf") != derive("other", "csrf")
-    assert ADMIN not in derive(ADMIN, "session")
+    assert csrf_token(ADMIN, "session-a") != csrf_token(ADMIN, "session-b") != csrf_token("other", "session-b")
+    assert ADMIN not in csrf_token(ADMIN, "session-a")
     assert "No data yet" in savings_chart(None)

@@ -50,9 +50,14 @@ def call_and_check(case: Any, auth: str | None) -> None:
 
 @pytest.mark.parametrize("auth", [None, ADMIN], ids=["anonymous", "admin"])
 def test_every_route_never_answers_a_server_error(fuzz_app: FastAPI, auth: str | None) -> None:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    # every route, the admin ones included: from the full schema, which is private (/admin/openapi.json)
+    schema = schemathesis.openapi.from_asgi("/admin/openapi.json", fuzz_app,
+                                            headers={"authorization": f"Bearer {ADMIN}"})
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/models", "/admin/tasks"}
+    public = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    public_paths = {result.ok().path for result in public.get_all_operations()}
+    assert "/v1/chat/completions" in public_paths and not [p for p in public_paths if p.startswith("/admin")]
     for operation in operations:
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -81,3 +86,26 @@ def test_hostile_bodies_get_clear_4xx(katan: Server, tmp_path: Path) -> None:
                                            headers={"content-type": "application/json"})
             assert response.status_code == status, (body[:80], response.status_code, response.text[:300])
             check_openai_error(response.status_code, response.json())
+
+
+def test_console_forms_never_answer_a_server_error(katan: Server, tmp_path: Path) -> None:
+    """The console's forms (outside the OpenAPI schema): any field values, signed in or not, get a page or a
+    redirect, never a 5xx."""
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=80)
+    fields = st.dictionaries(st.sampled_from(["token", "csrf", "percent", "version", "threshold", "window"]), text,
+                             max_size=4)
+    paths = st.sampled_from(["/admin/ui/login", "/admin/ui/logout", "/admin/ui/tasks/t/rollout",
+                             "/admin/ui/tasks/t/promote", "/admin/ui/tasks/t/rollback", "/admin/ui/tasks/t/threshold",
+                             "/admin/ui/tasks/%2e%2e/rollout", "/admin/ui/tasks/t/nothing"])
+    with inprocess_gateway(settings_for(katan, tmp_path / "store.db", admin_token=ADMIN)) as gateway:
+
+        @given(path=paths, form=fields, signed_in=st.booleans())
+        @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def fuzz(path: str, form: dict[str, str], signed_in: bool) -> None:
+            headers = {"authorization": f"Bearer {ADMIN}"} if signed_in else {}
+            response = gateway.client.post(path, data=form, headers=headers, follow_redirects=False)
+            assert response.status_code < 500, (path, form, response.status_code, response.text[:200])
+
+        fuzz()

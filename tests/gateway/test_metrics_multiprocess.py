@@ -14,7 +14,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import teacher_flags
-from tests.gateway.test_proxy import wait_captured
+from tests.gateway.test_proxy import rows
+from tests.inprocess import poll
 from tests.servers import Server, stop
 
 TASK = "multi"
@@ -66,9 +67,9 @@ def test_two_workers_report_the_sum_of_their_requests(katan: Server, gateway_fac
                 break
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()) and sum(per_worker.values()) == sent
 
-    wait_captured(store, sent, timeout=10)
+    poll(lambda: len(rows(store)) >= sent, timeout=10, what=f"{sent} captured exchanges")
     for _ in range(6):  # several scrapes, answered by either worker: always the whole
-        text = httpx.get(f"{gateway.url}/metrics").text
+        text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {gateway.admin_token}"}).text
         assert total(text, "protege_requests_total") == sent
         assert total(text, "protege_gateway_overhead_seconds_count") == sent
         assert total(text, "protege_captured_exchanges_total") == sent

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -18,9 +19,12 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
+ADMIN = "proxy-admin-token"
+
+
 @pytest.fixture
 def gateway(katan: Server, tmp_path: Path) -> Iterator[InProcessGateway]:
-    with inprocess_gateway(settings_for(katan, tmp_path / "store.db")) as gateway:
+    with inprocess_gateway(settings_for(katan, tmp_path / "store.db", admin_token=ADMIN)) as gateway:
         yield gateway
 
 
@@ -132,12 +136,22 @@ def test_tools_round_trip(gateway: InProcessGateway, katan: Server, tmp_path: Pa
     assert json.loads(captured_call["function"]["arguments"]) == json.loads(arguments)
 
 
-def test_json_mode_and_unknown_fields_pass_through(gateway: InProcessGateway) -> None:
-    reply = client_for(gateway).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "give json"}], response_format={"type": "json_object"},
-        seed=7, stop=["\n\n"], max_completion_tokens=50, logprobs=True, top_logprobs=2, n=1,
-        extra_body={"some_future_field": {"x": 1}, "metadata": {"task": "json-task"}})
+def test_json_mode_passes_and_unknown_fields_are_refused_unless_allowed(gateway: InProcessGateway, katan: Server,
+                                                                        tmp_path: Path) -> None:
+    params: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "give json"}],
+                              "response_format": {"type": "json_object"}, "seed": 7, "stop": ["\n\n"],
+                              "max_completion_tokens": 50, "logprobs": True, "top_logprobs": 2, "n": 1}
+    reply = client_for(gateway).chat.completions.create(**params, extra_body={"metadata": {"task": "json-task"}})
     assert json.loads(reply.choices[0].message.content or "")["response"].endswith("User: give json")
+    # a field OpenAI does not document is refused, naming it, as OpenAI itself does
+    with pytest.raises(openai.BadRequestError) as refused:
+        client_for(gateway).chat.completions.create(**params, extra_body={"some_future_field": {"x": 1}})
+    assert refused.value.body["param"] == "some_future_field"  # type: ignore[index]
+    # ... unless the operator forwards it (e.g. a vLLM sampling option)
+    allowed = settings_for(katan, tmp_path / "allowed.db", config={"forward_fields": ["some_future_field"]})
+    with inprocess_gateway(allowed) as forwarding:
+        reply = client_for(forwarding).chat.completions.create(**params, extra_body={"some_future_field": {"x": 1}})
+        assert reply.choices[0].message.content
 
 
 def test_metadata_task_names_the_task(gateway: InProcessGateway) -> None:
@@ -157,6 +171,7 @@ def test_health_ready_and_metrics(gateway: InProcessGateway) -> None:
     assert ready.status_code == 200 and ready.json()["teachers"] == ["gpt-4o-mini"]
     client_for(gateway).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                                 extra_headers={"X-Protege-Task": "metered"})
-    text = gateway.client.get("/metrics").text
+    assert gateway.client.get("/metrics").status_code == 401  # private: the admin token
+    text = gateway.client.get("/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
     assert 'protege_requests_total{route="teacher",status="ok",task="metered"} 1.0' in text
     assert "protege_gateway_overhead_seconds_bucket" in text

@@ -65,7 +65,7 @@ def test_gateway_limits_each_key_separately(katan: Server, tmp_path: Path) -> No
         assert 1 <= int(limited.headers["retry-after"]) <= 30
         assert ask("key-beta-456").status_code == 200
         assert ask("wrong-key").status_code == 401  # an unknown key is refused before it is counted
-        assert 'protege_rate_limited_requests_total{limit="requests"} 1.0' in gateway.client.get("/metrics").text
+        assert 'protege_rate_limited_requests_total{limit="requests"} 1.0' in gateway.metrics_text()
 
 
 def test_gateway_token_limit_uses_the_answers_usage(katan: Server, tmp_path: Path) -> None:

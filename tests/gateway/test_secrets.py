@@ -50,8 +50,8 @@ def test_no_secret_reaches_logs_store_exports_metrics_or_responses(
         assert call(live, "GET", "/admin/tasks", ADMIN_TOKEN) == 200
         assert call(live, "POST", "/v1/chat/completions", GATEWAY_KEY, {"model": 1}) == 400
         assert call(dead, "POST", "/v1/chat/completions", GATEWAY_KEY, chat) == 502
-        assert call(live, "GET", "/metrics", None) == 200
-        assert call(dead, "GET", "/metrics", None) == 200
+        assert call(live, "GET", "/metrics", ADMIN_TOKEN) == 200
+        assert call(dead, "GET", "/metrics", ADMIN_TOKEN) == 200
     # leaving both blocks ran the apps' shutdown: capture flushed, store closed
     # the apps' own records are the ones captured: the upstream call, the retries against the dead upstream
     assert f"{katan.url}/v1/chat/completions" in caplog.text

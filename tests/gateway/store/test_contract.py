@@ -327,11 +327,12 @@ async def test_an_older_schema_is_upgraded(store_url: str) -> None:
     await store.insert_exchanges([exchange(1)])
     await store.close()
     # back to version 2, as an older Protégé left it
-    for statement in ("DROP TABLE forgotten_users", "DROP INDEX exchanges_user", "DROP INDEX exchanges_created",
+    for statement in ("DROP TABLE console_sessions", "DROP TABLE forgotten_users", "DROP INDEX exchanges_user",
+                      "DROP INDEX exchanges_created",
                       "UPDATE schema_version SET version = 2"):
         execute_raw(store_url, statement)
     again = await opened(store_url)
-    assert await again.schema_version() == LATEST_VERSION == 4
+    assert await again.schema_version() == LATEST_VERSION == 5
     assert await again.forget_user("u") == 1 and await again.forgotten_user_hashes() == {user_hash("u")}
     await again.insert_exchanges([exchange(2)])
     assert await again.delete_exchanges_before(2000.0) == 1
