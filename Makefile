@@ -89,7 +89,7 @@ run: setup
 
 # both cores: tests wait on real processes much of the time (PYTEST_ARGS="-n 0" runs them one by one)
 test: setup prometheus compose-schema chromium
-	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Refresh the lock on purpose: resolve pyproject.toml's ranges anew (pip-tools in a venv of its own).
 LOCK_VENV := .venv-lock

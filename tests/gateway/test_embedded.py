@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -25,7 +26,15 @@ def test_no_teacher_means_embedded_model_server(gateway_factory: Callable[..., S
     store = tmp_path / "store.db"
     gateway = gateway_factory("--config", str(config), "--store", f"sqlite:///{store}")
     children = psutil.Process(gateway.proc.pid).children(recursive=True)
-    assert any("distiller.local.server" in " ".join(c.cmdline()) for c in children)
+    [server] = [c for c in children if "distiller.local.server" in " ".join(c.cmdline())]
+    # the embedded server has a random key of its own: other local users cannot use it or load adapters, and
+    # the key is on no command line (a 0600 file, removed once the server has read it)
+    command = server.cmdline()
+    key_file = Path(command[command.index("--api-key-file") + 1])
+    assert not key_file.exists()
+    port = int(command[command.index("--port") + 1])
+    assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
 
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="no-key-needed", max_retries=0)
     assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]

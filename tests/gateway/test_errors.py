@@ -209,6 +209,9 @@ def test_teacher_rejecting_gateway_credentials_does_not_leak_them(
         katan_factory: Callable[..., Server], tmp_path: Path, caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.DEBUG)  # every record of every logger, where the process logged warnings only
+    # and the loggers `protege` commands quieten when they configure logging (run in-process earlier)
+    for name in ("httpx", "httpcore", "protege"):
+        caplog.set_level(logging.DEBUG, logger=name)
     strict = katan_factory("--validate-keys", "--api-keys", "openai=the-right-key")
     with inprocess_gateway(settings_for(strict, tmp_path / "s.db")) as gateway:
         response = gateway.client.post("/v1/chat/completions", json=CHAT)

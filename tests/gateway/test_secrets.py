@@ -27,6 +27,9 @@ SECRETS = (PROVIDER_KEY, GATEWAY_KEY, ADMIN_TOKEN)
 def test_no_secret_reaches_logs_store_exports_metrics_or_responses(
         katan: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.DEBUG)
+    # and the loggers `protege` commands quieten when they configure logging (run in-process earlier)
+    for name in ("httpx", "httpcore", "protege"):
+        caplog.set_level(logging.DEBUG, logger=name)
     store = tmp_path / "store.db"
     common: dict[str, Any] = {"teacher_api_key": PROVIDER_KEY, "admin_token": ADMIN_TOKEN, "gateway_keys": GATEWAY_KEY,
               "log_level": "debug"}
