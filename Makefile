@@ -114,7 +114,7 @@ test-latest: prometheus compose-schema chromium
 	diff <(grep -oiE '^[a-z0-9._-]+==[^ ]+' requirements/dev.lock | tr A-Z a-z | sort) \
 		<(tr A-Z a-z < $(LATEST)/versions.txt | sort) > $(LATEST)/drift.txt || true
 	@echo "versions: $(LATEST)/versions.txt; against the lock: $(LATEST)/drift.txt"
-	$(LATEST)/bin/pytest -n 2 $(PYTEST_ARGS)
+	$(LATEST)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
