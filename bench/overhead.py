@@ -250,7 +250,7 @@ def default_cpus() -> tuple[str | None, str | None]:
 
 def default_protege_cmd() -> list[str]:
     script = Path(sys.executable).parent / "protege"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "distiller.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "protege"]
 
 
 def default_litellm_bin() -> str | None:

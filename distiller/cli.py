@@ -1,146 +1,27 @@
-"""The `protege` command. Each subcommand parses flags, loads settings and calls one function."""
+"""The distiller's commands: `distill`, `scheduler`, `report`, `export-merged` and `demo`."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import datetime as dt
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from gateway import students as students_ops
-from gateway.admin import student_view
-from gateway.auth import new_key
-from gateway.config import ConfigError, Settings, load_settings
-from gateway.errors import ProtegeError
-from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
-from gateway.store import Store, StoreError, open_store, redacted_url, user_hash
+from gateway.cli import json_flag, settings_from, store_flags, with_store
+from gateway.config import Settings
+from gateway.store import Store
 
-
-def _store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags and env override it)")
-    parser.add_argument("--store", metavar="URL", help="store URL, e.g. sqlite:///data/protege.db "
-                        "(env PROTEGE_STORE)")
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
-
-
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    return load_settings(args.config, overrides={"store": args.store, **overrides})
-
-
-def _with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
-    async def run() -> int:
-        store = open_store(settings.store)
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def _time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-# --- serve -------------------------------------------------------------------------------------
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
-
-    overrides: dict[str, Any] = {
-        "host": args.host, "port": args.port, "teacher": args.teacher, "teacher_api_base": args.teacher_api_base,
-        "teacher_api_key": args.teacher_api_key, "student_api_base": args.student_api_base,
-        "admin_token": args.admin_token, "admin_port": args.admin_port, "log_level": args.log_level,
-        "auth_required": None if args.auth is None else args.auth == "required",
-    }
-    settings = _settings(args, **overrides)
-    if args.no_capture:
-        settings = settings.model_copy(update={"capture": settings.capture.model_copy(update={"enabled": False})})
-    return serve(settings, workers=args.workers)
-
-
-def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the OpenAI-compatible gateway",
-                       description="Run the gateway. With no teacher configured it starts the embedded "
-                       "model server (SmolLM2-135M-Instruct) and uses it as the teacher: no key needed.")
-    _store_flags(p)
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8080)")
-    p.add_argument("--teacher", metavar="MODEL", help="litellm model string, e.g. openai/gpt-4o-mini or "
-                   "anthropic/claude-sonnet-4-5 (env PROTEGE_TEACHER)")
-    p.add_argument("--teacher-api-base", metavar="URL", help="teacher base URL, e.g. http://host:8000/v1")
-    p.add_argument("--teacher-api-key", metavar="KEY", help="teacher key (default: the provider's env var, "
-                   "e.g. OPENAI_API_KEY, ANTHROPIC_API_KEY)")
-    p.add_argument("--student-api-base", metavar="URL", help="OpenAI-compatible server for students")
-    p.add_argument("--admin-token", metavar="TOKEN", help="bearer token for /admin (env PROTEGE_ADMIN_TOKEN)")
-    p.add_argument("--admin-port", type=int, help="serve /admin, the console and /metrics only on this port "
-                   "(env PROTEGE_ADMIN_PORT; bind it with admin_host in the config); default: on --port")
-    p.add_argument("--auth", choices=["required", "off"], help="required: every /v1 request needs a gateway key "
-                   "and the gateway will not start without one; off: open while no key exists (env "
-                   "PROTEGE_AUTH_REQUIRED; default: required unless --host is a loopback address)")
-    p.add_argument("--no-capture", action="store_true", help="do not record exchanges")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on the one port (default 1); "
-                   "/metrics adds up all of them (PROMETHEUS_MULTIPROC_DIR, default a temporary folder)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=cmd_serve)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-# --- model-server ------------------------------------------------------------------------------
-
-def add_model_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("model-server", help="run the local OpenAI-compatible model server (base model + LoRA)",
-                       description="Serve a base model and LoRA adapters over OpenAI's chat API, with "
-                       "vLLM's adapter routes. Needs the `local` extra (torch).")
-    try:
-        from distiller.local.server import add_model_server_arguments, run_model_server
-    except ImportError as exc:  # torch not installed: say so when the command is used
-        missing = str(exc)
-
-        def unavailable(_: argparse.Namespace) -> int:
-            print(f"protege model-server needs the local extra: pip install 'protege[local]' ({missing})",
-                  file=sys.stderr)
-            return 2
-
-        p.set_defaults(func=unavailable)
-        return
-    add_model_server_arguments(p)
-
-    def run(args: argparse.Namespace) -> int:
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:  # the server module itself imports torch lazily
-            print("protege model-server needs the local extra (torch): pip install 'protege[local]'", file=sys.stderr)
-            return 2
-        code: int = run_model_server(args)
-        return code
-
-    p.set_defaults(func=run)
+if TYPE_CHECKING:
+    from gateway.cli import Subparsers
 
 
 # --- export-merged -----------------------------------------------------------------------------
 
-def add_export_merged(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_export_merged(sub: Subparsers) -> None:
     p = sub.add_parser("export-merged", help="fold a student's LoRA adapter into its base model (no LoRA at run time)",
                        description="Write a plain transformers model folder (safetensors + tokenizer) with the "
                        "adapter merged in, for servers that should not load adapters (vLLM without --enable-lora, "
@@ -155,7 +36,7 @@ def add_export_merged(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     def run(args: argparse.Namespace) -> int:
-        from distiller.merge import MergeError, merge_adapter
+        from distiller.trainers.merge import MergeError, merge_adapter
 
         try:
             out = merge_adapter(args.base_model, args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
@@ -170,145 +51,6 @@ def add_export_merged(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         return 0
 
     p.set_defaults(func=run)
-
-
-# --- tasks -------------------------------------------------------------------------------------
-
-def cmd_tasks(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        tasks = await store.list_tasks()
-        if args.json:
-            print(orjson.dumps([{"task": t.name, "source": t.source, "captured": t.captured, "good": t.good,
-                                 "first_seen": t.first_seen, "last_seen": t.last_seen} for t in tasks]).decode())
-            return 0
-        table = Table("task", "source", "captured", "good", "first seen (UTC)", "last seen (UTC)")
-        for t in tasks:
-            table.add_row(t.name, t.source, str(t.captured), str(t.good), _time(t.first_seen), _time(t.last_seen))
-        Console().print(table if tasks else "no tasks captured yet")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def add_tasks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("tasks", help="list tasks with their captured traffic")
-    _store_flags(p)
-    _json_flag(p)
-    p.set_defaults(func=cmd_tasks)
-
-
-# --- export ------------------------------------------------------------------------------------
-
-def cmd_export(args: argparse.Namespace) -> int:
-    fmt: ExportFormat = args.format
-
-    async def work(store: Store) -> int:
-        exchanges = await store.list_exchanges(task=args.task, status=None if fmt == "jsonl-raw" else "ok")
-        # an export is a dataset too: rows of forgotten users captured after `protege forget` stay out of it
-        forgotten = await store.forgotten_user_hashes()
-        exchanges = [e for e in exchanges if e.user is None or user_hash(e.user) not in forgotten]
-        out = sys.stdout.buffer if args.out == "-" else Path(args.out).open("wb")  # noqa: SIM115
-        written = 0
-        try:
-            for line in export_lines(exchanges, fmt):
-                out.write(line)
-                written += 1
-        finally:
-            if out is not sys.stdout.buffer:
-                out.close()
-        print(f"wrote {written} examples of task {args.task} to {args.out}", file=sys.stderr)
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("export", help="write a task's captured exchanges as a fine-tuning file")
-    _store_flags(p)
-    p.add_argument("--task", required=True, help="task name (see `protege tasks`)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file, or - for stdout")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="openai",
-                   help="openai: chat fine-tuning JSONL of good exchanges; jsonl-raw: every captured row")
-    p.set_defaults(func=cmd_export)
-
-
-# --- students, rollout, promote, rollback -----------------------------------------------------
-
-def cmd_students(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        students = await store.list_students(task=args.task)
-        rollouts = await store.rollouts()
-        if args.json:
-            print(orjson.dumps([{**student_view(s), "task": s.task, "rollout_percent": rollouts.get(s.task, 0.0)}
-                                for s in students]).decode())
-            return 0
-        table = Table("task", "version", "status", "model", "threshold", "rollout %", "created (UTC)")
-        for s in students:
-            threshold = "—" if s.threshold is None else f"{s.threshold:.3f}"
-            table.add_row(s.task, str(s.version), s.status, s.model, threshold,
-                          f"{rollouts.get(s.task, 0.0):g}", _time(s.created_at))
-        Console().print(table if students else "no student versions yet")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def cmd_rollout(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        await students_ops.set_rollout(store, args.task, args.percent)
-        print(f"task {args.task}: rollout {args.percent:g}% (gateways pick it up within their refresh interval)")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    settings = _settings(args, student_api_base=args.student_api_base)
-
-    async def work(store: Store) -> int:
-        await students_ops.promote(store, args.task, args.version, student_api_base=settings.student_api_base,
-                                   student_api_key=settings.student_key)
-        print(f"task {args.task}: version {args.version} is active")
-        return 0
-
-    return _with_store(settings, work)
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        result = await students_ops.rollback(store, args.task)
-        now = f"version {result.active} is active" if result.active else "no student is active (teacher only)"
-        print(f"task {args.task}: version {result.retired} retired; {now}")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def add_student_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("students", help="list student versions with status, threshold and rollout")
-    _store_flags(p)
-    _json_flag(p)
-    p.add_argument("--task", help="only this task")
-    p.set_defaults(func=cmd_students)
-
-    p = sub.add_parser("rollout", help="set the share of a task's traffic sent to its active student")
-    _store_flags(p)
-    p.add_argument("--task", required=True)
-    p.add_argument("--percent", required=True, type=float, help="0-100; sticky per user")
-    p.set_defaults(func=cmd_rollout)
-
-    p = sub.add_parser("promote", help="make a student version active (loading its adapter first)")
-    _store_flags(p)
-    p.add_argument("--task", required=True)
-    p.add_argument("--version", required=True, type=int)
-    p.add_argument("--student-api-base", metavar="URL", help="student server to load the adapter into "
-                   "(env PROTEGE_STUDENT_API_BASE)")
-    p.set_defaults(func=cmd_promote)
-
-    p = sub.add_parser("rollback", help="retire the active version and reactivate the previous one")
-    _store_flags(p)
-    p.add_argument("--task", required=True)
-    p.set_defaults(func=cmd_rollback)
 
 
 # --- distill ---------------------------------------------------------------------------------
@@ -328,7 +70,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
-    _store_flags(p)
+    store_flags(p)
     p.add_argument("--trainer", choices=["local", "openai"], default="local")
     p.add_argument("--base-model", metavar="PATH", help="local model folder (default SmolLM2-135M-Instruct)")
     p.add_argument("--epochs", type=int)
@@ -347,7 +89,7 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     from distiller.pipeline import DistillError, distill
 
-    settings = _settings(args, student_api_base=args.student_api_base)
+    settings = settings_from(args, student_api_base=args.student_api_base)
     options = _distill_options(args, settings)
     console = Console(stderr=True)
 
@@ -375,16 +117,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
               + ("" if outcome.reused else f"; report in {outcome.run_dir}/report.md"))
         return 0
 
-    return _with_store(settings, work)
+    return with_store(settings, work)
 
 
-def add_distill(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_distill(sub: Subparsers) -> None:
     p = sub.add_parser("distill", help="curate a task's traffic, train a student, evaluate and register it",
                        description="Curate → train → evaluate (student vs teacher, base model and majority "
                        "answer) → calibrate → register as candidate (or rejected by the gate); --promote makes a "
                        "passing version active. Unchanged data reuses the version trained on it.")
     _distill_flags(p)
-    _json_flag(p)
+    json_flag(p)
     p.add_argument("--task", required=True)
     p.add_argument("--force", action="store_true", help="train even if the dataset is unchanged")
     p.set_defaults(func=cmd_distill)
@@ -393,7 +135,7 @@ def add_distill(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from distiller.scheduler import RetrainPolicy, apply_retention, run_forever, run_once
 
-    settings = _settings(args, student_api_base=args.student_api_base)
+    settings = settings_from(args, student_api_base=args.student_api_base)
     options = _distill_options(args, settings)
     policy = RetrainPolicy(min_new_examples=args.min_new_examples,
                            max_age_s=None if args.max_age_days is None else args.max_age_days * 86400,
@@ -425,10 +167,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
                 print("no task is due for retraining")
         return 1 if any(r["status"] == "failed" for r in rows) else 0
 
-    return _with_store(settings, work)
+    return with_store(settings, work)
 
 
-def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_scheduler(sub: Subparsers) -> None:
     p = sub.add_parser("scheduler", help="retrain tasks when they are due (new data, age, live parity)",
                        description="Retrain a task when it has --min-new-examples new good examples since its "
                        "newest version, when its active version is older than --max-age-days, or when its live "
@@ -436,7 +178,7 @@ def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                        "active student untouched. --once suits a cron job or Kubernetes CronJob. Each check first "
                        "deletes exchanges older than capture.retention_days, when the config sets it.")
     _distill_flags(p)
-    _json_flag(p)
+    json_flag(p)
     p.add_argument("--task", action="append", help="only these tasks (repeatable)")
     p.add_argument("--once", action="store_true", help="check once and exit")
     p.add_argument("--interval", type=float, default=600, help="seconds between checks (default 600)")
@@ -449,14 +191,8 @@ def add_scheduler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 # --- report ------------------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from distiller.report import (
-        build_report,
-        parse_duration,
-        plot_cumulative,
-        read_exchanges,
-        render_markdown,
-        render_table,
-    )
+    from distiller.report import plot_cumulative, render_markdown, render_table
+    from gateway.savings import build_report, parse_duration, read_exchanges
 
     try:
         since_s = None if args.since is None else parse_duration(args.since)
@@ -487,17 +223,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 console.print(note, markup=False, highlight=False)
         return 0
 
-    return _with_store(_settings(args), work)
+    return with_store(settings_from(args), work)
 
 
-def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from distiller.report import REPORT_FORMATS
+def add_report(sub: Subparsers) -> None:
+    from gateway.savings import REPORT_FORMATS
 
     p = sub.add_parser("report", help="cost, savings against the teacher alone, break-even and parity per task",
                        description="Per task, from the store: requests, actual cost, what the teacher alone would "
                        "have cost, savings, upfront distillation cost, break-even in requests and days at the "
                        "observed volume, and the student's parity. The method is printed with the figures.")
-    _store_flags(p)
+    store_flags(p)
     p.add_argument("--task", help="only this task")
     p.add_argument("--since", metavar="DURATION", help="only traffic of the last DURATION, e.g. 30d, 12h, 2w "
                    "(default: all)")
@@ -507,205 +243,9 @@ def add_report(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_report)
 
 
-# --- forget, prune, migrate-store ---------------------------------------------------------------
-
-def _may_ask(yes: bool, command: str) -> bool:
-    """Whether the command may go on to ask (or was told --yes). Checked before the store is opened: a script or
-    a cron job has nobody to answer, and must say --yes rather than hang or delete unasked."""
-    if yes or sys.stdin.isatty():
-        return True
-    print(f"protege {command}: stdin is not a terminal, so nobody can confirm the deletion; pass --yes",
-          file=sys.stderr)
-    return False
-
-
-def _confirmed(yes: bool, question: str) -> bool:
-    if yes:
-        return True
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() in ("y", "yes"):
-        return True
-    print("nothing deleted")
-    return False
-
-
-@contextlib.contextmanager
-def _progress_bar(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on stderr (stdout keeps the summary); `update(done, total)`. Transient: gone once done. Off when
-    stderr is no terminal: a log file would only get blank lines."""
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        # the total is counted before the work starts; rows captured meanwhile can make `done` pass it
-        yield lambda done, total: bar.update(task, completed=done, total=max(done, total))
-
-
-def cmd_forget(args: argparse.Namespace) -> int:
-    if not args.user:
-        print("protege forget: --user must not be empty", file=sys.stderr)
-        return 2
-    if not _may_ask(args.yes, "forget"):
-        return 2
-
-    async def work(store: Store) -> int:
-        total = await store.count_exchanges(user=args.user)
-        if not _confirmed(args.yes, f"Delete {total} exchanges of user {args.user!r} and keep the user out of "
-                          "future datasets?"):
-            return 1
-        with _progress_bar("forgetting", total) as update:
-            deleted = await store.forget_user(args.user, batch_size=args.batch_size,
-                                              progress=lambda done: update(done, total))
-        # the id is not echoed: this line ends up in logs, and the store keeps only its hash
-        print(f"deleted {deleted} exchanges of the user; recorded as forgotten (sha256 "
-              f"{user_hash(args.user)[:12]}…): exchanges captured later are left out of datasets")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    from distiller.report import parse_duration
-
-    try:
-        age_s = parse_duration(args.older_than)
-    except ValueError as exc:
-        print(f"protege prune: {exc}", file=sys.stderr)
-        return 2
-    if age_s <= 0:
-        print("protege prune: --older-than must be more than 0", file=sys.stderr)
-        return 2
-    if not _may_ask(args.yes, "prune"):
-        return 2
-    cutoff = time.time() - age_s
-    of_task = "" if args.task is None else f" of task {args.task}"
-    scope = f"exchanges{of_task} older than {args.older_than} (captured before {_time(cutoff)} UTC)"
-
-    async def work(store: Store) -> int:
-        total = await store.count_exchanges(task=args.task, created_before=cutoff)
-        if not _confirmed(args.yes, f"Delete {total} {scope}?"):
-            return 1
-        with _progress_bar("pruning", total) as update:
-            deleted = await store.delete_exchanges_before(cutoff, task=args.task, batch_size=args.batch_size,
-                                                          progress=lambda done: update(done, total))
-        print(f"deleted {deleted} {scope}")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def cmd_migrate_store(args: argparse.Namespace) -> int:
-    from gateway.store.migrate import migrate_store
-
-    source, dest = redacted_url(args.source), redacted_url(args.dest)
-    with _progress_bar("copying exchanges", 0) as update:
-        counts = asyncio.run(migrate_store(args.source, args.dest, batch_size=args.batch_size, progress=update))
-    if args.json:
-        print(orjson.dumps({"from": source, "to": dest, **counts}).decode())
-        return 0
-    print(f"copied {source} → {dest}\n"
-          f"  exchanges:       {counts['exchanges']} added ({counts['exchanges_read']} read, "
-          f"{counts['exchanges_forgotten']} of forgotten users left out)\n"
-          f"  gateway keys:    {counts['api_keys']} added\n"
-          f"  students:        {counts['students']} added\n"
-          f"  rollouts:        {counts['rollouts']} set\n"
-          f"  forgotten users: {counts['forgotten_users']} added")
-    return 0
-
-
-def add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("forget", help="delete every captured exchange of a user and keep the user out of datasets",
-                       description="Delete every captured exchange whose user (the request's `user` field or the "
-                       "X-Protege-User header) is USER, in batches, and record the user as forgotten — as a sha256 "
-                       "of the id, never the id itself. Curation and export then leave out the user's exchanges "
-                       "captured later (e.g. in flight on another replica); run it again to delete those too. "
-                       "Students already trained are not changed.")
-    _store_flags(p)
-    p.add_argument("--user", required=True, help="the user id, exactly as clients send it")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
-                   "terminal)")
-    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N", help="rows per delete transaction "
-                   "(default 1000)")
-    p.set_defaults(func=cmd_forget)
-
-    p = sub.add_parser("prune", help="delete captured exchanges older than an age (retention)",
-                       description="Delete captured exchanges older than DURATION, in batches so that capture is "
-                       "never blocked for long. To do it on a schedule, set capture.retention_days: `protege "
-                       "scheduler` applies it at each check.")
-    _store_flags(p)
-    p.add_argument("--older-than", required=True, metavar="DURATION", help="age, e.g. 90d, 12h, 30m, 2w")
-    p.add_argument("--task", help="only this task's exchanges")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
-                   "terminal)")
-    p.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N", help="rows per delete transaction "
-                   "(default 1000)")
-    p.set_defaults(func=cmd_prune)
-
-    p = sub.add_parser("migrate-store", help="copy one store into another, e.g. SQLite to PostgreSQL",
-                       description="Copy exchanges, gateway keys, students, rollouts and forgotten users from one "
-                       "store to another (typically sqlite:///… to postgresql://… when adding gateway replicas). "
-                       "Safe to re-run: only what the destination lacks is added, so a second run after stopping "
-                       "the old gateway picks up what it captured meanwhile. Exchanges of forgotten users are not "
-                       "copied. Both stores are brought to the current schema first; the source's data is not "
-                       "changed.")
-    p.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy from")
-    p.add_argument("--to", dest="dest", required=True, metavar="URL", help="the store to copy into")
-    p.add_argument("--batch-size", type=_positive_int, default=500, metavar="N", help="exchanges per page "
-                   "(default 500)")
-    _json_flag(p)
-    p.set_defaults(func=cmd_migrate_store)
-
-
-# --- keys --------------------------------------------------------------------------------------
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    async def work(store: Store) -> int:
-        if args.action == "add":
-            key, record = new_key(args.name)
-            await store.add_api_key(record)
-            print(f"{record.key_id}: {key}\nKeep this key: it is stored hashed and cannot be shown again.")
-            return 0
-        if args.action == "revoke":
-            if not await store.revoke_api_key(args.key_id):
-                print(f"no key {args.key_id}", file=sys.stderr)
-                return 1
-            print(f"revoked {args.key_id}")
-            return 0
-        records = await store.list_api_keys()
-        if args.json:
-            print(orjson.dumps([{"key_id": r.key_id, "name": r.name, "created_at": r.created_at,
-                                 "revoked": r.revoked} for r in records]).decode())
-            return 0
-        table = Table("key id", "name", "created (UTC)", "revoked")
-        for r in records:
-            table.add_row(r.key_id, r.name, _time(r.created_at), "yes" if r.revoked else "no")
-        Console().print(table if records else "no gateway keys: a gateway bound to a loopback address accepts any "
-                        "local client; any other refuses to start (auth.required)")
-        return 0
-
-    return _with_store(_settings(args), work)
-
-
-def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("keys", help="manage gateway API keys (stored hashed)")
-    actions = p.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="create a key and print it once")
-    add.add_argument("--name", required=True, help="who or what the key is for")
-    listing = actions.add_parser("list", help="list keys (never their values)")
-    _json_flag(listing)
-    revoke = actions.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
-    for sp in (add, listing, revoke):
-        _store_flags(sp)
-        sp.set_defaults(func=cmd_keys)
-
-
 # --- demo --------------------------------------------------------------------------------------
 
-def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole loop on a built-in workload: capture → distil → cascade, with a report",
                        description="Start a model server and a gateway, send support tickets with a long system "
                        "prompt to the teacher, distil a prompt-distilled LoRA student, replay held-out tickets at "
@@ -734,7 +274,7 @@ def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     p.add_argument("--threads", type=int, help="model server torch threads (default: all cores)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
-    _json_flag(p)
+    json_flag(p)
 
     def run(args: argparse.Namespace) -> int:
         from distiller.demo.run import cmd_demo
@@ -744,28 +284,6 @@ def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="protege", description="Protégé: an OpenAI-compatible gateway that "
-                                     "captures teacher traffic and distils it into a cheap student.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_serve, add_model_server, add_export_merged, add_tasks, add_export, add_distill, add_scheduler,
-                add_student_commands, add_report, add_data_commands, add_keys, add_demo):
+def register(sub: Subparsers) -> None:
+    for add in (add_export_merged, add_distill, add_scheduler, add_report, add_demo):
         add(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"protege: {exc}", file=sys.stderr)
-        return 2
-    except (StoreError, ProtegeError) as exc:
-        print(f"protege: {exc}", file=sys.stderr)
-        return 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

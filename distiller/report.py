@@ -1,6 +1,6 @@
 """`protege report`: what each task cost, what the teacher alone would have cost, and when the
 distillation pays for itself. The figures come from `gateway.savings` (shared with the admin console);
-this module renders them as a table, JSON, markdown or a PNG.
+this module only renders them as a table, JSON, markdown or a PNG.
 """
 
 from __future__ import annotations
@@ -9,21 +9,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from gateway.savings import (  # re-exported: the CLI and the tests use them from here
-    METHOD_NOTES,
-    REPORT_FORMATS,
-    Report,
-    ReportFormat,
-    Row,
-    TaskReport,
-    build_report,
-    parse_duration,
-    read_exchanges,
-    task_report,
-)
+from gateway.savings import METHOD_NOTES, Report, Row, TaskReport
 
-__all__ = ["METHOD_NOTES", "REPORT_FORMATS", "Report", "ReportFormat", "Row", "TaskReport", "build_report",
-           "parse_duration", "plot_cumulative", "read_exchanges", "render_markdown", "render_table", "task_report"]
+
 def _usd(value: float | None) -> str:
     if value is None:
         return "—"

@@ -1,6 +1,6 @@
 """The embedded model server: a child process `protege serve` starts when no teacher is configured.
 
-The gateway never imports torch; it runs `python -m distiller.local.server` and talks HTTP to it.
+The gateway never imports torch; it runs `python -m model_server.server` and talks HTTP to it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class EmbeddedModelServer:
         return path
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "distiller.local.server", "--host", self.host, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "model_server.server", "--host", self.host, "--port", str(self.port),
                "--served-model-name", EMBEDDED_MODEL_NAME, "--api-key-file", str(self._key_file())]
         if self.config.model:
             cmd += ["--model", self.config.model]

@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One dequantised SmolLM2 for the whole run, shared by both xdist workers ($PROTEGE_MODEL_CACHE, kept out
     of ~/.cache): the first process that loads the model builds it (atomically), every later one reuses it."""
-    from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+    from model_server.names import CACHE_ENV, DEFAULT_SERVED_NAME
 
     if os.environ.get(CACHE_ENV):
         yield Path(os.environ[CACHE_ENV])
@@ -91,7 +91,7 @@ def tiny_student(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer() -> Any:
-    from distiller.local.model_loading import load_smollm2_tokenizer
+    from model_server.model_loading import load_smollm2_tokenizer
 
     return load_smollm2_tokenizer()
 
@@ -99,7 +99,7 @@ def smollm2_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
     """A tiny random Llama folder with the real SmolLM2 tokenizer (fast stand-in for the real model)."""
-    from distiller.local.model_loading import build_tiny_llama
+    from model_server.model_loading import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=smollm2_tokenizer)
 
@@ -107,7 +107,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any)
 # Tests that keep a core busy with torch (training, or a model server generating for them). `make test` runs
 # the suite on two xdist workers with `--dist loadgroup`: these all go to one worker, one after another, while
 # the other worker takes the tests that mostly wait on sockets. Two of them at once only slow each other down.
-TORCH_BOUND = ("tests/local/", "tests/distiller/test_trainers_local.py", "tests/distiller/test_distill_e2e.py",
+TORCH_BOUND = ("tests/model_server/", "tests/distiller/test_trainers_local.py", "tests/distiller/test_distill_e2e.py",
                "tests/distiller/test_distill_smollm2.py", "tests/distiller/test_demo.py",
                "tests/distiller/test_merge.py", "tests/distiller/test_pipeline.py", "tests/distiller/test_evaluate.py",
                "tests/gateway/test_embedded.py", "tests/security/test_model_server.py")

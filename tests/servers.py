@@ -95,7 +95,7 @@ def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, 
         admin_token = env["PROTEGE_ADMIN_TOKEN"] or None
     else:
         admin_token, args = TEST_ADMIN_TOKEN, (*args, "--admin-token", TEST_ADMIN_TOKEN)
-    cmd = [sys.executable, "-m", "distiller.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    cmd = [sys.executable, "-m", "protege", "serve", "--port", str(port), "--log-level", "warning", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                                 env={**os.environ, **(env or {})})
@@ -108,10 +108,10 @@ def start_gateway(log_dir: Path, *args: str, env: dict[str, str] | None = None, 
 
 
 def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Server:
-    """`python -m distiller.local.server` (the embedded model server) on a free port."""
+    """`python -m model_server.server` (the embedded model server) on a free port."""
     port = free_port()
     log = log_dir / f"model-server-{port}.log"
-    cmd = [sys.executable, "-m", "distiller.local.server", "--port", str(port), "--log-level", "warning",
+    cmd = [sys.executable, "-m", "model_server.server", "--port", str(port), "--log-level", "warning",
            "--threads", "1", *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,

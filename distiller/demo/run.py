@@ -3,7 +3,7 @@
     model server ──┐ (teacher when no hosted teacher is given, and always the student server)
     gateway ───────┘ ← the openai SDK sends the workload through it
 
-1. start the model server (`python -m distiller.local.server`) and the gateway (`python -m
+1. start the model server (`python -m model_server.server`) and the gateway (`python -m
    distiller.cli serve`), both on 127.0.0.1, with a config file in the run folder that names the
    teacher (with its price), the student server and the student's price;
 2. capture: the train part of the workload, with its long system prompt, goes to the teacher;
@@ -231,7 +231,7 @@ class DemoRun:
 
     def start_model_server(self) -> None:
         self.model_port = free_port(HOST)
-        cmd = [sys.executable, "-m", "distiller.local.server", "--host", HOST, "--port", str(self.model_port),
+        cmd = [sys.executable, "-m", "model_server.server", "--host", HOST, "--port", str(self.model_port),
                "--log-level", "warning"]
         if self.options.base_model:
             self.served_name = Path(self.options.base_model).name

@@ -1,4 +1,4 @@
-"""Local LoRA fine-tuning in a detached subprocess (`python -m distiller.local.lora_training`).
+"""Local LoRA fine-tuning in a detached subprocess (`python -m distiller.trainers.lora_training`).
 
 The trainer itself never imports torch: `launch` starts the training process in its own session (so it
 outlives the distiller and a Ctrl-C aimed at it) and returns a handle holding its pid. The process
@@ -43,7 +43,7 @@ from distiller.trainers.base import (
 )
 
 BACKEND = "local"
-MODULE = "distiller.local.lora_training"
+MODULE = "distiller.trainers.lora_training"
 STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
 ADAPTER_DIR = "adapter"
@@ -182,7 +182,7 @@ def _status_from_file(data: dict[str, Any], pid: int) -> JobStatus:
 
 
 class LocalLoRATrainer:
-    """Trains a LoRA adapter with `distiller.local.lora_training` in a detached process."""
+    """Trains a LoRA adapter with `distiller.trainers.lora_training` in a detached process."""
 
     backend = BACKEND
 

@@ -39,10 +39,10 @@ import jsonschema
 import pytest
 import yaml
 
-from distiller.cli import build_parser
-from distiller.local.names import CACHE_ENV
-from distiller.local.server import API_KEY_ENV
 from gateway.config import ENV_KEYS, load_settings
+from model_server.names import CACHE_ENV
+from model_server.server import API_KEY_ENV
+from protege.cli import build_parser
 from tests.servers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -76,11 +76,11 @@ def help_text(command: str) -> str:
 
 @cache
 def _help_texts() -> dict[str, str]:
-    """`python -m distiller.cli CMD --help` for every subcommand, run at once."""
+    """`python -m protege CMD --help` for every subcommand, run at once."""
     commands = ["serve", "model-server", "scheduler"]
 
     def run(command: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "distiller.cli", command, "--help"], cwd=REPO,
+        result = subprocess.run([sys.executable, "-m", "protege", command, "--help"], cwd=REPO,
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
         return result.stdout
@@ -115,7 +115,7 @@ def check_python_snippet(code: str, where: str) -> None:
 def test_protege_entry_point() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["protege"].split(":")
-    assert module == "distiller.cli" and func == "main"
+    assert module == "protege.cli" and func == "main"
 
 
 def test_protege_command_works_without_torch() -> None:
@@ -128,7 +128,7 @@ class NoTorch(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("torch", "transformers", "peft", "safetensors", "accelerate"):
             raise ImportError(f"No module named {name!r} (blocked: the slim image has no torch)")
 sys.meta_path.insert(0, NoTorch())
-from distiller.cli import build_parser, main
+from protege.cli import build_parser, main
 build_parser()
 import gateway.app, gateway.server
 sys.argv = ["protege", "serve", "--help"]
@@ -240,7 +240,7 @@ def test_dockerignore_excludes_local_state_but_no_source() -> None:
     for path in (".git/config", ".venv/bin/python", "gateway/__pycache__/app.cpython-311.pyc", "data/protege.db",
                  "runs/tickets/adapter/adapter_model.safetensors", "tests/conftest.py", "protege.egg-info/PKG-INFO"):
         assert dockerignored(path), path
-    for path in ("pyproject.toml", "README.md", "gateway/app.py", "distiller/cli.py", "distiller/local/server.py"):
+    for path in ("pyproject.toml", "README.md", "gateway/app.py", "gateway/cli.py", "model_server/server.py"):
         assert not dockerignored(path), path
 
 

@@ -1,6 +1,6 @@
 """The `protege` registry commands against a real SQLite store, run as the user runs them: in this process through
-`distiller.cli.main` (the command's contract: output, exit code, what it wrote), and a few times through the real
-`python -m distiller.cli` entry point."""
+`protege.cli.main` (the command's contract: output, exit code, what it wrote), and a few times through the real
+`python -m protege` entry point."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from distiller.cli import main
+from protege.cli import main
 from tests.gateway.test_cascade import TASK, register
 
 
 def protege(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The real entry point, in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "distiller.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, check=check, timeout=120)
 
 
@@ -72,7 +72,7 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_the_entry_point_exits_with_the_commands_code() -> None:
-    """`python -m distiller.cli`, as installed: a failing command's code and one clear line reach the shell."""
+    """`python -m protege`, as installed: a failing command's code and one clear line reach the shell."""
     config = protege("tasks", "--store", "mysql://x", check=False)
     assert config.returncode == 2 and "store" in config.stderr and "Traceback" not in config.stderr
     assert config.stdout == ""

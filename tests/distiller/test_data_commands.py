@@ -1,5 +1,5 @@
 """`protege forget`, `prune`, `migrate-store` and the scheduler's retention, run as the operator runs them against a
-real SQLite file and a real PostgreSQL schema: in this process through `distiller.cli.main` where the test checks
+real SQLite file and a real PostgreSQL schema: in this process through `protege.cli.main` where the test checks
 the command's output, exit code and store, and as real processes where it needs the process's stdin (a terminal
 that answers the confirmation, /dev/null that cannot)."""
 
@@ -20,9 +20,9 @@ from typing import TextIO, TypeVar
 
 import pytest
 
-from distiller.cli import main
 from distiller.dataset import CuratedDataset, curate_task
 from gateway.store import Exchange, Store, open_store, user_hash
+from protege.cli import main
 from tests.distiller.conftest import make_exchange
 from tests.gateway.store.test_migrate import fill, snapshot
 from tests.pg import fresh_schema
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 def protege(*args: str, stdin: int | None = subprocess.DEVNULL, check: bool = True) -> subprocess.CompletedProcess[str]:
     # stdin is /dev/null unless a test says otherwise: the commands must not find pytest's terminal
-    return subprocess.run([sys.executable, "-m", "distiller.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True,
                           stdin=stdin, check=check, timeout=120)
 
 

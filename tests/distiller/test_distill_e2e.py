@@ -40,7 +40,7 @@ async def send_all(url: str, messages: list[str]) -> None:
 def run_distill(store: Path, runs: Path, *flags: str, env: dict[str, str] | None = None,
                 timeout: float = 600) -> dict[str, object]:
     """`protege distill --task TASK --json` as a subprocess; its JSON summary."""
-    out = subprocess.run([sys.executable, "-m", "distiller.cli", "distill", "--task", TASK, "--store",
+    out = subprocess.run([sys.executable, "-m", "protege", "distill", "--task", TASK, "--store",
                           f"sqlite:///{store}", "--runs-dir", str(runs), "--json", *flags],
                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -79,7 +79,7 @@ def test_capture_then_distill_registers_an_evaluated_student(
     assert second["reused"] is True and second["dataset_hash"] == first["dataset_hash"]
     assert second["version"] == 1
 
-    listing = json.loads(subprocess.run([sys.executable, "-m", "distiller.cli", "students", "--store",
+    listing = json.loads(subprocess.run([sys.executable, "-m", "protege", "students", "--store",
                                          f"sqlite:///{store}", "--json"], capture_output=True, text=True,
                                         check=True).stdout)
     [student] = listing

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from distiller.local.names import DEFAULT_SERVED_NAME
 from gateway.store import StudentVersion, open_store
+from model_server.names import DEFAULT_SERVED_NAME
 from tests.conftest import teacher_flags
 from tests.distiller.test_distill_e2e import SYSTEM, TASK, run_distill, send_all, tickets
 from tests.servers import Server, start_model_server, stop

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from distiller.merge import MERGE_RECORD, MergeError, merge_adapter
 from distiller.trainers import LocalLoRAConfig
+from distiller.trainers.merge import MERGE_RECORD, MergeError, merge_adapter
 from tests.distiller.test_trainers_local import write_chat_dataset
 from tests.servers import start_model_server, stop
 
@@ -27,7 +27,7 @@ PROMPTS = ["Spell apple backwards.", "Spell rocket backwards.", "What is two plu
 def adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A real adapter: the local LoRA trainer, in process, a few steps at a high learning rate so the
     adapter visibly changes the model."""
-    from distiller.local.lora_training import train
+    from distiller.trainers.lora_training import train
 
     root = tmp_path_factory.mktemp("merge")
     write_chat_dataset(root / "dataset")
@@ -51,7 +51,7 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path: Path, tiny_model: Path,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from distiller.local.model_loading import load_model_dir
+    from model_server.model_loading import load_model_dir
 
     out = merge_adapter(tiny_model, adapter, tmp_path / "merged")
     assert out == tmp_path / "merged"
@@ -132,12 +132,12 @@ def test_export_merged_command(tmp_path: Path, tiny_model: Path, adapter: Path) 
     import sys
 
     out = tmp_path / "merged-cli"
-    done = subprocess.run([sys.executable, "-m", "distiller.cli", "export-merged", "--adapter", str(adapter),
+    done = subprocess.run([sys.executable, "-m", "protege", "export-merged", "--adapter", str(adapter),
                            "--base-model", str(tiny_model), "--out", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert (out / "config.json").exists() and list(out.glob("*.safetensors"))
-    again = subprocess.run([sys.executable, "-m", "distiller.cli", "export-merged", "--adapter", str(adapter),
+    again = subprocess.run([sys.executable, "-m", "protege", "export-merged", "--adapter", str(adapter),
                             "--base-model", str(tiny_model), "--out", str(out)], capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 1 and "protege export-merged:" in again.stderr  # refuses to overwrite

@@ -49,7 +49,7 @@ def test_a_restarted_distiller_polls_the_job_it_left_running(tiny_model: Path, t
     # evaluation through a server of our own: a random model never stops, so its answers are cut at 8 tokens
     server = start_model_server(tmp_path, "--model", str(tiny_model), "--served-model-name", "tiny", "--threads",
                                 "1", "--max-new-tokens", "8")
-    cmd = [sys.executable, "-m", "distiller.cli", "distill", "--task", TASK, "--store", f"sqlite:///{store}",
+    cmd = [sys.executable, "-m", "protege", "distill", "--task", TASK, "--store", f"sqlite:///{store}",
            "--runs-dir", str(runs), "--base-model", str(tiny_model), "--epochs", "1000", "--max-steps", str(STEPS),
            "--student-api-base", f"{server.url}/v1", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the trainer's torch threads (the cores are shared)
@@ -79,7 +79,7 @@ def test_a_restarted_distiller_polls_the_job_it_left_running(tiny_model: Path, t
     report = json.loads((run_dir / "report.json").read_text())
     assert report["version"] == 1 and report["evaluation"]["student"]["score"]["n"] > 0
     assert report["evaluation"]["student"]["completion_tokens_mean"] <= 8
-    listing = json.loads(subprocess.run([sys.executable, "-m", "distiller.cli", "students", "--store",
+    listing = json.loads(subprocess.run([sys.executable, "-m", "protege", "students", "--store",
                                          f"sqlite:///{store}", "--json"], capture_output=True, text=True,
                                         check=True).stdout)
     assert [(s["version"], s["status"]) for s in listing] == [(1, outcome["status"])]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from distiller.cli import main
-from distiller.report import build_report, parse_duration, read_exchanges
+from gateway.savings import build_report, parse_duration, read_exchanges
 from gateway.store import Exchange, StudentVersion, open_store
+from protege.cli import main
 
 DAY = 86400.0
 TEACHER = 0.002  # USD per teacher answer
@@ -167,7 +167,7 @@ def test_reading_the_store_page_by_page(tmp_path: Path) -> None:
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`protege ARGS` in this process (`python -m distiller.cli` runs the same `main`): (exit code, stdout,
+    """`protege ARGS` in this process (`python -m protege` runs the same `main`): (exit code, stdout,
     stderr). argparse's usage errors exit; stdin is /dev/null, as for a process run by a test."""
     capsys.readouterr()  # only this command's output
     with open(os.devnull) as null, pytest.MonkeyPatch.context() as patch:

@@ -129,7 +129,7 @@ def test_launch_refuses_bad_input(tmp_path: Path, dataset_dir: Path, tiny_model:
 
 
 def _labelled_spans(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
-    from distiller.local.lora_training import IGNORE
+    from distiller.trainers.lora_training import IGNORE
 
     spans, current = [], []
     for token, label in zip(ids, labels, strict=True):
@@ -145,8 +145,8 @@ def _labelled_spans(tokenizer: Any, ids: list[int], labels: list[int]) -> list[s
 
 
 def test_loss_only_on_assistant_tokens() -> None:
-    from distiller.local.lora_training import IGNORE, tokenize_example
-    from distiller.local.model_loading import load_smollm2_tokenizer
+    from distiller.trainers.lora_training import IGNORE, tokenize_example
+    from model_server.model_loading import load_smollm2_tokenizer
 
     tokenizer = load_smollm2_tokenizer()
     example: dict[str, Any] = {"messages": [
@@ -178,7 +178,7 @@ def test_training_is_deterministic(tmp_path: Path, dataset_dir: Path, tiny_model
     import torch
     from safetensors.torch import load_file
 
-    from distiller.local.lora_training import train
+    from distiller.trainers.lora_training import train
 
     config = LocalLoRAConfig(base_model=str(tiny_model), batch_size=4, max_steps=2, threads=1, model_name="s")
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
@@ -290,8 +290,8 @@ def test_smollm2_lora_steps(tmp_path: Path, dataset_dir: Path) -> None:
           f"{metrics['steps_per_s']} steps/s; val loss {metrics['val_loss_before']:.3f} → {metrics['val_loss']:.3f}")
     assert metrics["steps"] == 4 and metrics["val_loss"] < metrics["val_loss_before"]
 
-    from distiller.local.adapters import AdapterManager
-    from distiller.local.model_loading import load_default_model
+    from model_server.adapters import AdapterManager
+    from model_server.model_loading import load_default_model
 
     manager = AdapterManager(load_default_model().model)
     manager.load(final.result.model_name, Path(final.result.artifact))

@@ -52,7 +52,7 @@ def rows_for(gateway: InProcessGateway, task: str) -> list[Exchange]:
 
 def export(store: Path, task: str, out: Path, fmt: str = "openai") -> list[dict[str, Any]]:
     """`protege export` (the CLI's main, in this process) of one task."""
-    from distiller.cli import main
+    from protege.cli import main
 
     with redirect_stderr(StringIO()):
         assert main(["export", "--task", task, "--out", str(out), "--format", fmt, "--store",

@@ -15,7 +15,7 @@ import httpx2
 import openai
 import psutil
 
-from distiller.cli import main as protege
+from protege.cli import main as protege
 from tests.conftest import teacher_flags
 from tests.inprocess import BASE_URL, inprocess_gateway, settings_for
 from tests.servers import Server

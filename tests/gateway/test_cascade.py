@@ -335,7 +335,7 @@ def test_cli_rollout_change_is_picked_up_without_restart(cascade: Callable[..., 
     gateway, store = cascade(percent=0)
     assert chat(gateway)[1]["x-protege-route"] == "teacher"
     # the real `protege rollout` process writes the store; the running gateway re-reads it (every 0.2 s here)
-    subprocess.run([sys.executable, "-m", "distiller.cli", "rollout", "--store", f"sqlite:///{store}", "--task", TASK,
+    subprocess.run([sys.executable, "-m", "protege", "rollout", "--store", f"sqlite:///{store}", "--task", TASK,
                     "--percent", "100"], check=True, capture_output=True)
     poll(lambda: chat(gateway)[1]["x-protege-route"] == "student", timeout=10, interval=0.1,
          what="the gateway to route to the student")
@@ -360,7 +360,7 @@ def test_shadow_scoring_measures_live_parity_and_captures_the_teacher(
 
 def tmp_export(store: Path, out: Path) -> list[dict[str, Any]]:
     """`protege export --task tickets` (the CLI's main, in this process) of the store."""
-    from distiller.cli import main
+    from protege.cli import main
 
     with redirect_stderr(StringIO()):
         assert main(["export", "--store", f"sqlite:///{store}", "--task", TASK, "--out", str(out)]) == 0
@@ -371,7 +371,7 @@ def test_gateway_loads_a_promoted_adapter_into_the_student_server(
         cascade: Callable[..., tuple[InProcessGateway, Path]], student_server: Server, tiny_model: Path,
         tmp_path: Path) -> None:
     """A version promoted elsewhere (e.g. by `protege distill --promote`) is loaded by the gateway."""
-    from tests.local.test_model_server_adapters import make_lora
+    from tests.model_server.test_model_server_adapters import make_lora
 
     name = f"{TASK}-v2"
 

@@ -26,7 +26,7 @@ def test_no_teacher_means_embedded_model_server(gateway_factory: Callable[..., S
     store = tmp_path / "store.db"
     gateway = gateway_factory("--config", str(config), "--store", f"sqlite:///{store}")
     children = psutil.Process(gateway.proc.pid).children(recursive=True)
-    [server] = [c for c in children if "distiller.local.server" in " ".join(c.cmdline())]
+    [server] = [c for c in children if "model_server.server" in " ".join(c.cmdline())]
     # the embedded server has a random key of its own: other local users cannot use it or load adapters, and
     # the key is on no command line (a 0600 file, removed once the server has read it)
     command = server.cmdline()

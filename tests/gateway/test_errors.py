@@ -153,10 +153,10 @@ def test_keys_added_by_cli_are_accepted_without_restart(katan: Server, tmp_path:
     """The `protege keys` CLI (a separate process) changes the store under a running gateway."""
     store = tmp_path / "s.db"
     with inprocess_gateway(settings_for(katan, store, gateway_keys="gk-config")) as gateway:
-        out = subprocess.run([sys.executable, "-m", "distiller.cli", "keys", "add", "--name", "app", "--store",
+        out = subprocess.run([sys.executable, "-m", "protege", "keys", "add", "--name", "app", "--store",
                               f"sqlite:///{store}"], check=True, capture_output=True, text=True).stdout
         key = out.split(": ", 1)[1].split()[0]
-        listing = subprocess.run([sys.executable, "-m", "distiller.cli", "keys", "list", "--json", "--store",
+        listing = subprocess.run([sys.executable, "-m", "protege", "keys", "list", "--json", "--store",
                                   f"sqlite:///{store}"], check=True, capture_output=True, text=True).stdout
         assert key not in listing and '"name":"app"' in listing
         assert key not in store.read_bytes().decode("latin-1")  # hashed at rest

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from distiller.cli import main as protege
+from protege.cli import main as protege
 from tests.inprocess import InProcessGateway, inprocess_gateway, settings_for
 from tests.servers import Server, free_port
 

@@ -66,7 +66,7 @@ def test_unknown_fields_are_refused_not_forwarded(katan: Server, gateway_factory
 def test_an_operator_can_allow_extra_fields_but_never_provider_control(tmp_path: Path) -> None:
     config = tmp_path / "protege.yaml"
     config.write_text("forward_fields: [base_url]\n")
-    result = subprocess.run([sys.executable, "-m", "distiller.cli", "serve", "--config", str(config), "--store",
+    result = subprocess.run([sys.executable, "-m", "protege", "serve", "--config", str(config), "--store",
                              f"sqlite:///{tmp_path / 's.db'}", "--teacher", "openai/x", "--port", str(free_port())],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2 and "forward_fields" in result.stderr and "steers" in result.stderr
@@ -128,7 +128,7 @@ def count_rows(store: Path) -> int:
 
 
 def protege(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "distiller.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
 
 
@@ -154,10 +154,10 @@ def test_revoking_the_last_key_leaves_a_ring_that_accepts_nobody(katan: Server, 
 
 def test_a_public_bind_without_keys_refuses_to_start(katan: Server, tmp_path: Path) -> None:
     flags = ["serve", "--host", "0.0.0.0", "--port", str(free_port()), *teacher_flags(katan, tmp_path / "s.db")]
-    result = subprocess.run([sys.executable, "-m", "distiller.cli", *flags], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "protege", *flags], capture_output=True, text=True,
                             timeout=60, cwd=REPO, env={**os.environ, "PROTEGE_GATEWAY_KEYS": ""})
     assert result.returncode == 2 and "no gateway key exists" in result.stderr
-    required = subprocess.run([sys.executable, "-m", "distiller.cli", "serve", "--auth", "required", "--port",
+    required = subprocess.run([sys.executable, "-m", "protege", "serve", "--auth", "required", "--port",
                                str(free_port()), *teacher_flags(katan, tmp_path / "s.db")],
                               capture_output=True, text=True, timeout=60, cwd=REPO)
     assert required.returncode == 2 and "no gateway key exists" in required.stderr

@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.local.conftest import TINY_NAME, start_model_server
-from tests.local.reference import async_client, chat_ids, greedy, prompt_ids, user
+from tests.model_server.conftest import TINY_NAME, start_model_server
+from tests.model_server.reference import async_client, chat_ids, greedy, prompt_ids, user
 from tests.servers import Server, stop
 
 

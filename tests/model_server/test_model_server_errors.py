@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.local.conftest import TINY_NAME
-from tests.local.reference import async_client, client, user
+from tests.model_server.conftest import TINY_NAME
+from tests.model_server.reference import async_client, client, user
 from tests.servers import Server
 
 

@@ -8,7 +8,7 @@ length limit and adapter. Adapter loading and unloading run on the same thread, 
 they never race with a forward pass.
 
 Results are delivered through a callback per sequence, called on the engine thread;
-`distiller.local.streams` turns those into asyncio queues.
+`model_server.streams` turns those into asyncio queues.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from distiller.local.adapters import BASE, AdapterError, AdapterManager, AdapterNotFound
-from distiller.local.batch import BatchState
-from distiller.local.detokenize import TextState, TokenTable
-from distiller.local.model_loading import LoadedModel
-from distiller.local.sampling import LogprobEntry, Sampler, SamplingParams, sample_batch
+from model_server.adapters import BASE, AdapterError, AdapterManager, AdapterNotFound
+from model_server.batch import BatchState
+from model_server.detokenize import TextState, TokenTable
+from model_server.model_loading import LoadedModel
+from model_server.sampling import LogprobEntry, Sampler, SamplingParams, sample_batch
 
 log = logging.getLogger(__name__)
 

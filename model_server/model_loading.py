@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+from model_server.names import CACHE_ENV, DEFAULT_SERVED_NAME
 
 log = logging.getLogger(__name__)
 

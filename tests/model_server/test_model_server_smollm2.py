@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from distiller.local.names import CACHE_ENV
-from tests.local.conftest import start_model_server
-from tests.local.reference import client, user
+from model_server.names import CACHE_ENV
+from tests.model_server.conftest import start_model_server
+from tests.model_server.reference import client, user
 from tests.servers import Server, stop
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import torch
 
-from tests.local.conftest import TINY_NAME
+from tests.model_server.conftest import TINY_NAME
 from tests.servers import Server
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from distiller.local.detokenize import TextState, TokenTable
-from distiller.local.engine import Engine, Sequence, Update
-from distiller.local.protocol import ChatCompletionRequest, parse_body
-from distiller.local.sampling import SamplingParams
 from gateway.errors import BadRequestError
+from model_server.detokenize import TextState, TokenTable
+from model_server.engine import Engine, Sequence, Update
+from model_server.protocol import ChatCompletionRequest, parse_body
+from model_server.sampling import SamplingParams
 from tests.servers import REPO
 
 
@@ -125,7 +125,7 @@ def test_cache_build_is_atomic_under_a_race(tmp_path: Path, tiny_model_dir: Path
     """Two builders racing for the same cache folder: both succeed, one copy wins, no temp folder is left."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distiller.local import model_loading
+    from model_server import model_loading
 
     loading = threading.Lock()  # transformers' loading is not thread-safe; the writes and renames still race
     both_building = threading.Barrier(2, timeout=60)
@@ -165,7 +165,7 @@ def test_cache_build_is_atomic_under_a_race(tmp_path: Path, tiny_model_dir: Path
 
 
 def test_bad_model_path_exits_with_a_message(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "distiller.local.server", "--model", str(tmp_path / "nope"),
+    proc = subprocess.run([sys.executable, "-m", "model_server.server", "--model", str(tmp_path / "nope"),
                            "--port", "0"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2
     assert "is not a transformers model folder" in proc.stderr

@@ -1,6 +1,6 @@
 """`protege model-server`: serve a local model (default SmolLM2-135M-Instruct) over the OpenAI API.
 
-    python -m distiller.local.server --port 8001 [--model PATH] [--lora NAME=PATH ...]
+    python -m model_server.server --port 8001 [--model PATH] [--lora NAME=PATH ...]
 
 The model is loaded before the port is bound; once uvicorn listens, one line is printed:
 `model server ready on http://HOST:PORT (model=..., load took X s)`. With `--port 0` the OS picks a
@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distiller.local.names import CACHE_ENV, DEFAULT_SERVED_NAME
+from model_server.names import CACHE_ENV, DEFAULT_SERVED_NAME
 
 if TYPE_CHECKING:  # torch is imported only when a server is actually built
     from fastapi import FastAPI
 
-    from distiller.local.app import ServerLimits
-    from distiller.local.engine import Engine
+    from model_server.app import ServerLimits
+    from model_server.engine import Engine
 
 __all__ = ["add_model_server_arguments", "create_model_server_app", "run_model_server"]
 
@@ -39,9 +39,9 @@ API_KEY_ENV = "PROTEGE_MODEL_SERVER_API_KEY"
 
 def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_SERVED_NAME,
                             stop_engine_on_shutdown: bool = False, limits: ServerLimits | None = None) -> FastAPI:
-    """The FastAPI app serving `engine` (see `distiller.local.app`)."""
-    from distiller.local.app import ServerLimits
-    from distiller.local.app import create_model_server_app as create
+    """The FastAPI app serving `engine` (see `model_server.app`)."""
+    from model_server.app import ServerLimits
+    from model_server.app import create_model_server_app as create
 
     return create(engine, served_model_name=served_model_name, stop_engine_on_shutdown=stop_engine_on_shutdown,
                   limits=limits or ServerLimits())
@@ -87,7 +87,7 @@ def add_model_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_limits(args: argparse.Namespace) -> ServerLimits:
-    from distiller.local.app import ServerLimits
+    from model_server.app import ServerLimits
 
     api_key = (args.api_key_file.read_text().strip() if args.api_key_file
                else os.environ.get(API_KEY_ENV, "").strip() or None)
@@ -108,8 +108,8 @@ def build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
     """Load the model (and --lora adapters); returns the started engine and the served model name."""
     import transformers
 
-    from distiller.local.engine import Engine
-    from distiller.local.model_loading import load_default_model, load_model_dir
+    from model_server.engine import Engine
+    from model_server.model_loading import load_default_model, load_model_dir
 
     hf_logging: Any = transformers.utils.logging
     hf_logging.disable_progress_bar()
@@ -133,7 +133,7 @@ def run_model_server(args: argparse.Namespace) -> int:
     """Load the model, then serve it with uvicorn until interrupted. Returns the exit status."""
     import uvicorn
 
-    from distiller.local.model_loading import ModelLoadError
+    from model_server.model_loading import ModelLoadError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

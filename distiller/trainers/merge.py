@@ -5,7 +5,7 @@ server, the last few percent of latency), `merge_adapter` writes a plain transfo
 `config.json`, `model.safetensors`, the tokenizer with its chat template, `generation_config.json` —
 that `protege model-server --model OUT` and `vllm serve OUT` load like any other model:
 
-    from distiller.merge import merge_adapter
+    from distiller.trainers.merge import merge_adapter
     merge_adapter("/models/base", "runs/tickets/20261121-101500/adapter", "/models/tickets-v3")
 
 The merge is peft's `merge_and_unload` (W + B·A·alpha/r on every adapted layer), done in float32 so
@@ -62,7 +62,7 @@ def merge_adapter(base_model_dir: str | Path | None, adapter_dir: str | Path, ou
     from peft import LoraConfig, PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distiller.local.model_loading import ensure_smollm2_cache
+    from model_server.model_loading import ensure_smollm2_cache
 
     base = Path(base_model_dir) if base_model_dir is not None else ensure_smollm2_cache()
     if not (base / "config.json").is_file():

@@ -24,12 +24,6 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from distiller.local import protocol as p
-from distiller.local.adapters import AdapterError, AdapterNotFound
-from distiller.local.engine import Engine, Update
-from distiller.local.names import DEFAULT_SERVED_NAME
-from distiller.local.sampling import LogprobEntry, SamplingParams
-from distiller.local.streams import RequestStream
 from gateway.auth import bearer_token
 from gateway.errors import (
     BadRequestError,
@@ -41,6 +35,12 @@ from gateway.errors import (
     error_type_for_status,
 )
 from gateway.http_utils import read_body
+from model_server import protocol as p
+from model_server.adapters import AdapterError, AdapterNotFound
+from model_server.engine import Engine, Update
+from model_server.names import DEFAULT_SERVED_NAME
+from model_server.sampling import LogprobEntry, SamplingParams
+from model_server.streams import RequestStream
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import httpx
 import orjson
 import torch
 
-from tests.local.conftest import TINY_NAME
-from tests.local.reference import async_client, chat_ids, client, greedy, logprobs_of, prompt_ids, user
+from tests.model_server.conftest import TINY_NAME
+from tests.model_server.reference import async_client, chat_ids, client, greedy, logprobs_of, prompt_ids, user
 from tests.servers import Server
 
 PROMPTS = [

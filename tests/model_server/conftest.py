@@ -33,7 +33,7 @@ def tiny_model_dir(tiny_model: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir: Path) -> Any:
     """The tiny Llama loaded in this process, for reference computations."""
-    from distiller.local.model_loading import load_model_dir
+    from model_server.model_loading import load_model_dir
 
     return load_model_dir(tiny_model_dir)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from distiller.local.engine import Callback, Engine, Sequence, Update
-from distiller.local.sampling import SamplingParams
+from model_server.engine import Callback, Engine, Sequence, Update
+from model_server.sampling import SamplingParams
 
 
 class RequestStream:

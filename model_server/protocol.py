@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from distiller.local.detokenize import TokenTable
-from distiller.local.sampling import LogprobEntry
 from gateway.errors import BadRequestError
+from model_server.detokenize import TokenTable
+from model_server.sampling import LogprobEntry
 
 MAX_N = 16
 _Model = TypeVar("_Model", bound=BaseModel)

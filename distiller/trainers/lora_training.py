@@ -1,6 +1,6 @@
 """LoRA fine-tuning on a curated dataset: the process `distiller.trainers.local` launches.
 
-    python -m distiller.local.lora_training --dataset DIR --run-dir DIR --config JSON
+    python -m distiller.trainers.lora_training --dataset DIR --run-dir DIR --config JSON
 
 Each example is rendered with the model's chat template (its `tools` passed along), exactly as the model
 server renders prompts, and only the assistant turns carry labels: the student learns the teacher's
@@ -212,8 +212,8 @@ def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
 
 def _load_base(config: LocalLoRAConfig) -> tuple[Any, Any, str, str]:
     """Model, tokenizer, base model name (what the adapter must be served on) and where it was loaded from."""
-    from distiller.local.model_loading import load_default_model, load_model_dir
-    from distiller.local.names import DEFAULT_SERVED_NAME
+    from model_server.model_loading import load_default_model, load_model_dir
+    from model_server.names import DEFAULT_SERVED_NAME
 
     if config.base_model is None:
         loaded = load_default_model()
@@ -382,7 +382,7 @@ def _cancel(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distiller.local.lora_training",
+    parser = argparse.ArgumentParser(prog="python -m distiller.trainers.lora_training",
                                      description="LoRA fine-tuning on a curated dataset.")
     parser.add_argument("--dataset", type=Path, required=True, help="a curated dataset folder (train.jsonl, ...)")
     parser.add_argument("--run-dir", type=Path, required=True, help="where status.json and adapter/ go")

@@ -1,1 +1,0 @@
-"""The embedded model server (`protege model-server`): local transformers models, LoRA adapters, batching."""
