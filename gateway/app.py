@@ -9,32 +9,35 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.admin import build_admin_router
+from gateway.admin.routes import build_admin_router
 from gateway.admin_auth import require_admin
-from gateway.anthropic import error_from_openai, is_anthropic_path
-from gateway.anthropic_api import build_anthropic_router
-from gateway.api import build_api_router
+from gateway.anthropic.errors import ANTHROPIC
+from gateway.anthropic.routes import MESSAGES_PATH, build_anthropic_router
 from gateway.auth import KeyRing
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
-from gateway.config import ConfigError, Settings
-from gateway.console import build_console_router
-from gateway.errors import ProtegeError, error_body, error_type_for_status
+from gateway.chat.service import ChatService, Students, Teacher, TeacherSet
+from gateway.config import Settings
+from gateway.console.errors import CONSOLE
+from gateway.console.pages import PREFIX as CONSOLE_PREFIX
+from gateway.console.routes import build_console_router
+from gateway.errors import ConfigError
+from gateway.health.routes import build_health_router
+from gateway.http_errors import install_error_handler
 from gateway.metrics import Metrics, multiprocess_dir
-from gateway.ports import AdminPortGuard, is_private
+from gateway.openai.errors import OPENAI
+from gateway.openai.routes import build_openai_router
+from gateway.ports import is_private, port_guard
 from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
 from gateway.providers.openai_compat import OpenAICompatibleProvider
 from gateway.ratelimit import RateLimiter
 from gateway.routing_table import RoutingTable
-from gateway.service import ChatService, Students, Teacher, TeacherSet
 from gateway.state import GatewayState
 from gateway.store import Store, StudentVersion, open_store
 from gateway.students import load_student
@@ -99,42 +102,6 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def shaped(request: Request, status: int, body: dict[str, object]) -> dict[str, object]:
-    """Anthropic's error shape under its Messages API (its SDK parses that), OpenAI's everywhere else."""
-    return error_from_openai(status, body) if is_anthropic_path(request.url.path) else body
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every failure leaves as OpenAI's error body (Anthropic's under /v1/messages); this is the only
-    mapping to HTTP."""
-
-    async def protege_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProtegeError)
-        return json_response(exc.status_code, shaped(request, exc.status_code, exc.to_body()), exc.headers())
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        message = {404: "unknown route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        body = error_body(message, error_type_for_status(exc.status_code))
-        return json_response(exc.status_code, shaped(request, exc.status_code, body), dict(exc.headers or {}))
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in err["loc"]) or None
-        body = error_body(f"{param}: {err['msg']}", "invalid_request_error", param=param)
-        return json_response(400, shaped(request, 400, body))
-
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return json_response(500, shaped(request, 500, error_body("internal error", "api_error")))
-
-    app.add_exception_handler(ProtegeError, protege_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
-
-
 def install_openapi_routes(app: FastAPI) -> None:
     """`/openapi.json` describes what clients may call; the admin routes are only in `/admin/openapi.json`,
     behind the admin token (the public schema would map the private surface for an attacker)."""
@@ -193,14 +160,15 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
             await the_store.close()
             metrics.process_exited()
 
+    # with an admin port of its own, a route on the wrong socket is as unknown as one that does not exist
+    guards = [] if settings.admin_port is None else [Depends(port_guard(settings.admin_port))]
     app = FastAPI(title="Protégé gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    install_error_handlers(app)
+                  openapi_url=None, dependencies=guards)
+    # one handler for every failure, rendered by the dialect of the route (Anthropic's shape under its
+    # Messages API, a page in the console, OpenAI's everywhere else, including unknown routes)
+    install_error_handler(app, OPENAI, prefixes=[(MESSAGES_PATH, ANTHROPIC), (CONSOLE_PREFIX, CONSOLE)])
     install_openapi_routes(app)
-    app.include_router(build_api_router())
-    app.include_router(build_admin_router())
-    app.include_router(build_console_router())
-    app.include_router(build_anthropic_router())
-    if settings.admin_port is not None:
-        app.add_middleware(AdminPortGuard, admin_port=settings.admin_port)
+    for router in (build_openai_router(), build_anthropic_router(), build_admin_router(), build_console_router(),
+                   build_health_router()):
+        app.include_router(router)
     return app

@@ -20,12 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gateway import students as students_ops
-from gateway.admin import student_view
 from gateway.auth import new_key
 from gateway.config import Settings, load_settings
 from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
 from gateway.savings import parse_duration
 from gateway.store import Store, open_store, redacted_url, user_hash
+from gateway.students import student_view
 
 if TYPE_CHECKING:
     Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]

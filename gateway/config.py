@@ -14,9 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the bad key."""
+from gateway.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -1,31 +1,36 @@
-"""One error tree for Protégé, mapped to HTTP in one place (`to_response_body` / `status_code`).
+"""One error tree for Protégé; no web framework in it.
 
-Every failure a client can see is a `ProtegeError`. Each subclass knows its HTTP status and the
-OpenAI error `type`; the instance carries a human message, the offending `param` (for bad input)
-and an optional machine `code`. The HTTP layer turns any of them into OpenAI's error body:
-
-    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+Every failure is a `ProtegeError`. Each subclass knows its HTTP status and the OpenAI error `type`; the
+instance carries a human message, the offending `param` (for bad input) and an optional machine `code`.
+`gateway.http_errors` turns any exception into one of these, and each API dialect renders it in its own
+shape (OpenAI's `{"error": {...}}`, Anthropic's `{"type": "error", ...}`, the console's page):
 
     ProtegeError (500, api_error)
+    ├── ConfigError (500)                       — invalid settings; the message names the key
     ├── BadRequestError (400, invalid_request_error)
     │   └── ContextLengthError (400, code=context_length_exceeded)
     ├── AuthenticationError (401, authentication_error)
     ├── PermissionDeniedError (403, permission_error)
     ├── NotFoundError (404, not_found_error)
     ├── MethodNotAllowedError (405, invalid_request_error)
+    ├── RequestTimeoutError (408, invalid_request_error)
     ├── PayloadTooLargeError (413, invalid_request_error)
     ├── RateLimitError (429, rate_limit_error)  — carries retry_after seconds when known
     ├── ServiceUnavailableError (503, service_unavailable)
+    │   └── StoreError (503, code=store_unavailable) — the store could not be read or written
     └── UpstreamError (502, upstream_error)     — the teacher or student failed
         ├── UpstreamStatusError (upstream's own 4xx status passed on)
-        └── UpstreamTimeoutError (504, timeout)
+        ├── UpstreamTimeoutError (504, timeout)
+        └── CircuitOpenError (503, code=circuit_open)
 
-Messages never contain secrets: callers pass text they built themselves, and upstream messages
-go through `redact` in the provider layer before they get here.
+Messages never contain secrets: callers pass text they built themselves, and upstream messages go
+through `redact` in the provider layer before they get here. Where a message may hold internals (a
+store's driver text, an unexpected exception), `public_message` is what a client sees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -45,11 +50,33 @@ class ProtegeError(Exception):
     def status_code(self) -> int:
         return self.status
 
+    @property
+    def public_message(self) -> str:
+        """The message a client may see."""
+        return self.message
+
     def headers(self) -> dict[str, str]:
         return {}
 
     def to_body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+        """OpenAI's error body for this error."""
+        return error_body(self.public_message, self.openai_type, param=self.param, code=self.code)
+
+    @property
+    def openai_type(self) -> str:
+        return self.error_type
+
+
+class ConfigError(ProtegeError, ValueError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class InternalError(ProtegeError):
+    """A bug: what went wrong is logged, never shown."""
+
+    @property
+    def public_message(self) -> str:
+        return "internal error"
 
 
 class BadRequestError(ProtegeError):
@@ -118,6 +145,18 @@ class ServiceUnavailableError(ProtegeError):
         return {} if self.retry_after is None else {"retry-after": str(max(1, round(self.retry_after)))}
 
 
+class StoreError(ServiceUnavailableError):
+    """The store could not be read or written. During a request that is a 503 (retry later), and the
+    driver's text stays in the log: it can name hosts, files or SQL."""
+
+    def __init__(self, message: str, *, code: str | None = "store_unavailable") -> None:
+        super().__init__(message, code=code, retry_after=1)
+
+    @property
+    def public_message(self) -> str:
+        return "the gateway's store is unavailable; retry shortly"
+
+
 class UpstreamError(ProtegeError):
     """The upstream model server could not be reached or answered with a server error."""
 
@@ -138,8 +177,9 @@ class UpstreamStatusError(UpstreamError):
     def status_code(self) -> int:
         return self.upstream_status
 
-    def to_body(self) -> dict[str, Any]:
-        return error_body(self.message, self._error_type, param=self.param, code=self.code)
+    @property
+    def openai_type(self) -> str:
+        return self._error_type
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -167,11 +207,26 @@ def error_body(message: str, error_type: str, *, param: str | None = None,
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                 422: "invalid_request_error", 429: "rate_limit_error"}
+def param_of(loc: Sequence[int | str], *, brackets: bool = True) -> str | None:
+    """The offending field from a pydantic error location: `messages[0].content` (OpenAI's spelling) or, with
+    `brackets=False`, `messages.0.content` (Anthropic's). Union branch labels (`str`, `list[...]`) are dropped."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]" if brackets else f".{part}"
+        elif "[" in part or part in _TYPE_LABELS or part.startswith("function-"):
+            continue  # which branch of a union failed, e.g. `list[ContentPart]`
+        else:
+            out += f".{part}" if out else part
+    return out.lstrip(".") or None
 
 
-def error_type_for_status(status: int) -> str:
-    """The OpenAI error type for a bare HTTP status (used for framework-raised errors)."""
-    return _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"})
+
+
+def invalid_field(errors: Sequence[Mapping[str, Any]], *, brackets: bool = True) -> BadRequestError:
+    """The error for a body that failed validation (pydantic's `errors()`): the first problem, naming its field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    param = param_of(tuple(first.get("loc", ())), brackets=brackets)
+    message = "unsupported field" if first.get("type") == "extra_forbidden" else str(first.get("msg", "invalid value"))
+    return BadRequestError(f"{param or 'body'}: {message}", param=param)

@@ -14,10 +14,10 @@ import asyncio
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import error_body
+from gateway.errors import RequestTimeoutError
 
-_BODY = orjson.dumps(error_body("the request headers did not arrive in time", "invalid_request_error",
-                                code="header_timeout"))
+# before the headers there is no route and no dialect yet: OpenAI's shape, from the same error tree
+_BODY = orjson.dumps(RequestTimeoutError("the request headers did not arrive in time", code="header_timeout").to_body())
 _RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
              b"content-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY)
 

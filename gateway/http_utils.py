@@ -1,15 +1,21 @@
-"""Request-body parsing shared by the HTTP layers: size limit, UTF-8, JSON object, model validation."""
+"""What the HTTP layers share: body parsing (size limit, deadline, JSON object, nesting, validation), the
+streaming response that always closes its iterator, and the gateway state of a request."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError
+from gateway.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError, invalid_field
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -81,6 +87,24 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise BadRequestError(f"{param or 'body'}: {err['msg']}", param=param) from None
+        raise invalid_field(exc.errors(include_url=False)) from None
+
+
+class SSEResponse(StreamingResponse):
+    """A streaming response that always closes its iterator, so a client that goes away mid-stream
+    is recorded (as incomplete) at once rather than whenever the generator is collected."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.protege
+    return state

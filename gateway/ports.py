@@ -4,9 +4,11 @@ port to a private network or keep it off the load balancer."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from collections.abc import Callable
 
-from gateway.errors import error_body
+from starlette.requests import Request
+
+from gateway.errors import NotFoundError
 
 PRIVATE_PREFIXES = ("/admin", "/metrics")
 HEALTH = ("/healthz", "/readyz")
@@ -23,24 +25,12 @@ def allowed(path: str, on_admin_port: bool) -> bool:
     return is_private(path) == on_admin_port
 
 
-class AdminPortGuard:
-    def __init__(self, app: ASGIApp, admin_port: int) -> None:
-        self.app = app
-        self.admin_port = admin_port
+def port_guard(admin_port: int) -> Callable[[Request], None]:
+    """A route dependency: a route on the wrong socket is as unknown as one that does not exist."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            server = scope.get("server") or (None, None)
-            if not allowed(scope["path"], server[1] == self.admin_port):
-                await _not_found(send)
-                return
-        await self.app(scope, receive, send)
+    def guard(request: Request) -> None:
+        server = request.scope.get("server") or (None, None)
+        if not allowed(request.url.path, server[1] == admin_port):
+            raise NotFoundError("unknown route")
 
-
-async def _not_found(send: Send) -> None:
-    import orjson
-
-    body = orjson.dumps(error_body("unknown route", "invalid_request_error"))
-    await send({"type": "http.response.start", "status": 404,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    return guard

@@ -24,8 +24,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from gateway.app import NO_KEY_MESSAGE, create_app
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.embedded import EmbeddedModelServer
+from gateway.errors import ConfigError
 from gateway.http_protocol import HeaderTimeoutProtocol
 from gateway.store import open_store, redacted_url
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from gateway.admin_auth import SignInThrottle
 from gateway.auth import KeyRing
 from gateway.capture import CaptureWriter
+from gateway.chat.service import ChatService
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from gateway.service import ChatService
 from gateway.store import Store
 
 

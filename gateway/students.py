@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import BaseModel, Field
 
 from gateway.errors import BadRequestError, NotFoundError, UpstreamError
 from gateway.store import Store, StudentVersion
 from gateway.tasks import check_task_name
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +115,31 @@ async def base_model_name(api_base: str, timeout_s: float = 10, *, api_key: str 
         return None
     names = [m.get("id") for m in response.json().get("data", []) if not m.get("parent")]
     return str(names[0]) if names else None
+
+
+# --- what the admin API and the console accept and show --------------------------------------------
+
+class RolloutUpdate(BaseModel):
+    percent: float = Field(ge=0, le=100)
+
+
+class PromoteRequest(BaseModel):
+    version: int = Field(ge=1)
+
+
+class ThresholdUpdate(BaseModel):
+    version: int | None = Field(default=None, ge=1, description="default: the active version")
+    threshold: float | None = Field(description="confidence threshold (a log-probability); null = validators only")
+
+
+def student_view(s: StudentVersion) -> dict[str, Any]:
+    return {"version": s.version, "status": s.status, "model": s.model, "base_model": s.base_model,
+            "trainer": s.trainer, "threshold": s.threshold, "confidence_method": s.confidence_method,
+            "prompt_distilled": s.prompt_distilled, "dataset_hash": s.dataset_hash, "created_at": s.created_at,
+            "evaluation": s.details.get("evaluation")}
+
+
+async def routing_changed(state: GatewayState) -> None:
+    """Make this process's routing table see a change now rather than at its next refresh."""
+    if state.service.students is not None:
+        await state.service.students.table.refresh(force=True)

@@ -19,22 +19,21 @@ from typing import Any
 import jinja2
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import bearer_token
 from gateway.errors import (
+    AuthenticationError,
     BadRequestError,
     ContextLengthError,
     NotFoundError,
     ProtegeError,
     ServiceUnavailableError,
-    error_body,
-    error_type_for_status,
 )
+from gateway.http_errors import install_error_handler
 from gateway.http_utils import read_body
+from gateway.openai.errors import OPENAI
 from model_server import protocol as p
 from model_server.adapters import AdapterError, AdapterNotFound
 from model_server.engine import Engine, Update
@@ -73,7 +72,7 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
     app.state.engine = engine
     app.state.served_model_name = served_model_name
     app.state.created = p.now()
-    _install_error_handlers(app)
+    install_error_handler(app, OPENAI)  # the gateway's renderer: the same OpenAI error shape
     if limits.api_key is not None:
         app.add_middleware(_KeyCheck, api_key=limits.api_key)
 
@@ -171,8 +170,8 @@ class _KeyCheck:
             headers = dict(scope.get("headers") or [])
             token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
             if token is None or not hmac.compare_digest(token.encode(), self._key):
-                response = _json(error_body("missing or invalid API key", "authentication_error",
-                                            code="invalid_api_key"), 401)
+                response = OPENAI.render_error(AuthenticationError("missing or invalid API key",
+                                                                   code="invalid_api_key"))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -180,29 +179,6 @@ class _KeyCheck:
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProtegeError)
-    async def protege_error(_: Request, exc: ProtegeError) -> Response:
-        return _json(exc.to_body(), exc.status_code, exc.headers())
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return _json(error_body(f"Invalid request: {exc.errors()}", "invalid_request_error"), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        message = str(exc.detail) if exc.detail else "error"
-        if exc.status_code == 404:
-            message = "Unknown route."
-        return _json(error_body(message, error_type_for_status(exc.status_code)), exc.status_code,
-                     getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return _json(error_body("Internal server error.", "api_error"), 500)
 
 
 def _resolve_model(engine: Engine, model: str, served: str) -> str | None:

@@ -13,13 +13,12 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import BadRequestError
+from gateway.errors import BadRequestError, invalid_field
 from model_server.detokenize import TokenTable
 from model_server.sampling import LogprobEntry
 
 MAX_N = 16
 _Model = TypeVar("_Model", bound=BaseModel)
-_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
 
 
 class ContentPart(BaseModel):
@@ -75,19 +74,6 @@ class UnloadLoraRequest(BaseModel):
     lora_name: str = Field(min_length=1)
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    """`messages[0].content` from pydantic's ('messages', 0, 'content', 'str') (type labels dropped)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in part or part in _TYPE_LABELS or part.startswith("function-"):
-            continue  # which branch of a union failed, e.g. `list[ContentPart]`
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def parse_body(raw: bytes, model: type[_Model]) -> _Model:
     """Decode and validate a JSON body, or raise `BadRequestError` with the offending `param`."""
     try:
@@ -99,10 +85,7 @@ def parse_body(raw: bytes, model: type[_Model]) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = _loc(tuple(first.get("loc", ()))) or None
-        where = f"{param}: " if param else ""
-        raise BadRequestError(f"Invalid request: {where}{first.get('msg', 'invalid value')}", param=param) from exc
+        raise invalid_field(exc.errors(include_url=False)) from None
 
 
 def template_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:

@@ -10,8 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import cli as gateway_cli
-from gateway.config import ConfigError
-from gateway.errors import ProtegeError
+from gateway.errors import ConfigError, ProtegeError
 from gateway.store import StoreError
 
 OPTIONAL_COMMANDS = ("model_server.cli", "distiller.cli")

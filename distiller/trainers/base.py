@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, get_args, runtime_checkable
 
+from gateway.errors import ProtegeError
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 FINAL_STATES: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_FILE = "job.json"
 
 
-class TrainerError(RuntimeError):
+class TrainerError(ProtegeError):
     """A job could not be launched, polled or cancelled (bad dataset, missing credentials, service error).
 
     A job that ran and failed is not an exception: `poll` reports it as a `JobStatus` in state "failed"."""

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+from gateway.errors import StoreError
 from gateway.store.base import (
     ApiKeyRecord,
     ConfidenceMethod,
     Exchange,
     ExchangeStatus,
     Store,
-    StoreError,
     StudentStatus,
     StudentVersion,
     TaskSummary,

@@ -85,10 +85,6 @@ class StudentVersion:
     details: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, evaluation results
 
 
-class StoreError(RuntimeError):
-    """The store could not be read or written."""
-
-
 def redacted_url(url: str) -> str:
     """The store URL without its password, for messages and logs."""
     scheme, sep, rest = url.partition("://")

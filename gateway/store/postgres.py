@@ -21,13 +21,13 @@ from typing import Any
 
 import asyncpg
 
+from gateway.errors import StoreError
 from gateway.store.base import (
     ApiKeyRecord,
     DeleteProgress,
     Exchange,
     ExchangeStatus,
     Store,
-    StoreError,
     StudentStatus,
     StudentVersion,
     TaskSummary,

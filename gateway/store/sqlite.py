@@ -12,13 +12,13 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.errors import StoreError
 from gateway.store.base import (
     ApiKeyRecord,
     DeleteProgress,
     Exchange,
     ExchangeStatus,
     Store,
-    StoreError,
     StudentStatus,
     StudentVersion,
     TaskSummary,

@@ -1,4 +1,4 @@
-"""`gateway.anthropic`: Messages API ↔ OpenAI chat translation, pure (no server)."""
+"""`gateway.anthropic.translate`: Messages API ↔ OpenAI chat translation, pure (no server)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.anthropic import (
-    StreamTranslator,
-    anthropic_events,
-    error_from_openai,
-    error_type_from_openai,
-    from_openai,
-    is_anthropic_path,
-    message_id,
-    parse_request,
-    to_openai,
-)
+from gateway.anthropic.errors import error_type_from_openai
+from gateway.anthropic.stream import StreamTranslator, anthropic_events
+from gateway.anthropic.translate import from_openai, message_id, parse_request, to_openai
+from gateway.chat.service import SSE_DONE, sse
 from gateway.errors import BadRequestError, UpstreamError
 from gateway.providers.openai_compat import completion_as_chunks
-from gateway.service import SSE_DONE, sse
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -392,27 +384,11 @@ def test_closing_the_anthropic_stream_closes_the_service_stream() -> None:
 
 # --- errors ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
-    (404, "not_found_error"), (405, "invalid_request_error"), (413, "request_too_large"),
-    (429, "rate_limit_error"), (500, "api_error"), (502, "api_error"), (503, "overloaded_error"),
-    (504, "api_error"),
-])
-def test_errors_take_anthropics_shape(status: int, kind: str) -> None:
-    body = {"error": {"message": "nope", "type": "whatever", "param": None, "code": None}}
-    assert error_from_openai(status, body) == {"type": "error", "error": {"type": kind, "message": "nope"}}
-
-
 def test_openai_error_types_map_to_anthropic_ones() -> None:
     assert error_type_from_openai("rate_limit_error") == "rate_limit_error"
     assert error_type_from_openai("service_unavailable") == "overloaded_error"
     assert error_type_from_openai("timeout") == "api_error"
     assert error_type_from_openai("something_new") == "api_error"
-
-
-def test_only_the_messages_routes_are_anthropic() -> None:
-    assert is_anthropic_path("/v1/messages") and is_anthropic_path("/v1/messages/count_tokens")
-    assert not is_anthropic_path("/v1/chat/completions") and not is_anthropic_path("/v1/messagesx")
 
 
 def test_an_assistant_turn_that_was_all_thinking_is_an_empty_text() -> None:

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from gateway.charts import (
+from gateway.console.charts import (
     Marker,
     Rule,
     Series,

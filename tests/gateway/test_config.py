@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_settings
+from gateway.config import load_settings
+from gateway.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -31,7 +31,7 @@ ADMIN = "console-admin-token"
 TASK = "tickets"
 SYSTEM = "You extract the city from support tickets."
 ARTIFACTS = REPO / "tests" / "artifacts" / "console"
-CSS = REPO / "gateway" / "static" / "console.css"
+CSS = REPO / "gateway" / "console" / "static" / "console.css"
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def test_stylesheet_colour_pairs_meet_wcag_aa() -> None:
 def test_calibration_chart_from_stored_details() -> None:
     import orjson
 
-    from gateway.console import _curve_points, calibration_chart, operating_point
+    from gateway.console.routes import _curve_points, calibration_chart, operating_point
 
     stored = orjson.loads(orjson.dumps(details(1, 0.93)))  # as the store gives it back: inf thresholds are null
     student = StudentVersion(task=TASK, version=1, status="active", model="tiny", created_at=0, updated_at=0,
@@ -437,7 +437,7 @@ def test_calibration_chart_from_stored_details() -> None:
 
 def test_money_and_secrets_helpers() -> None:
     from gateway.admin_auth import csrf_token
-    from gateway.console import savings_chart, usd
+    from gateway.console.routes import savings_chart, usd
 
     assert [usd(v) for v in (None, 0, 1234.5, 0.5, 0.000012, -0.25)] == [
         "—", "$0", "$1,234.50", "$0.5000", "$0.000012", "−$0.2500"]

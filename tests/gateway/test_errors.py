@@ -98,12 +98,12 @@ def post_in_chunks(gateway: InProcessGateway, path: str, chunks: list[bytes]) ->
     (b'{"model": "m"}', "messages"),
     (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
     (b'{"model": "m", "messages": []}', "messages"),
-    (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages.0.role"),
+    (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 100000}', "n"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', "max_tokens"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}',
-     "tools.0.function"),
+     "tools[0].function"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "metadata": {"task": 5}}', "metadata.task"),
 ])
 def test_bad_request_bodies_get_400(gateway: InProcessGateway, body: bytes, param: str | None) -> None:

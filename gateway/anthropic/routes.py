@@ -1,30 +1,24 @@
-"""`POST /v1/messages`, Anthropic's Messages API. Thin: parse, translate (`gateway.anthropic`), call the
+"""`POST /v1/messages`, Anthropic's Messages API. Thin: parse, translate (`gateway.anthropic.translate`), call the
 same `ChatService` as the OpenAI route — so capture, cascade and rollout apply unchanged — and render."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from gateway.anthropic import (
-    MESSAGES_PATH,
-    MessagesRequest,
-    StreamTranslator,
-    anthropic_events,
-    from_openai,
-    message_id,
-    parse_request,
-    to_openai,
-)
-from gateway.api import SSEResponse, capture_wanted, gateway_state, route_headers
+from gateway.anthropic.errors import ANTHROPIC
+from gateway.anthropic.stream import StreamTranslator, anthropic_events
+from gateway.anthropic.translate import MessagesRequest, from_openai, message_id, parse_request, to_openai
 from gateway.auth import bearer_token
+from gateway.chat.request import build_chat_request, route_headers
+from gateway.chat.service import ChatRequest, ChatService, RouteInfo
 from gateway.errors import AuthenticationError
-from gateway.http_utils import parse_json_object, read_body
-from gateway.service import ChatRequest, ChatService, RouteInfo
-from gateway.tasks import resolve_task
+from gateway.http_errors import dialect_route
+from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
+
+MESSAGES_PATH = "/v1/messages"
 
 
 def api_key(request: Request) -> str | None:
@@ -38,7 +32,7 @@ def messages_openapi() -> dict[str, Any]:
 
 
 def build_anthropic_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=dialect_route(ANTHROPIC))
 
     @router.post(MESSAGES_PATH, openapi_extra=messages_openapi(), response_model=None)
     async def messages(request: Request) -> Response:
@@ -53,13 +47,8 @@ def build_anthropic_router() -> APIRouter:
         raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
                                                 state.settings.body_timeout_s))
         parsed = parse_request(raw)
-        body = to_openai(parsed)
-        task, source = resolve_task(request.headers.get("x-protege-task"), body)
-        user = request.headers.get("x-protege-user") or parsed.user_id
-        capture = (capture_wanted(request.headers.get("x-protege-capture"))
-                   and task not in state.settings.capture.skip_tasks)
-        req = ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
-                          user=user, capture=capture, client=client)
+        req = build_chat_request(to_openai(parsed), request.headers, client=client, user=parsed.user_id,
+                                 skip_tasks=state.settings.capture.skip_tasks)
         msg_id = message_id(req.request_id)
         service: ChatService = state.service
         if req.stream:

@@ -6,33 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
 from gateway import students as students_ops
 from gateway.admin_auth import require_admin
+from gateway.http_errors import dialect_route
 from gateway.http_utils import parse_json_object, read_body, validate
+from gateway.openai.errors import OPENAI
 from gateway.state import GatewayState
 from gateway.store import StudentVersion
-
-
-class RolloutUpdate(BaseModel):
-    percent: float = Field(ge=0, le=100)
-
-
-class PromoteRequest(BaseModel):
-    version: int = Field(ge=1)
-
-
-class ThresholdUpdate(BaseModel):
-    version: int | None = Field(default=None, ge=1, description="default: the active version")
-    threshold: float | None = Field(description="confidence threshold (a log-probability); null = validators only")
-
-
-def student_view(s: StudentVersion) -> dict[str, Any]:
-    return {"version": s.version, "status": s.status, "model": s.model, "base_model": s.base_model,
-            "trainer": s.trainer, "threshold": s.threshold, "confidence_method": s.confidence_method,
-            "prompt_distilled": s.prompt_distilled, "dataset_hash": s.dataset_hash, "created_at": s.created_at,
-            "evaluation": s.details.get("evaluation")}
+from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed, student_view
 
 
 async def _state(request: Request) -> GatewayState:
@@ -46,13 +28,8 @@ async def _body(request: Request, state: GatewayState) -> dict[str, Any]:
     return parse_json_object(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
 
 
-async def routing_changed(state: GatewayState) -> None:
-    if state.service.students is not None:
-        await state.service.students.table.refresh(force=True)
-
-
 def build_admin_router() -> APIRouter:
-    router = APIRouter(prefix="/admin")
+    router = APIRouter(prefix="/admin", route_class=dialect_route(OPENAI))
 
     @router.get("/tasks")
     async def list_tasks(request: Request) -> dict[str, Any]:

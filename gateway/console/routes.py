@@ -1,5 +1,5 @@
 """The admin console: server-rendered pages under /admin/ui over the same store and operations as the
-admin API (`gateway.admin`, `gateway.students`), with the cost figures of `protege report`.
+admin API (`gateway.admin.routes`, `gateway.students`), with the cost figures of `protege report`.
 
 Sign-in: the operator pastes the admin token once; the console answers with a session cookie (HttpOnly,
 SameSite=Strict, Path=/admin/ui, Secure over HTTPS) holding a random session id that expires after 8 hours
@@ -22,31 +22,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from gateway import students as students_ops
-from gateway.admin import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
 from gateway.admin_auth import SESSION_TTL_S, csrf_token, end_session, same, session_is_valid, start_session
 from gateway.auth import bearer_token
-from gateway.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
+from gateway.console.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
+from gateway.console.errors import CONSOLE
+from gateway.console.pages import HEADERS, PREFIX, evaluation_of, offline_parity, page, path_part, usd
 from gateway.errors import BadRequestError, ProtegeError
+from gateway.http_errors import dialect_route
 from gateway.http_utils import read_body, validate
 from gateway.savings import TaskReport, build_report, read_exchanges, task_report  # `protege report`'s figures
 from gateway.state import GatewayState
 from gateway.store import Exchange, StudentVersion, TaskSummary
+from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
 
 log = logging.getLogger("protege.console")
 
-PREFIX = "/admin/ui"
 COOKIE = "protege_console"
-HERE = Path(__file__).parent
-TEMPLATES = HERE / "templates"
-STATIC = HERE / "static"
+STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"console.css": "text/css"}
 WINDOWS: dict[str, tuple[str, float | None]] = {
     "24h": ("the last 24 hours", 86400.0), "7d": ("the last 7 days", 7 * 86400.0),
@@ -55,14 +54,6 @@ DEFAULT_WINDOW = "30d"
 RECENT_FALLBACKS = 20
 NOTICES = {"rollout": "Rollout updated.", "promote": "Version promoted.", "rollback": "Rolled back.",
            "threshold": "Threshold updated."}
-HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",  # not no-referrer: that would make browsers send `Origin: null` on posts
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,44 +62,6 @@ class Session:
     csrf: str
     via_cookie: bool  # False: an Authorization header (no cookie, so no forgery to guard against)
     session_id: str | None = None
-
-
-# --- formatting (Jinja filters) -----------------------------------------------------------------
-
-def usd(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value == 0:
-        return "$0"
-    sign, value = ("−", -value) if value < 0 else ("", value)
-    return sign + (f"${value:,.2f}" if value >= 100 else f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}")
-
-
-def when(ts: float | None) -> str:
-    return "—" if ts is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
-
-
-def number(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
-def path_part(value: str) -> str:
-    return quote(value, safe="")
-
-
-# --- what the pages show ------------------------------------------------------------------------
-
-def evaluation_of(student: StudentVersion) -> dict[str, Any]:
-    value = student.details.get("evaluation")
-    return value if isinstance(value, dict) else {}
-
-
-def offline_parity(student: StudentVersion) -> tuple[float | None, float | None]:
-    """The version's parity with the teacher on held-out traffic, and the gate it was held to."""
-    score = ((evaluation_of(student).get("student") or {}).get("score") or {}).get("mean")
-    gate = (student.details.get("gate") or {}).get("min_parity")
-    return (float(score) if isinstance(score, int | float) else None,
-            float(gate) if isinstance(gate, int | float) else None)
 
 
 @dataclass(slots=True)
@@ -228,15 +181,8 @@ class TaskPage:
 # --- the router ---------------------------------------------------------------------------------
 
 def build_console_router() -> APIRouter:
-    router = APIRouter(prefix=PREFIX, include_in_schema=False)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
-    env.filters.update(usd=usd, when=when, number=number, path=path_part, parity=lambda s: offline_parity(s)[0])
-    env.globals.update(prefix=PREFIX)
-
-    def render(name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
-        context.setdefault("session", None)
-        html = env.get_template(f"console/{name}").render(**context)
-        return HTMLResponse(html, status_code=status, headers={**HEADERS, **(headers or {})})
+    router = APIRouter(prefix=PREFIX, include_in_schema=False, route_class=dialect_route(CONSOLE))
+    render = page
 
     async def authenticate(request: Request) -> Session | Response:
         state: GatewayState = request.app.state.protege
@@ -337,7 +283,7 @@ def build_console_router() -> APIRouter:
                 await students_ops.set_threshold(store, task, threshold.version, threshold.threshold)
             await routing_changed(state)
         except ProtegeError as exc:
-            return await task_view(request, session, task, status=exc.status_code, error=exc.message)
+            return await task_view(request, session, task, status=exc.status_code, error=exc.public_message)
         log.info("console: %s on task %s", name, task)
         return RedirectResponse(f"{PREFIX}/tasks/{path_part(task)}?done={name}", status_code=303, headers=HEADERS)
 

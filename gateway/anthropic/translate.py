@@ -12,14 +12,12 @@ OpenAI answer — a completion, or a stream of chunk frames — is translated ba
     metadata.user_id  → user (the sticky rollout key)     top_k           → dropped (no OpenAI equivalent)
     output_config.format → response_format (json_schema)  thinking blocks → dropped (not context in later turns)
 
-Errors are Anthropic's shape (`error_from_openai`); `gateway.app` picks it by the request path.
+Its errors are rendered by `gateway.anthropic.errors`, its stream by `gateway.anthropic.stream`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -27,10 +25,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import BadRequestError, UpstreamError
-
-MESSAGES_PATH = "/v1/messages"
-
+from gateway.errors import BadRequestError, UpstreamError, invalid_field
 
 # --- request -----------------------------------------------------------------------------------
 
@@ -77,10 +72,7 @@ def parse_request(body: dict[str, Any]) -> MessagesRequest:
     try:
         request = MessagesRequest.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        message = "unsupported field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise BadRequestError(f"{param or 'body'}: {message}", param=param) from None
+        raise invalid_field(exc.errors(include_url=False), brackets=False) from None
     if (request.thinking or {}).get("type") == "enabled":
         raise _bad("thinking", "a thinking budget is not supported by this gateway; use 'adaptive' or 'disabled'")
     user_id = (request.metadata or {}).get("user_id")
@@ -372,19 +364,19 @@ def from_openai(completion: dict[str, Any], *, msg_id: str, model: str,
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or _tool_id(),
-                        "name": function.get("name", ""), "input": _arguments(function.get("arguments"))})
+        content.append({"type": "tool_use", "id": call.get("id") or tool_id(),
+                        "name": function.get("name", ""), "input": tool_arguments(function.get("arguments"))})
     reason, sequence = stop_reason(choice, stop_sequences)
     return {"id": msg_id, "type": "message", "role": "assistant", "model": completion.get("model") or model,
             "content": content, "stop_reason": reason or "end_turn", "stop_sequence": sequence,
             "usage": usage(completion.get("usage"))}
 
 
-def _tool_id() -> str:
+def tool_id() -> str:
     return "toolu_" + uuid.uuid4().hex[:24]
 
 
-def _arguments(arguments: Any) -> dict[str, Any]:
+def tool_arguments(arguments: Any) -> dict[str, Any]:
     if isinstance(arguments, dict):
         return arguments
     try:
@@ -396,176 +388,3 @@ def _arguments(arguments: Any) -> dict[str, Any]:
         raise UpstreamError("the model returned tool arguments that are not a JSON object",
                             code="invalid_tool_arguments")
     return value
-
-
-# --- stream --------------------------------------------------------------------------------------
-
-def event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event the way Anthropic frames them: its type as the `event:` line."""
-    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-
-
-@dataclass
-class StreamTranslator:
-    """OpenAI chat.completion.chunk frames (as `ChatService` streams them) → Anthropic stream events:
-    message_start, content blocks (start, deltas, stop), message_delta, message_stop — or an error event.
-
-    Tool calls are taken to stream one after another (as OpenAI, vLLM and litellm send them): a new
-    call closes the block of the one before."""
-
-    msg_id: str
-    model: str
-    stop_sequences: list[str] | None = None
-    closed: bool = field(default=False, init=False)  # after message_stop or an error event
-    _buffer: bytes = field(default=b"", init=False)
-    _started: bool = field(default=False, init=False)
-    _blocks: int = field(default=0, init=False)
-    _open: str | None = field(default=None, init=False)  # "text" or "tool:<openai index>" while a block is open
-    _choice: dict[str, Any] = field(default_factory=dict, init=False)  # the choice that carried finish_reason
-    _usage: dict[str, Any] | None = field(default=None, init=False)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Events for the next bytes of the OpenAI stream (any split into frames)."""
-        self._buffer += data
-        *frames, self._buffer = self._buffer.split(b"\n\n")
-        out: list[bytes] = []
-        for frame in frames:
-            for line in frame.split(b"\n"):
-                if line.startswith(b"data:") and not self.closed:
-                    out += self._data(line[5:].strip())
-        return out
-
-    def end(self) -> list[bytes]:
-        """Events once the OpenAI stream is over: an error if it stopped without saying how it ended."""
-        if self.closed:
-            return []
-        return self._error({"type": "api_error", "message": "the upstream stream ended unexpectedly"})
-
-    def _data(self, data: bytes) -> list[bytes]:
-        if data == b"[DONE]":
-            return self._finish()
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return []  # the service only frames what it parsed: nothing to say about a stray line
-        if not isinstance(chunk, dict):
-            return []
-        if "error" in chunk:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            return self._error({"type": error_type_from_openai(str(error.get("type") or "")),
-                                "message": str(error.get("message") or "upstream stream failed")})
-        out = self._start(chunk)
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue  # the Messages API has one answer; the gateway never asks for n > 1
-            out += self._delta(choice.get("delta") or {})
-            if choice.get("finish_reason"):
-                self._choice = choice
-        return out
-
-    def _start(self, chunk: dict[str, Any]) -> list[bytes]:
-        if self._started:
-            return []
-        self._started = True
-        message: dict[str, Any] = {
-            "id": self.msg_id, "type": "message", "role": "assistant", "model": chunk.get("model") or self.model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            # OpenAI counts tokens only at the end: the real numbers come in message_delta
-            "usage": {"input_tokens": 0, "output_tokens": 0}}
-        return [event({"type": "message_start", "message": message})]
-
-    def _delta(self, delta: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        text = delta.get("content")
-        if isinstance(text, str) and text:
-            if self._open != "text":
-                out += self._open_block("text", {"type": "text", "text": ""})
-            out.append(event({"type": "content_block_delta", "index": self._blocks - 1,
-                              "delta": {"type": "text_delta", "text": text}}))
-        for call in delta.get("tool_calls") or []:
-            key = f"tool:{call.get('index', 0)}"
-            function = call.get("function") or {}
-            if self._open != key:
-                block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or _tool_id(),
-                                         "name": function.get("name") or "", "input": {}}
-                out += self._open_block(key, block)
-            if function.get("arguments"):
-                out.append(event({"type": "content_block_delta", "index": self._blocks - 1,
-                                  "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}}))
-        return out
-
-    def _open_block(self, key: str, block: dict[str, Any]) -> list[bytes]:
-        out = self._close_block()
-        out.append(event({"type": "content_block_start", "index": self._blocks, "content_block": block}))
-        self._blocks += 1
-        self._open = key
-        return out
-
-    def _close_block(self) -> list[bytes]:
-        if self._open is None:
-            return []
-        self._open = None
-        return [event({"type": "content_block_stop", "index": self._blocks - 1})]
-
-    def _finish(self) -> list[bytes]:
-        out = self._start({}) + self._close_block()
-        reason, sequence = stop_reason(self._choice, self.stop_sequences)
-        out.append(event({"type": "message_delta", "delta": {"stop_reason": reason or "end_turn",
-                                                             "stop_sequence": sequence},
-                          "usage": usage(self._usage)}))
-        out.append(event({"type": "message_stop"}))
-        self.closed = True
-        return out
-
-    def _error(self, error: dict[str, str]) -> list[bytes]:
-        self.closed = True
-        return [event({"type": "error", "error": error})]
-
-
-async def anthropic_events(frames: AsyncIterator[bytes], translator: StreamTranslator) -> AsyncIterator[bytes]:
-    """The service's OpenAI SSE stream as Anthropic events. Closing this closes `frames`, so the
-    service records a client that went away at once."""
-    try:
-        async for data in frames:
-            for out in translator.feed(data):
-                yield out
-        for out in translator.end():
-            yield out
-    finally:
-        aclose = getattr(frames, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-_STATUS_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                       404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                       503: "overloaded_error", 529: "overloaded_error"}
-
-# OpenAI error types the gateway uses that Anthropic spells differently (for mid-stream error events,
-# where only the OpenAI body is at hand)
-_OPENAI_ERROR_TYPES = {"service_unavailable": "overloaded_error", "upstream_error": "api_error",
-                       "timeout": "api_error"}
-_ANTHROPIC_ERROR_TYPES = {*_STATUS_ERROR_TYPES.values(), "api_error"}
-
-
-def is_anthropic_path(path: str) -> bool:
-    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
-
-
-def error_type_for_status(status: int) -> str:
-    return _STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
-def error_type_from_openai(openai_type: str) -> str:
-    mapped = _OPENAI_ERROR_TYPES.get(openai_type, openai_type)
-    return mapped if mapped in _ANTHROPIC_ERROR_TYPES else "api_error"
-
-
-def error_from_openai(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    """Anthropic's error body for a status and the gateway's OpenAI error body (same message)."""
-    message = str((body.get("error") or {}).get("message") or "error")
-    return {"type": "error", "error": {"type": error_type_for_status(status), "message": message}}

@@ -1,0 +1,154 @@
+"""Anthropic's stream events from the chat core's OpenAI chunk frames: message_start, content blocks,
+message_delta, message_stop, or an error event."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.anthropic.errors import error_type_from_openai
+from gateway.anthropic.translate import stop_reason, tool_id, usage
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    """One server-sent event the way Anthropic frames them: its type as the `event:` line."""
+    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+@dataclass
+class StreamTranslator:
+    """OpenAI chat.completion.chunk frames (as `ChatService` streams them) → Anthropic stream events:
+    message_start, content blocks (start, deltas, stop), message_delta, message_stop — or an error event.
+
+    Tool calls are taken to stream one after another (as OpenAI, vLLM and litellm send them): a new
+    call closes the block of the one before."""
+
+    msg_id: str
+    model: str
+    stop_sequences: list[str] | None = None
+    closed: bool = field(default=False, init=False)  # after message_stop or an error event
+    _buffer: bytes = field(default=b"", init=False)
+    _started: bool = field(default=False, init=False)
+    _blocks: int = field(default=0, init=False)
+    _open: str | None = field(default=None, init=False)  # "text" or "tool:<openai index>" while a block is open
+    _choice: dict[str, Any] = field(default_factory=dict, init=False)  # the choice that carried finish_reason
+    _usage: dict[str, Any] | None = field(default=None, init=False)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Events for the next bytes of the OpenAI stream (any split into frames)."""
+        self._buffer += data
+        *frames, self._buffer = self._buffer.split(b"\n\n")
+        out: list[bytes] = []
+        for frame in frames:
+            for line in frame.split(b"\n"):
+                if line.startswith(b"data:") and not self.closed:
+                    out += self._data(line[5:].strip())
+        return out
+
+    def end(self) -> list[bytes]:
+        """Events once the OpenAI stream is over: an error if it stopped without saying how it ended."""
+        if self.closed:
+            return []
+        return self._error({"type": "api_error", "message": "the upstream stream ended unexpectedly"})
+
+    def _data(self, data: bytes) -> list[bytes]:
+        if data == b"[DONE]":
+            return self._finish()
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []  # the service only frames what it parsed: nothing to say about a stray line
+        if not isinstance(chunk, dict):
+            return []
+        if "error" in chunk:
+            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
+            return self._error({"type": error_type_from_openai(str(error.get("type") or "")),
+                                "message": str(error.get("message") or "upstream stream failed")})
+        out = self._start(chunk)
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue  # the Messages API has one answer; the gateway never asks for n > 1
+            out += self._delta(choice.get("delta") or {})
+            if choice.get("finish_reason"):
+                self._choice = choice
+        return out
+
+    def _start(self, chunk: dict[str, Any]) -> list[bytes]:
+        if self._started:
+            return []
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self.msg_id, "type": "message", "role": "assistant", "model": chunk.get("model") or self.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            # OpenAI counts tokens only at the end: the real numbers come in message_delta
+            "usage": {"input_tokens": 0, "output_tokens": 0}}
+        return [event({"type": "message_start", "message": message})]
+
+    def _delta(self, delta: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        text = delta.get("content")
+        if isinstance(text, str) and text:
+            if self._open != "text":
+                out += self._open_block("text", {"type": "text", "text": ""})
+            out.append(event({"type": "content_block_delta", "index": self._blocks - 1,
+                              "delta": {"type": "text_delta", "text": text}}))
+        for call in delta.get("tool_calls") or []:
+            key = f"tool:{call.get('index', 0)}"
+            function = call.get("function") or {}
+            if self._open != key:
+                block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or tool_id(),
+                                         "name": function.get("name") or "", "input": {}}
+                out += self._open_block(key, block)
+            if function.get("arguments"):
+                out.append(event({"type": "content_block_delta", "index": self._blocks - 1,
+                                  "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}}))
+        return out
+
+    def _open_block(self, key: str, block: dict[str, Any]) -> list[bytes]:
+        out = self._close_block()
+        out.append(event({"type": "content_block_start", "index": self._blocks, "content_block": block}))
+        self._blocks += 1
+        self._open = key
+        return out
+
+    def _close_block(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        self._open = None
+        return [event({"type": "content_block_stop", "index": self._blocks - 1})]
+
+    def _finish(self) -> list[bytes]:
+        out = self._start({}) + self._close_block()
+        reason, sequence = stop_reason(self._choice, self.stop_sequences)
+        out.append(event({"type": "message_delta", "delta": {"stop_reason": reason or "end_turn",
+                                                             "stop_sequence": sequence},
+                          "usage": usage(self._usage)}))
+        out.append(event({"type": "message_stop"}))
+        self.closed = True
+        return out
+
+    def _error(self, error: dict[str, str]) -> list[bytes]:
+        self.closed = True
+        return [event({"type": "error", "error": error})]
+
+
+async def anthropic_events(frames: AsyncIterator[bytes], translator: StreamTranslator) -> AsyncIterator[bytes]:
+    """The service's OpenAI SSE stream as Anthropic events. Closing this closes `frames`, so the
+    service records a client that went away at once."""
+    try:
+        async for data in frames:
+            for out in translator.feed(data):
+                yield out
+        for out in translator.end():
+            yield out
+    finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+

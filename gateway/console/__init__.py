@@ -1,0 +1,1 @@
+"""The admin console under `/admin/ui`: server-rendered pages, and errors as pages."""

@@ -1,0 +1,85 @@
+"""OpenAI's chat completions and models routes (`/v1/*`). Thin: parse, call the chat core, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from gateway.auth import bearer_token
+from gateway.chat.request import build_chat_request, route_headers
+from gateway.chat.service import ChatService
+from gateway.http_errors import dialect_route
+from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body, validate
+from gateway.openai.errors import OPENAI
+from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
+
+
+def chat_completions_openapi() -> dict[str, Any]:
+    """The request body's JSON schema for the OpenAPI document, with pydantic's `$defs` inlined: a `$ref`
+    in `openapi_extra` resolves against the whole document, where those definitions do not exist."""
+    schema = ChatCompletionRequest.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_refs(schema)}}}}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every `#/$defs/...` reference replaced by its definition (the models are not recursive)."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def build_openai_router() -> APIRouter:
+    router = APIRouter(route_class=dialect_route(OPENAI))
+
+    @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        state = gateway_state(request)
+        client = await state.keys.check(_bearer(request))
+        state.service.limiter.admit(client)
+        body = parse_json_object(await read_body(request, state.settings.max_body_bytes,
+                                                 state.settings.body_timeout_s))
+        parsed = validate(ChatCompletionRequest, body)
+        check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
+        req = build_chat_request(body, request.headers, client=client, user=parsed.user,
+                                 skip_tasks=state.settings.capture.skip_tasks)
+        service: ChatService = state.service
+        if req.stream:
+            chunks, info = await service.open_stream(req)
+            return SSEResponse(chunks, headers={**route_headers(req, info), "cache-control": "no-cache"})
+        result, info = await service.complete(req)
+        return Response(orjson.dumps(result), media_type="application/json",
+                        headers=route_headers(req, info))
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def list_models(request: Request) -> ModelList:
+        state = gateway_state(request)
+        await state.keys.check(_bearer(request))
+        created = int(state.started_at)
+        cards = [ModelCard(id=t.config.served_name, created=created, owned_by=t.config.provider,
+                           protege_role="teacher") for t in state.service.teachers.all]
+        students = state.service.students
+        if students is not None:
+            await students.table.refresh()
+            cards += [ModelCard(id=r.student.model, created=int(r.student.created_at), owned_by="protege",
+                                protege_role="student", protege_task=task)
+                      for task, r in sorted(students.table.active().items())]
+        return ModelList(data=cards)
+
+    return router
+
+
+def _bearer(request: Request) -> str | None:
+    return bearer_token(request.headers.get("authorization"))
