@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
+from gateway.store import check_store_url
 
 
 class _Strict(BaseModel):
@@ -199,8 +200,10 @@ class Settings(_Strict):
     @field_validator("store")
     @classmethod
     def _store_scheme(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError("must be sqlite:///path.db or postgresql://user@host/db")
+        try:
+            check_store_url(value)
+        except StoreError as exc:  # pydantic reports a ValueError as the key's error
+            raise ValueError(str(exc)) from exc
         return value
 
 

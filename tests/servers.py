@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -132,11 +130,3 @@ def metric(server: Server, name: str, **labels: str) -> float:
     text = response.text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
-def captured_rows(store: Path, flush_s: float = 0.4) -> list[dict[str, Any]]:
-    """Every row of a SQLite store's exchanges, oldest first, after the capture flush interval."""
-    time.sleep(flush_s)
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM exchanges ORDER BY created_at")]

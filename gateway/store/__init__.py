@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.errors import StoreError
 from gateway.store.base import (
     ApiKeyRecord,
@@ -17,18 +19,43 @@ from gateway.store.base import (
     user_hash,
 )
 
-__all__ = ["ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeStatus", "Store", "StoreError",
-           "StudentStatus", "StudentVersion", "TaskSummary", "open_store", "redacted_url", "user_hash"]
+__all__ = ["STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeStatus", "Store", "StoreError",
+           "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url", "open_store", "redacted_url",
+           "user_hash"]
+
+StoreFactory = Callable[[str], Store]
+
+
+def _sqlite(url: str) -> Store:
+    from gateway.store.sqlite import SQLiteStore
+
+    return SQLiteStore(url)
+
+
+def _postgres(url: str) -> Store:
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
+# URL prefix → its backend. The one list, read by the settings check and by open_store; each backend (and its
+# driver) is imported only when a store of its kind is opened, so loading settings imports neither.
+STORE_SCHEMES: dict[str, StoreFactory] = {
+    "sqlite:///": _sqlite,
+    "postgresql://": _postgres,
+    "postgres://": _postgres,
+}
+
+
+def check_store_url(url: str) -> StoreFactory:
+    """The backend that serves `url`; StoreError when none does."""
+    for prefix, factory in STORE_SCHEMES.items():
+        if url.startswith(prefix):
+            return factory
+    raise StoreError(f"unsupported store URL scheme {url.split(':', 1)[0]!r}: the URL must start with one of "
+                     f"{', '.join(STORE_SCHEMES)}")
 
 
 def open_store(url: str) -> Store:
     """The store for `url` (not yet opened: call `await store.open()`)."""
-    if url.startswith("sqlite:///"):
-        from gateway.store.sqlite import SQLiteStore
-
-        return SQLiteStore(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from gateway.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise StoreError(f"unsupported store URL scheme: {url.split(':', 1)[0]!r}")
+    return check_store_url(url)(url)

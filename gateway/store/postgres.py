@@ -135,8 +135,9 @@ LATEST_VERSION = len(MIGRATIONS)
 # Any constant works: it only has to be the same in every process that migrates (8 bytes of "protege\0").
 _MIGRATION_LOCK = 0x70726F7465676500
 
-# Errors that mean "the store could not be read or written" (server down, refused, timed out, SQL error).
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# Errors that mean "the store could not be read or written" (server down, refused, timed out, SQL error, and
+# asyncpg's own: a protocol error, an outdated type cache).
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 _EXCHANGE_TYPES = {
     "request_id": "text", "created_at": "float8", "task": "text", "task_source": "text", "route": "text",

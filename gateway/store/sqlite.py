@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,26 @@ def private_file(path: Path) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+@contextlib.asynccontextmanager
+async def _write_transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """BEGIN IMMEDIATE (the write lock now, not at the first write), COMMIT on success, ROLLBACK on failure."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # SQLite rolls back by itself on some errors (disk full, I/O): a second ROLLBACK would fail and hide why
+        if db.in_transaction:
+            await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+async def _read_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
@@ -66,6 +86,16 @@ class SQLiteStore(Store):
         if self._db is None:
             raise StoreError("store is not open")
         return self._db
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection for one operation. The one place where driver errors (locked, disk I/O, disk full,
+        a changed schema…: every sqlite3.Error) become the StoreError that the gateway's callers expect."""
+        db = self.db
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {doing}: {exc}") from exc
 
     async def open(self) -> None:
         try:
@@ -91,57 +121,45 @@ class SQLiteStore(Store):
             await db.close()
 
     async def _migrate(self) -> None:
-        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = await self.schema_version()
+        db = self.db
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await _read_version(db)
         if current > LATEST_VERSION:
             raise StoreError(f"store schema v{current} is newer than this Protégé (v{LATEST_VERSION})")
         for version in range(current + 1, LATEST_VERSION + 1):
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if await self.schema_version() >= version:  # another process applied it while we waited
-                    await self.db.execute("COMMIT")
+            async with _write_transaction(db):
+                if await _read_version(db) >= version:  # another process applied it while we waited
                     continue
                 for statement in MIGRATIONS[version - 1]:
-                    await self.db.execute(statement)
-                await self.db.execute("DELETE FROM schema_version")
-                await self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
+                    await db.execute(statement)
+                await db.execute("DELETE FROM schema_version")
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
     async def schema_version(self) -> int:
-        async with self.db.execute("SELECT MAX(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        async with self._connection("read the schema version") as db:
+            return await _read_version(db)
 
     async def check_writable(self) -> None:
-        try:
-            await self.db.execute("BEGIN IMMEDIATE")
-            await self.db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store is not writable: {exc}") from exc
+        async with self._connection("check the store") as db:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                await db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store is not writable: {exc}") from exc
 
     async def insert_exchanges(self, exchanges: list[Exchange]) -> None:
         if not exchanges:
             return
-        try:
-            await self.db.execute("BEGIN IMMEDIATE")
-            try:
-                await self.db.executemany(_INSERT_EXCHANGE, [exchange_to_row(e) for e in exchanges])
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write {len(exchanges)} exchanges: {exc}") from exc
+        rows = [exchange_to_row(e) for e in exchanges]
+        async with self._connection(f"write {len(exchanges)} exchanges") as db, _write_transaction(db):
+            await db.executemany(_INSERT_EXCHANGE, rows)
 
     async def list_tasks(self) -> list[TaskSummary]:
         query = (
             "SELECT task, MIN(task_source), COUNT(*), SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END), "
             "MIN(created_at), MAX(created_at) FROM exchanges GROUP BY task ORDER BY task"
         )
-        async with self.db.execute(query) as cur:
+        async with self._connection("list tasks") as db, db.execute(query) as cur:
             rows = await cur.fetchall()
         return [TaskSummary(r[0], r[1], int(r[2]), int(r[3] or 0), float(r[4]), float(r[5])) for r in rows]
 
@@ -173,14 +191,15 @@ class SQLiteStore(Store):
         if limit is not None:
             query += " LIMIT ?"
             params.append(limit)
-        async with self.db.execute(query, params) as cur:
+        async with self._connection("list exchanges") as db, db.execute(query, params) as cur:
             rows = await cur.fetchall()
         return [row_to_exchange(tuple(r)) for r in rows]
 
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
                               user: str | None = None, created_before: float | None = None) -> int:
         where, params = self._where(task, status, user=user, created_before=created_before)
-        async with self.db.execute(f"SELECT COUNT(*) FROM exchanges{where}", params) as cur:
+        async with (self._connection("count exchanges") as db,
+                    db.execute(f"SELECT COUNT(*) FROM exchanges{where}", params) as cur):
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -196,19 +215,10 @@ class SQLiteStore(Store):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         deleted = 0
+        query = f"DELETE FROM exchanges WHERE request_id IN (SELECT request_id FROM exchanges{selection} LIMIT ?)"
         while True:
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = await self.db.execute(
-                        f"DELETE FROM exchanges WHERE request_id IN (SELECT request_id FROM exchanges{selection} "
-                        "LIMIT ?)", [*params, batch_size])
-                    await self.db.execute("COMMIT")
-                except BaseException:
-                    await self.db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot delete exchanges: {exc}") from exc
+            async with self._connection("delete exchanges") as db, _write_transaction(db):
+                cur = await db.execute(query, [*params, batch_size])
             deleted += cur.rowcount
             if progress is not None:
                 progress(deleted)
@@ -216,103 +226,99 @@ class SQLiteStore(Store):
                 return deleted
 
     async def forgotten_users(self) -> dict[str, float]:
-        async with self.db.execute("SELECT user_hash, forgotten_at FROM forgotten_users") as cur:
+        async with (self._connection("read forgotten users") as db,
+                    db.execute("SELECT user_hash, forgotten_at FROM forgotten_users") as cur):
             rows = await cur.fetchall()
         return {r[0]: float(r[1]) for r in rows}
 
     async def add_forgotten_users(self, forgotten: Mapping[str, float]) -> None:
-        try:
-            await self.db.executemany("INSERT OR IGNORE INTO forgotten_users (user_hash, forgotten_at) VALUES (?, ?)",
-                                      list(forgotten.items()))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record forgotten users: {exc}") from exc
+        async with self._connection("record forgotten users") as db:
+            await db.executemany("INSERT OR IGNORE INTO forgotten_users (user_hash, forgotten_at) VALUES (?, ?)",
+                                 list(forgotten.items()))
 
     async def add_console_session(self, session_hash: str, created_at: float, expires_at: float) -> None:
-        try:
-            await self.db.execute("DELETE FROM console_sessions WHERE expires_at < ?", (created_at,))
-            await self.db.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) "
-                                  "VALUES (?, ?, ?)",
-                                  (session_hash, created_at, expires_at))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record a console session: {exc}") from exc
+        async with self._connection("record a console session") as db:
+            await db.execute("DELETE FROM console_sessions WHERE expires_at < ?", (created_at,))
+            await db.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                             (session_hash, created_at, expires_at))
 
     async def console_session_expiry(self, session_hash: str) -> float | None:
-        try:
-            async with self.db.execute("SELECT expires_at FROM console_sessions WHERE session_hash = ?",
-                                       (session_hash,)) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read console sessions: {exc}") from exc
+        async with (self._connection("read console sessions") as db,
+                    db.execute("SELECT expires_at FROM console_sessions WHERE session_hash = ?",
+                               (session_hash,)) as cur):
+            row = await cur.fetchone()
         return None if row is None else float(row[0])
 
     async def delete_console_session(self, session_hash: str) -> None:
-        try:
-            await self.db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (session_hash,))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot delete a console session: {exc}") from exc
+        async with self._connection("delete a console session") as db:
+            await db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (session_hash,))
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
-        try:
-            await self.db.execute(
-                "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
-                (record.key_id, record.name, record.key_hash, record.created_at, int(record.revoked)),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(f"key {record.key_id} already exists") from exc
+        async with self._connection("add a key") as db:
+            try:
+                await db.execute(
+                    "INSERT INTO api_keys (key_id, name, key_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
+                    (record.key_id, record.name, record.key_hash, record.created_at, int(record.revoked)),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"key {record.key_id} already exists") from exc
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         query = "SELECT key_id, name, key_hash, created_at, revoked FROM api_keys ORDER BY created_at"
-        async with self.db.execute(query) as cur:
+        async with self._connection("list keys") as db, db.execute(query) as cur:
             rows = await cur.fetchall()
         return [ApiKeyRecord(r[0], r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
-        cur = await self.db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
+        async with self._connection("revoke a key") as db:
+            cur = await db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
         return cur.rowcount > 0
 
     async def add_student(self, student: StudentVersion) -> None:
         placeholders = ", ".join("?" for _ in STUDENT_COLUMNS)
-        try:
-            await self.db.execute(f"INSERT INTO students ({', '.join(STUDENT_COLUMNS)}) VALUES ({placeholders})",
-                                  student_to_row(student))
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(f"student {student.task} v{student.version} already exists") from exc
+        async with self._connection("add a student") as db:
+            try:
+                await db.execute(f"INSERT INTO students ({', '.join(STUDENT_COLUMNS)}) VALUES ({placeholders})",
+                                 student_to_row(student))
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"student {student.task} v{student.version} already exists") from exc
 
     async def list_students(self, *, task: str | None = None) -> list[StudentVersion]:
         where, params = ("WHERE task = ?", [task]) if task is not None else ("", [])
         query = f"SELECT {', '.join(STUDENT_COLUMNS)} FROM students {where} ORDER BY task, version"
-        async with self.db.execute(query, params) as cur:
+        async with self._connection("list students") as db, db.execute(query, params) as cur:
             rows = await cur.fetchall()
         return [row_to_student(tuple(r)) for r in rows]
 
     async def set_student_status(self, task: str, version: int, status: StudentStatus) -> bool:
         now = time.time()
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._connection("set a student's status") as db, _write_transaction(db):
+            # Under the write lock: a version missing here is missing, and no other writer retires in between.
+            async with db.execute("SELECT 1 FROM students WHERE task = ? AND version = ?", (task, version)) as cur:
+                if await cur.fetchone() is None:
+                    return False
             if status == "active":
-                await self.db.execute("UPDATE students SET status = 'retired', updated_at = ? "
-                                      "WHERE task = ? AND status = 'active' AND version != ?", (now, task, version))
-            cur = await self.db.execute("UPDATE students SET status = ?, updated_at = ? WHERE task = ? AND version = ?",
-                                        (status, now, task, version))
-            found = cur.rowcount > 0
-            await self.db.execute("COMMIT" if found else "ROLLBACK")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
-        return found
+                await db.execute("UPDATE students SET status = 'retired', updated_at = ? "
+                                 "WHERE task = ? AND status = 'active' AND version != ?", (now, task, version))
+            await db.execute("UPDATE students SET status = ?, updated_at = ? WHERE task = ? AND version = ?",
+                             (status, now, task, version))
+        return True
 
     async def set_student_threshold(self, task: str, version: int, threshold: float | None) -> bool:
-        cur = await self.db.execute("UPDATE students SET threshold = ?, updated_at = ? WHERE task = ? AND version = ?",
-                                    (threshold, time.time(), task, version))
+        async with self._connection("set a student's threshold") as db:
+            cur = await db.execute("UPDATE students SET threshold = ?, updated_at = ? WHERE task = ? AND version = ?",
+                                   (threshold, time.time(), task, version))
         return cur.rowcount > 0
 
     async def set_rollout(self, task: str, percent: float) -> None:
-        await self.db.execute(
-            "INSERT INTO task_routing (task, rollout_percent, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (task) DO UPDATE SET rollout_percent = excluded.rollout_percent, "
-            "updated_at = excluded.updated_at", (task, percent, time.time()))
+        async with self._connection("set a rollout") as db:
+            await db.execute(
+                "INSERT INTO task_routing (task, rollout_percent, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (task) DO UPDATE SET rollout_percent = excluded.rollout_percent, "
+                "updated_at = excluded.updated_at", (task, percent, time.time()))
 
     async def rollouts(self) -> dict[str, float]:
-        async with self.db.execute("SELECT task, rollout_percent FROM task_routing") as cur:
+        async with (self._connection("read rollouts") as db,
+                    db.execute("SELECT task, rollout_percent FROM task_routing") as cur):
             rows = await cur.fetchall()
         return {r[0]: float(r[1]) for r in rows}

@@ -25,8 +25,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.store import StudentVersion, open_store
+from gateway.store import Exchange, StudentVersion, open_store
 from tests.servers import REPO, Server, free_port, start_gateway, start_model_server, stop, wait_http
+from tests.stores import captured
 
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "protege.json"
@@ -256,15 +257,11 @@ def ask(gateway: Server, task: str, user: str) -> httpx.Response:
     return response
 
 
-def rows(store: Path, route: str) -> list[dict[str, Any]]:
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM exchanges WHERE route = ?", (route,))]
+def rows(store: Path, route: str) -> list[Exchange]:
+    return [e for e in captured(store) if e.route == route]
 
 
-def wait_rows(store: Path, route: str, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+def wait_rows(store: Path, route: str, count: int, timeout: float = 15) -> list[Exchange]:
     deadline = time.monotonic() + timeout
     while len(found := rows(store, route)) < count and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -317,8 +314,9 @@ def traffic(stack: Stack) -> float:
         assert ask(stack.gateway, PLAIN, f"plain-{i}").headers["x-protege-route"] == "teacher"
     shadows = wait_rows(stack.store, "shadow", SHADOWED)
     fallbacks = wait_rows(stack.store, "fallback", 3)
-    expected -= sum(row["cost_usd"] for row in shadows)
-    expected -= sum(json.loads(row["extra_json"])["student"]["cost_usd"] for row in fallbacks)
+    assert all(row.cost_usd is not None for row in shadows)  # every shadowed answer is priced
+    expected -= sum(row.cost_usd or 0.0 for row in shadows)
+    expected -= sum(row.extra["student"]["cost_usd"] for row in fallbacks)
     assert expected > 0
     return float(expected)
 

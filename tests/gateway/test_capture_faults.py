@@ -18,6 +18,7 @@ import httpx
 from tests.conftest import teacher_flags
 from tests.inprocess import poll
 from tests.servers import Server, metric
+from tests.stores import captured
 
 FLUSH_MS = 100
 
@@ -28,8 +29,7 @@ def integrity(store: Path) -> str:
 
 
 def stored_ids(store: Path) -> set[str]:
-    with sqlite3.connect(store) as db:
-        return {r[0] for r in db.execute("SELECT request_id FROM exchanges")}
+    return {e.request_id for e in captured(store)}
 
 
 def wait_stored(store: Path, ids: set[str], timeout: float = 10) -> set[str]:

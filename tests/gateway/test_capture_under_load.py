@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from protege.cli import main as protege
 from tests.conftest import teacher_flags
 from tests.inprocess import BASE_URL, inprocess_gateway, settings_for
 from tests.servers import Server
+from tests.stores import count_captured
 
 TASK = "load-task"
 
@@ -55,13 +55,11 @@ def export(store: Path, out: Path) -> list[dict[str, object]]:
 
 
 def ok_rows(store: Path) -> int:
-    with sqlite3.connect(store) as db:
-        return int(db.execute("SELECT COUNT(*) FROM exchanges WHERE status = 'ok'").fetchone()[0])
+    return count_captured(store, status="ok")
 
 
 def all_rows(store: Path) -> int:
-    with sqlite3.connect(store) as db:
-        return int(db.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+    return count_captured(store)
 
 
 def upstream_connections(gateway: Server, upstream: Server) -> int:

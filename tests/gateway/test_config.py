@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load_settings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
+from gateway.store import STORE_SCHEMES, open_store
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -66,3 +71,27 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml", env={})
+
+
+@pytest.mark.parametrize("prefix", list(STORE_SCHEMES))
+def test_settings_accept_every_store_scheme_open_store_serves(prefix: str) -> None:
+    url = prefix + ("data/p.db" if prefix.startswith("sqlite") else "u@h/db")
+    assert load_settings(env={"PROTEGE_STORE": url}).store == url
+    assert open_store(url).url == url
+
+
+def test_settings_refuse_a_store_url_as_open_store_does() -> None:
+    with pytest.raises(StoreError) as refused:
+        open_store("mysql://x")
+    with pytest.raises(ConfigError, match="store") as err:
+        load_settings(env={"PROTEGE_STORE": "mysql://x"})
+    assert str(refused.value) in str(err.value)
+
+
+def test_checking_the_store_url_imports_no_backend() -> None:
+    code = ("import sys; from gateway.config import load_settings; "
+            "load_settings(env={'PROTEGE_STORE': 'postgresql://u@h/db'}); load_settings(env={}); "
+            "backends = {'gateway.store.sqlite', 'gateway.store.postgres', 'aiosqlite', 'asyncpg'}; "
+            "print(sorted(backends & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "[]"

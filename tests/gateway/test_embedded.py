@@ -3,9 +3,7 @@ teacher, and stops it on exit."""
 
 from __future__ import annotations
 
-import json
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ import psutil
 import pytest
 
 from tests.servers import Server
+from tests.stores import captured
 
 
 def test_no_teacher_means_embedded_model_server(gateway_factory: Callable[..., Server], tiny_model: Path,
@@ -56,9 +55,8 @@ def test_no_teacher_means_embedded_model_server(gateway_factory: Callable[..., S
         assert time.monotonic() < deadline, "embedded model server outlived the gateway"
         time.sleep(0.2)
 
-    with sqlite3.connect(store) as db:
-        row = db.execute("SELECT status, cost_usd, prompt_tokens, completion_tokens, response_json FROM exchanges "
-                         "WHERE stream = 0").fetchone()
-    assert row[0] == "ok"
-    assert row[1] == pytest.approx(row[2] * 1e-6 + row[3] * 2e-6)  # the configured embedded price
-    assert json.loads(row[4])["choices"][0]["message"]["content"] == reply.choices[0].message.content
+    row = next(e for e in captured(store) if not e.stream)
+    assert row.status == "ok" and row.prompt_tokens is not None and row.completion_tokens is not None
+    assert row.cost_usd == pytest.approx(row.prompt_tokens * 1e-6 + row.completion_tokens * 2e-6)  # the embedded price
+    assert row.response is not None
+    assert row.response["choices"][0]["message"]["content"] == reply.choices[0].message.content

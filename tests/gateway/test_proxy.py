@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.store import Exchange
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
 from tests.servers import Server
 
@@ -36,20 +36,13 @@ def katan_client(katan: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{katan.url}/v1", api_key="sk-direct", max_retries=0)
 
 
-def rows(store: Path, query: str = "SELECT * FROM exchanges") -> list[sqlite3.Row]:
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        return list(db.execute(query))
-
-
-def wait_captured(gateway: InProcessGateway, store: Path, count: int, timeout: float = 5) -> list[sqlite3.Row]:
-    """The store's rows once at least `count` are written (the capture writer flushed after each look)."""
-    def written() -> list[sqlite3.Row]:
-        gateway.flush()
-        found = rows(store)
+def wait_captured(gateway: InProcessGateway, count: int, timeout: float = 5) -> list[Exchange]:
+    """The captured exchanges once at least `count` are written (read through the Store API after a flush)."""
+    def written() -> list[Exchange]:
+        found = gateway.rows()
         return found if len(found) >= count else []
 
-    found: list[sqlite3.Row] = poll(written, timeout=timeout, what=f"{count} captured exchanges")
+    found: list[Exchange] = poll(written, timeout=timeout, what=f"{count} captured exchanges")
     return found
 
 
@@ -67,14 +60,14 @@ def test_non_streaming_passes_upstream_answer_and_captures(gateway: InProcessGat
     assert raw.headers["x-protege-task"].startswith("t_") and len(raw.headers["x-protege-task"]) == 14
     request_id = raw.headers["x-request-id"]
 
-    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
-    assert row["request_id"] == request_id
-    assert row["status"] == "ok" and row["route"] == "teacher" and row["stream"] == 0
-    assert row["task"] == raw.headers["x-protege-task"] and row["task_source"] == "fingerprint"
-    assert json.loads(row["request_json"])["messages"] == messages
-    assert json.loads(row["response_json"])["choices"][0]["message"]["content"] == reply.choices[0].message.content
-    assert row["prompt_tokens"] == reply.usage.prompt_tokens
-    assert row["cost_usd"] == pytest.approx(  # gpt-4o-mini from litellm's bundled price map
+    [row] = wait_captured(gateway, 1)
+    assert row.request_id == request_id
+    assert row.status == "ok" and row.route == "teacher" and row.stream is False
+    assert row.task == raw.headers["x-protege-task"] and row.task_source == "fingerprint"
+    assert row.request["messages"] == messages and row.response is not None
+    assert row.response["choices"][0]["message"]["content"] == reply.choices[0].message.content
+    assert row.prompt_tokens == reply.usage.prompt_tokens
+    assert row.cost_usd == pytest.approx(  # gpt-4o-mini from litellm's bundled price map
         reply.usage.prompt_tokens * 0.15e-6 + reply.usage.completion_tokens * 0.6e-6)
 
 
@@ -88,10 +81,10 @@ def test_streaming_relays_chunks_and_captures_assembled_answer(gateway: InProces
     assert any(c.usage is not None for c in chunks)
     assert chunks[-1].choices == [] or chunks[-1].choices[0].finish_reason == "stop"
 
-    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
-    assert row["task"] == "streamer" and row["task_source"] == "header" and row["stream"] == 1
-    assert row["status"] == "ok" and row["finish_reason"] == "stop"
-    assert json.loads(row["response_json"])["choices"][0]["message"]["content"] == text
+    [row] = wait_captured(gateway, 1)
+    assert row.task == "streamer" and row.task_source == "header" and row.stream is True
+    assert row.status == "ok" and row.finish_reason == "stop" and row.response is not None
+    assert row.response["choices"][0]["message"]["content"] == text
 
 
 def test_stream_without_include_usage_still_records_usage(gateway: InProcessGateway, tmp_path: Path) -> None:
@@ -102,8 +95,8 @@ def test_stream_without_include_usage_still_records_usage(gateway: InProcessGate
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(e["choices"] for e in events)  # no usage-only chunk the client did not ask for
-    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
-    assert row["completion_tokens"] is not None and row["completion_tokens"] > 0
+    [row] = wait_captured(gateway, 1)
+    assert row.completion_tokens is not None and row.completion_tokens > 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -128,10 +121,11 @@ def test_tools_round_trip(gateway: InProcessGateway, katan: Server, tmp_path: Pa
     direct_call = direct.choices[0].message.tool_calls[0].function  # type: ignore[index,union-attr]
     assert (name, json.loads(arguments)) == (direct_call.name, json.loads(direct_call.arguments))
 
-    [row] = wait_captured(gateway, tmp_path / "store.db", 1)
-    request = json.loads(row["request_json"])
+    [row] = wait_captured(gateway, 1)
+    request = row.request
     assert request["tools"] == [WEATHER_TOOL] and request["tool_choice"] == "auto"
-    captured_call = json.loads(row["response_json"])["choices"][0]["message"]["tool_calls"][0]
+    assert row.response is not None
+    captured_call = row.response["choices"][0]["message"]["tool_calls"][0]
     assert captured_call["function"]["name"] == "get_weather"
     assert json.loads(captured_call["function"]["arguments"]) == json.loads(arguments)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import teacher_flags
 from tests.servers import Server
+from tests.stores import count_captured
 
 SECONDS = float(os.environ.get("PROTEGE_SOAK_SECONDS", "45"))
 WORKERS = 6
@@ -74,8 +74,7 @@ def test_soak_memory_and_descriptors_stay_flat(katan: Server, gateway_factory: C
     rss_end, fds_end, conns_end = footprint(gateway.proc.pid)
     gateway.proc.send_signal(signal.SIGTERM)
     assert gateway.proc.wait(timeout=30) == 0
-    with sqlite3.connect(store) as db:
-        stored = int(db.execute("SELECT COUNT(*) FROM exchanges WHERE status = 'ok'").fetchone()[0])
+    stored = count_captured(store, status="ok")
     total = warm_answered + answered
     print(f"\nsoak {SECONDS:.0f} s: {answered} answered + {refused} refused "
           f"({(answered + refused) / SECONDS:.0f} req/s); RSS {rss_start:.1f} → {rss_end:.1f} MiB; "

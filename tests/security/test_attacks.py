@@ -4,6 +4,7 @@ refused. In-process checks of the same mechanisms live beside the modules they t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ from tests.conftest import teacher_flags
 from tests.inprocess import poll
 from tests.security.listener import Listener, listener
 from tests.servers import REPO, Server, free_port, metric, start_gateway, stop
+from tests.stores import captured, count_captured
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 ADMIN = "admin-token-for-the-attack-suite"
@@ -121,10 +123,7 @@ def test_one_poisoned_request_never_stops_capture(katan: Server, gateway_factory
 
 
 def count_rows(store: Path) -> int:
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        return int(db.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+    return count_captured(store)
 
 
 def protege(*args: str) -> subprocess.CompletedProcess[str]:
@@ -299,11 +298,9 @@ def test_only_allowlisted_params_are_stored(katan: Server, gateway_factory: Call
             "service_tier": "flex"}
     assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
     poll(lambda: count_rows(store) == 1)
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        request_json = db.execute("SELECT request_json FROM exchanges").fetchone()[0]
-    assert '"temperature":0.3' in request_json.replace(" ", "")
+    [row] = captured(store)
+    request_json = json.dumps(row.request)
+    assert row.request["params"]["temperature"] == 0.3
     assert "user-123-cache" not in request_json and "person@x.org" not in request_json and "flex" not in request_json
 
 
@@ -317,10 +314,7 @@ def test_a_forgotten_users_new_traffic_is_not_stored(katan: Server, gateway_fact
                           timeout=30).status_code == 200
     poll(lambda: metric(gateway, "protege_capture_skipped_exchanges_total") == 1)
     poll(lambda: count_rows(store) == 1)
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        assert [r[0] for r in db.execute("SELECT user_id FROM exchanges")] == ["bob"]
+    assert [e.user for e in captured(store)] == ["bob"]
 
 
 def test_no_secret_in_worker_environments_or_process_lists(katan: Server, tmp_path: Path) -> None:

@@ -6,10 +6,13 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.auth import new_key
+from gateway.auth import KeyRing, hash_key, new_key
+from gateway.errors import AuthenticationError
+from gateway.routing_table import RoutingTable
 from gateway.store import ApiKeyRecord, Exchange, Store, StoreError, StudentVersion, open_store, user_hash
 from gateway.store.schema import LATEST_VERSION
 from gateway.store.sqlite import sqlite_path
@@ -35,6 +38,15 @@ async def opened(url: str) -> Store:
     store = open_store(url)
     await store.open()
     return store
+
+
+TABLES = ("exchanges", "api_keys", "students", "task_routing", "forgotten_users", "console_sessions", "schema_version")
+
+
+def drop_every_table(url: str) -> None:
+    """Break the store behind its back: from now on every statement fails in the driver."""
+    for table in TABLES:
+        execute_raw(url, f"DROP TABLE {table}")
 
 
 async def test_round_trip_and_queries(store: Store) -> None:
@@ -337,3 +349,95 @@ async def test_an_older_schema_is_upgraded(store_url: str) -> None:
     await again.insert_exchanges([exchange(2)])
     assert await again.delete_exchanges_before(2000.0) == 1
     await again.close()
+
+
+async def test_server_errors_become_store_errors(store_url: str) -> None:
+    store = await opened(store_url)
+    try:
+        execute_raw(store_url, "DROP TABLE task_routing")
+        with pytest.raises(StoreError, match="cannot read rollouts"):
+            await store.rollouts()
+        await store.insert_exchanges([exchange(1)])  # the connection is still usable
+        assert await store.count_exchanges() == 1
+    finally:
+        await store.close()
+
+
+async def test_every_driver_error_becomes_a_store_error(store_url: str) -> None:
+    store = await opened(store_url)
+    await store.add_student(student(1))
+    drop_every_table(store_url)
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "schema_version": store.schema_version,
+        "insert_exchanges": lambda: store.insert_exchanges([exchange(1)]),
+        "list_tasks": store.list_tasks,
+        "list_exchanges": store.list_exchanges,
+        "count_exchanges": store.count_exchanges,
+        "delete_exchanges_before": lambda: store.delete_exchanges_before(2000.0),
+        "forget_user": lambda: store.forget_user("u"),
+        "forgotten_users": store.forgotten_users,
+        "add_forgotten_users": lambda: store.add_forgotten_users({user_hash("u"): 1.0}),
+        "add_console_session": lambda: store.add_console_session("s", 1.0, 2.0),
+        "console_session_expiry": lambda: store.console_session_expiry("s"),
+        "delete_console_session": lambda: store.delete_console_session("s"),
+        "add_api_key": lambda: store.add_api_key(new_key("ci")[1]),
+        "list_api_keys": store.list_api_keys,
+        "revoke_api_key": lambda: store.revoke_api_key("key_x"),
+        "add_student": lambda: store.add_student(student(2)),
+        "list_students": store.list_students,
+        "set_student_status": lambda: store.set_student_status("t", 1, "active"),
+        "set_student_threshold": lambda: store.set_student_threshold("t", 1, 0.5),
+        "set_rollout": lambda: store.set_rollout("t", 5),
+        "rollouts": store.rollouts,
+    }
+    escaped: list[str] = []
+    try:
+        for name, call in calls.items():
+            try:
+                await call()
+            except StoreError as exc:
+                assert str(exc).startswith("cannot "), (name, str(exc))
+            except Exception as exc:  # what the gateway's callers would not catch
+                escaped.append(f"{name}: {exc!r}")
+            else:
+                escaped.append(f"{name}: no error")
+    finally:
+        await store.close()
+    assert escaped == []
+
+
+async def test_key_ring_keeps_the_last_known_keys_when_the_store_fails(store_url: str) -> None:
+    store = await opened(store_url)
+    try:
+        key, record = new_key("app")
+        await store.add_api_key(record)
+        ring = KeyRing([], store, refresh_s=0)
+        assert await ring.check(key) == hash_key(key)[:16]
+        drop_every_table(store_url)
+        with pytest.raises(StoreError):
+            await store.list_api_keys()
+        await ring.refresh(force=True)
+        assert ring.enabled and ring.active_keys == 1
+        assert await ring.check(key) == hash_key(key)[:16]
+        with pytest.raises(AuthenticationError, match="invalid API key"):
+            await ring.check(new_key("other")[0])
+    finally:
+        await store.close()
+
+
+async def test_routing_table_keeps_the_last_known_routes_when_the_store_fails(store_url: str) -> None:
+    store = await opened(store_url)
+    try:
+        await store.add_student(student(1, status="active"))
+        await store.set_rollout("t", 25)
+        table = RoutingTable(store, refresh_s=0)
+        route = await table.route("t")
+        assert route is not None and route.student.version == 1 and route.rollout_percent == 25
+        drop_every_table(store_url)
+        with pytest.raises(StoreError):
+            await store.list_students()
+        await table.refresh(force=True)
+        assert await table.route("t") == route
+        assert table.active() == {"t": route} and table.rollouts() == {"t": 25.0}
+    finally:
+        await store.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import asyncpg
 import pytest
 
 from gateway.store import Store, StoreError, open_store, redacted_url
@@ -73,15 +75,28 @@ async def test_a_read_only_server_is_not_writable(postgres_url: str) -> None:
         await read_only.close()
 
 
-async def test_server_errors_become_store_errors(postgres_url: str) -> None:
+async def test_a_connection_terminated_mid_query_becomes_a_store_error(postgres_url: str) -> None:
     store = await opened(postgres_url)
+    blocker = await asyncpg.connect(postgres_url)
     try:
-        run_sql(postgres_url, "DROP TABLE task_routing")
-        with pytest.raises(StoreError, match="cannot read rollouts"):
-            await store.rollouts()
-        await store.insert_exchanges([exchange(1)])  # the pool is still usable
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE exchanges IN ACCESS EXCLUSIVE MODE")
+            insert = asyncio.create_task(store.insert_exchanges([exchange(1)]))
+            waiting: list[asyncpg.Record] = []
+            for _ in range(500):  # until the insert waits for the lock, with its own connection
+                waiting = await blocker.fetch("SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                                              blocker.get_server_pid())
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(waiting) == 1
+            await blocker.execute("SELECT pg_terminate_backend($1)", waiting[0]["pid"])
+            with pytest.raises(StoreError, match="cannot write 1 exchanges"):
+                await insert
+        await store.insert_exchanges([exchange(1)])  # the pool replaces the lost connection
         assert await store.count_exchanges() == 1
     finally:
+        await blocker.close()
         await store.close()
 
 

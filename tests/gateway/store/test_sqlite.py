@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,37 @@ async def test_locked_store_raises_store_error(tmp_path: Path) -> None:
         blocker.close()
     await store.insert_exchanges([exchange(1)])  # recovers once the lock is gone
     assert await store.count_exchanges() == 1
+    await store.close()
+
+
+async def test_every_write_under_a_held_lock_raises_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    store = SQLiteStore(f"sqlite:///{path}", busy_timeout_ms=50)
+    await store.open()
+    await store.insert_exchanges([exchange(1)])
+    writes: dict[str, Callable[[], Awaitable[object]]] = {
+        "delete_exchanges_before": lambda: store.delete_exchanges_before(2000.0),
+        "add_forgotten_users": lambda: store.add_forgotten_users({"h": 1.0}),
+        "add_console_session": lambda: store.add_console_session("s", 1.0, 2.0),
+        "delete_console_session": lambda: store.delete_console_session("s"),
+        "add_api_key": lambda: store.add_api_key(new_key("ci")[1]),
+        "revoke_api_key": lambda: store.revoke_api_key("key_x"),
+        "set_student_status": lambda: store.set_student_status("t", 1, "active"),
+        "set_student_threshold": lambda: store.set_student_threshold("t", 1, 0.5),
+        "set_rollout": lambda: store.set_rollout("t", 5),
+    }
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        for name, write in writes.items():
+            with pytest.raises(StoreError, match="database is locked"):
+                await write()
+            assert await store.count_exchanges() == 1, name  # reads go on (WAL)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await store.set_rollout("t", 5)  # recovers once the lock is gone
+    assert await store.rollouts() == {"t": 5.0}
     await store.close()
 
 
