@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -59,6 +59,19 @@ def with_store(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> i
 
 def utc_time(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def show(args: argparse.Namespace, records: list[dict[str, Any]], columns: Sequence[str],
+         rows: Iterable[Sequence[str]], empty: str) -> int:
+    """A listing: with --json the records, otherwise a table of `rows` (`empty` when there are none)."""
+    if args.json:
+        print(orjson.dumps(records).decode())
+        return 0
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table if records else empty)
+    return 0
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -116,15 +129,11 @@ def positive_int(text: str) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         tasks = await store.list_tasks()
-        if args.json:
-            print(orjson.dumps([{"task": t.name, "source": t.source, "captured": t.captured, "good": t.good,
-                                 "first_seen": t.first_seen, "last_seen": t.last_seen} for t in tasks]).decode())
-            return 0
-        table = Table("task", "source", "captured", "good", "first seen (UTC)", "last seen (UTC)")
-        for t in tasks:
-            table.add_row(t.name, t.source, str(t.captured), str(t.good), utc_time(t.first_seen), utc_time(t.last_seen))
-        Console().print(table if tasks else "no tasks captured yet")
-        return 0
+        return show(args, [{"task": t.name, "source": t.source, "captured": t.captured, "good": t.good,
+                            "first_seen": t.first_seen, "last_seen": t.last_seen} for t in tasks],
+                    ("task", "source", "captured", "good", "first seen (UTC)", "last seen (UTC)"),
+                    ((t.name, t.source, str(t.captured), str(t.good), utc_time(t.first_seen), utc_time(t.last_seen))
+                     for t in tasks), "no tasks captured yet")
 
     return with_store(settings_from(args), work)
 
@@ -177,17 +186,12 @@ def cmd_students(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         students = await store.list_students(task=args.task)
         rollouts = await store.rollouts()
-        if args.json:
-            print(orjson.dumps([{**student_view(s), "task": s.task, "rollout_percent": rollouts.get(s.task, 0.0)}
-                                for s in students]).decode())
-            return 0
-        table = Table("task", "version", "status", "model", "threshold", "rollout %", "created (UTC)")
-        for s in students:
-            threshold = "—" if s.threshold is None else f"{s.threshold:.3f}"
-            table.add_row(s.task, str(s.version), s.status, s.model, threshold,
-                          f"{rollouts.get(s.task, 0.0):g}", utc_time(s.created_at))
-        Console().print(table if students else "no student versions yet")
-        return 0
+        return show(args, [{**student_view(s), "task": s.task, "rollout_percent": rollouts.get(s.task, 0.0)}
+                           for s in students],
+                    ("task", "version", "status", "model", "threshold", "rollout %", "created (UTC)"),
+                    ((s.task, str(s.version), s.status, s.model, "—" if s.threshold is None else f"{s.threshold:.3f}",
+                      f"{rollouts.get(s.task, 0.0):g}", utc_time(s.created_at)) for s in students),
+                    "no student versions yet")
 
     return with_store(settings_from(args), work)
 
@@ -357,6 +361,13 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def deletion_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
+                   "terminal)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="N", help="rows per delete transaction "
+                   "(default 1000)")
+
+
 def add_data_commands(sub: Subparsers) -> None:
     p = sub.add_parser("forget", help="delete every captured exchange of a user and keep the user out of datasets",
                        description="Delete every captured exchange whose user (the request's `user` field or the "
@@ -366,10 +377,7 @@ def add_data_commands(sub: Subparsers) -> None:
                        "Students already trained are not changed.")
     store_flags(p)
     p.add_argument("--user", required=True, help="the user id, exactly as clients send it")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
-                   "terminal)")
-    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="N", help="rows per delete transaction "
-                   "(default 1000)")
+    deletion_flags(p)
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("prune", help="delete captured exchanges older than an age (retention)",
@@ -379,10 +387,7 @@ def add_data_commands(sub: Subparsers) -> None:
     store_flags(p)
     p.add_argument("--older-than", required=True, metavar="DURATION", help="age, e.g. 90d, 12h, 30m, 2w")
     p.add_argument("--task", help="only this task's exchanges")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed when stdin is not a "
-                   "terminal)")
-    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="N", help="rows per delete transaction "
-                   "(default 1000)")
+    deletion_flags(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("migrate-store", help="copy one store into another, e.g. SQLite to PostgreSQL",
@@ -416,16 +421,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"revoked {args.key_id}")
             return 0
         records = await store.list_api_keys()
-        if args.json:
-            print(orjson.dumps([{"key_id": r.key_id, "name": r.name, "created_at": r.created_at,
-                                 "revoked": r.revoked} for r in records]).decode())
-            return 0
-        table = Table("key id", "name", "created (UTC)", "revoked")
-        for r in records:
-            table.add_row(r.key_id, r.name, utc_time(r.created_at), "yes" if r.revoked else "no")
-        Console().print(table if records else "no gateway keys: a gateway bound to a loopback address accepts any "
-                        "local client; any other refuses to start (auth.required)")
-        return 0
+        return show(args, [{"key_id": r.key_id, "name": r.name, "created_at": r.created_at, "revoked": r.revoked}
+                           for r in records],
+                    ("key id", "name", "created (UTC)", "revoked"),
+                    ((r.key_id, r.name, utc_time(r.created_at), "yes" if r.revoked else "no") for r in records),
+                    "no gateway keys: a gateway bound to a loopback address accepts any local client; any other "
+                    "refuses to start (auth.required)")
 
     return with_store(settings_from(args), work)
 

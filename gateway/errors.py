@@ -35,20 +35,34 @@ from typing import Any, ClassVar
 
 
 class ProtegeError(Exception):
-    """Base of every client-visible failure."""
+    """Base of every client-visible failure. A subclass names its status and OpenAI type in its class line:
+    `class NotFoundError(ProtegeError, status=404, error_type="not_found_error")`."""
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init_subclass__(cls, *, status: int | None = None, error_type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if error_type is not None:
+            cls.error_type = error_type
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        self.retry_after = retry_after  # seconds, when the client should try again (Retry-After)
 
     @property
     def status_code(self) -> int:
         return self.status
+
+    @property
+    def openai_type(self) -> str:
+        return self.error_type
 
     @property
     def public_message(self) -> str:
@@ -56,15 +70,11 @@ class ProtegeError(Exception):
         return self.message
 
     def headers(self) -> dict[str, str]:
-        return {}
+        return {} if self.retry_after is None else {"retry-after": str(max(1, round(self.retry_after)))}
 
     def to_body(self) -> dict[str, Any]:
         """OpenAI's error body for this error."""
         return error_body(self.public_message, self.openai_type, param=self.param, code=self.code)
-
-    @property
-    def openai_type(self) -> str:
-        return self.error_type
 
 
 class ConfigError(ProtegeError, ValueError):
@@ -79,9 +89,8 @@ class InternalError(ProtegeError):
         return "internal error"
 
 
-class BadRequestError(ProtegeError):
-    status = 400
-    error_type = "invalid_request_error"
+class BadRequestError(ProtegeError, status=400, error_type="invalid_request_error"):
+    """The request is malformed or asks for something the gateway does not allow; `param` names the field."""
 
 
 class ContextLengthError(BadRequestError):
@@ -89,60 +98,36 @@ class ContextLengthError(BadRequestError):
         super().__init__(message, param=param, code="context_length_exceeded")
 
 
-class AuthenticationError(ProtegeError):
-    status = 401
-    error_type = "authentication_error"
+class AuthenticationError(ProtegeError, status=401, error_type="authentication_error"):
+    """No key, or one the gateway does not know."""
 
 
-class PermissionDeniedError(ProtegeError):
-    status = 403
-    error_type = "permission_error"
+class PermissionDeniedError(ProtegeError, status=403, error_type="permission_error"):
+    """A known caller without the right (a wrong admin token, a surface that is off)."""
 
 
-class NotFoundError(ProtegeError):
-    status = 404
-    error_type = "not_found_error"
+class NotFoundError(ProtegeError, status=404, error_type="not_found_error"):
+    """No such route, model, task or version."""
 
 
-class MethodNotAllowedError(ProtegeError):
-    status = 405
-    error_type = "invalid_request_error"
+class MethodNotAllowedError(ProtegeError, status=405, error_type="invalid_request_error"):
+    """The route exists, not with this method."""
 
 
-class RequestTimeoutError(ProtegeError):
-    status = 408
-    error_type = "invalid_request_error"
+class RequestTimeoutError(ProtegeError, status=408, error_type="invalid_request_error"):
+    """The client was too slow sending its headers or body."""
 
 
-class PayloadTooLargeError(ProtegeError):
-    status = 413
-    error_type = "invalid_request_error"
+class PayloadTooLargeError(ProtegeError, status=413, error_type="invalid_request_error"):
+    """The body is over the limit."""
 
 
-class RateLimitError(ProtegeError):
-    status = 429
-    error_type = "rate_limit_error"
-
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+class RateLimitError(ProtegeError, status=429, error_type="rate_limit_error"):
+    """Over a rate, concurrency or upstream limit; `retry_after` when known."""
 
 
-class ServiceUnavailableError(ProtegeError):
-    status = 503
-    error_type = "service_unavailable"
-
-    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {} if self.retry_after is None else {"retry-after": str(max(1, round(self.retry_after)))}
+class ServiceUnavailableError(ProtegeError, status=503, error_type="service_unavailable"):
+    """Not ready, draining or overloaded; `retry_after` when known."""
 
 
 class StoreError(ServiceUnavailableError):
@@ -157,11 +142,8 @@ class StoreError(ServiceUnavailableError):
         return "the gateway's store is unavailable; retry shortly"
 
 
-class UpstreamError(ProtegeError):
+class UpstreamError(ProtegeError, status=502, error_type="upstream_error"):
     """The upstream model server could not be reached or answered with a server error."""
-
-    status = 502
-    error_type = "upstream_error"
 
 
 class UpstreamStatusError(UpstreamError):
@@ -182,23 +164,15 @@ class UpstreamStatusError(UpstreamError):
         return self._error_type
 
 
-class UpstreamTimeoutError(UpstreamError):
-    status = 504
-    error_type = "timeout"
+class UpstreamTimeoutError(UpstreamError, status=504, error_type="timeout"):
+    """The upstream did not answer in time."""
 
 
-class CircuitOpenError(UpstreamError):
+class CircuitOpenError(UpstreamError, status=503, error_type="service_unavailable"):
     """The upstream kept failing; requests fail fast until it is probed back (`gateway.breaker`)."""
 
-    status = 503
-    error_type = "service_unavailable"
-
     def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message, code="circuit_open")
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+        super().__init__(message, code="circuit_open", retry_after=retry_after)
 
 
 def error_body(message: str, error_type: str, *, param: str | None = None,

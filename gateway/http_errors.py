@@ -46,12 +46,11 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
 
 
 class FrameworkError(errors.ProtegeError):
-    """An HTTP error the framework raised, with its status and the headers it came with (405's `Allow`)."""
+    """An HTTP error the framework raised, with its own status."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self._status = status
-        self._headers = headers
 
     @property
     def status_code(self) -> int:
@@ -60,9 +59,6 @@ class FrameworkError(errors.ProtegeError):
     @property
     def openai_type(self) -> str:
         return _OPENAI_TYPES.get(self._status, "api_error" if self._status >= 500 else "invalid_request_error")
-
-    def headers(self) -> dict[str, str]:
-        return self._headers
 
 
 def as_protege_error(exc: Exception) -> errors.ProtegeError:
@@ -74,7 +70,7 @@ def as_protege_error(exc: Exception) -> errors.ProtegeError:
         return errors.invalid_field(exc.errors())
     if isinstance(exc, StarletteHTTPException):
         message = _FRAMEWORK_MESSAGES.get(exc.status_code, str(exc.detail))
-        return FrameworkError(exc.status_code, message, dict(exc.headers or {}))
+        return FrameworkError(exc.status_code, message)
     log.error("unhandled error", exc_info=exc)
     return errors.InternalError(f"{type(exc).__name__}: {exc}")
 

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.pg import fresh_schema
 from tests.servers import Server, start_gateway, start_katan, start_model_server, stop
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -44,34 +46,42 @@ def katan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop(server.proc)
 
 
-@pytest.fixture
-def katan_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """llm-katan with failure-injection flags, stopped after the test."""
+@contextmanager
+def stopped_after(start: Callable[..., Server]) -> Iterator[Callable[..., Server]]:
+    """`start`, remembering each server it starts, and every one of them stopped at the end."""
     started: list[Server] = []
 
-    def make(*flags: str, port: int | None = None) -> Server:
-        server = start_katan(tmp_path, *flags, port=port)
-        started.append(server)
-        return server
+    def make(*args: Any, **kwargs: Any) -> Server:
+        started.append(start(*args, **kwargs))
+        return started[-1]
 
     yield make
     for server in started:
         stop(server.proc)
+
+
+@pytest.fixture
+def katan_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """llm-katan with failure-injection flags (and a port, when given), stopped after the test."""
+    with stopped_after(lambda *flags, port=None: start_katan(tmp_path, *flags, port=port)) as make:
+        yield make
 
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Starts `protege serve` processes with the given flags; stops them after the test."""
-    started: list[Server] = []
+    """Starts `protege serve` processes with the given flags (and `env=`); stops them after the test."""
+    with stopped_after(lambda *args, env=None: start_gateway(tmp_path, *args, env=env)) as make:
+        yield make
 
-    def make(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = start_gateway(tmp_path, *args, env=env)
-        started.append(server)
-        return server
 
-    yield make
-    for server in started:
-        stop(server.proc)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty store of each backend: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        with fresh_schema() as url:
+            yield url
 
 
 def teacher_flags(upstream: Server, store: Path, model: str = "openai/gpt-4o-mini") -> list[str]:

@@ -113,27 +113,30 @@ def inprocess_gateway(settings: Settings, **client_kwargs: Any) -> Iterator[InPr
         yield InProcessGateway(client, registry)
 
 
+def _ready(condition: Callable[[], Any], deadline: float, timeout: float, what: str) -> Any:
+    """`condition()`'s value when truthy, None while there is time left; fails past the deadline."""
+    value = condition()
+    if value:
+        return value
+    if time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return None
+
+
 def poll(condition: Callable[[], Any], timeout: float = 10, interval: float = 0.02, what: str = "condition") -> Any:
     """Wait until `condition()` is truthy and return its value; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    while (value := _ready(condition, deadline, timeout, what)) is None:
         time.sleep(interval)
+    return value
 
 
 async def apoll(condition: Callable[[], Any], timeout: float = 10, interval: float = 0.02,
                 what: str = "condition") -> Any:
+    """`poll` in a coroutine: the event loop runs on while it waits."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    while (value := _ready(condition, deadline, timeout, what)) is None:
         await asyncio.sleep(interval)
+    return value
 
 

@@ -5,42 +5,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from protege.cli import main
+from tests.cli import ok, run_cli
+from tests.cli import run_process as protege
 from tests.gateway.test_cascade import TASK, register
-
-
-def protege(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real entry point, in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=check, timeout=120)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`protege ARGS` in this process: (exit code, stdout, stderr). argparse's --help and usage errors exit;
-    stdin is /dev/null, as it was for the process."""
-    capsys.readouterr()  # only this command's output
-    with open(os.devnull) as null, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "stdin", null)
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """stdout of a command that must succeed."""
-    code, out, err = run_cli(capsys, *args)
-    assert code == 0, (args, err)
-    return out
 
 
 def test_students_rollout_promote_rollback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,57 +6,29 @@ that answers the confirmation, /dev/null that cannot)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import pty
 import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from distiller.dataset import CuratedDataset, curate_task
-from gateway.store import Exchange, Store, open_store, user_hash
-from protege.cli import main
+from gateway.store import Exchange, Store, user_hash
+from tests.cli import ok, run_cli
+from tests.cli import run_process as protege
 from tests.distiller.conftest import make_exchange
 from tests.gateway.store.test_migrate import fill, snapshot
 from tests.pg import fresh_schema
+from tests.stores import read_store
 
 DAY = 86400.0
 ALICE = "alice@example.com"
 T = TypeVar("T")
-
-
-def protege(*args: str, stdin: int | None = subprocess.DEVNULL, check: bool = True) -> subprocess.CompletedProcess[str]:
-    # stdin is /dev/null unless a test says otherwise: the commands must not find pytest's terminal
-    return subprocess.run([sys.executable, "-m", "protege", *args], capture_output=True, text=True,
-                          stdin=stdin, check=check, timeout=120)
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str, stdin: TextIO | None = None) -> tuple[int, str, str]:
-    """`protege ARGS` in this process: (exit code, stdout, stderr). stdin is /dev/null unless given, as for
-    `protege` above: not pytest's terminal (with -s), so nobody can confirm a deletion."""
-    capsys.readouterr()  # only this command's output
-    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "stdin", stdin or stack.enter_context(open(os.devnull)))
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse: --help, usage errors
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """stdout of a command that must succeed."""
-    code, out, err = run_cli(capsys, *args)
-    assert code == 0, (args, err)
-    return out
 
 
 def on_a_terminal(*args: str, answer: str) -> subprocess.CompletedProcess[str]:
@@ -83,27 +55,6 @@ def answered_on_a_terminal(capsys: pytest.CaptureFixture[str], *args: str, answe
         os.close(terminal)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        with fresh_schema() as url:
-            yield url
-
-
-def with_store(url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = open_store(url)
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def captured(i: int, user: str | None, *, age_days: float = 0.0, task: str = "t") -> Exchange:
     return dataclasses.replace(make_exchange(i, task=task), user=user, created_at=time.time() - age_days * DAY)
 
@@ -112,14 +63,14 @@ def insert(url: str, exchanges: list[Exchange]) -> None:
     async def work(store: Store) -> None:
         await store.insert_exchanges(exchanges)
 
-    with_store(url, work)
+    read_store(url, work)
 
 
 def users_and_ids(url: str) -> list[tuple[str | None, str]]:
     async def work(store: Store) -> list[tuple[str | None, str]]:
         return [(e.user, e.request_id) for e in await store.list_exchanges()]
 
-    return with_store(url, work)
+    return read_store(url, work)
 
 
 def test_forget_deletes_only_that_user_and_keeps_them_out_of_later_datasets(store_url: str, tmp_path: Path,
@@ -146,7 +97,7 @@ def test_forget_deletes_only_that_user_and_keeps_them_out_of_later_datasets(stor
         assert await store.forgotten_user_hashes() == {user_hash(ALICE)}
         return await curate_task(store, "t")
 
-    dataset = with_store(store_url, curation)
+    dataset = read_store(store_url, curation)
     assert dataset.report["input"] == 11 and dataset.report["dropped"]["forgotten_user"] == 2
     assert [rid for rid, reason in dataset.dropped if reason == "forgotten_user"] == ["req_00020", "req_00021"]
     exported = ok(capsys, "export", "--store", store_url, "--task", "t", "--format", "jsonl-raw", "--out", "-")

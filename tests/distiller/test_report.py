@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,8 @@ import pytest
 
 from gateway.savings import build_report, parse_duration, read_exchanges
 from gateway.store import Exchange, StudentVersion, open_store
-from protege.cli import main
+from tests.cli import ok as protege
+from tests.cli import run_cli
 
 DAY = 86400.0
 TEACHER = 0.002  # USD per teacher answer
@@ -164,27 +163,6 @@ def test_reading_the_store_page_by_page(tmp_path: Path) -> None:
     every, paged, recent = asyncio.run(read())
     assert paged == every and len(every) == 57  # 53 of tickets, 4 of the other task
     assert len(recent) == 43  # 30 + 5 + 5 student-era requests and 3 shadow calls
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`protege ARGS` in this process (`python -m protege` runs the same `main`): (exit code, stdout,
-    stderr). argparse's usage errors exit; stdin is /dev/null, as for a process run by a test."""
-    capsys.readouterr()  # only this command's output
-    with open(os.devnull) as null, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "stdin", null)
-        try:
-            code = main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def protege(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """stdout of a command that must succeed."""
-    code, out, err = run_cli(capsys, *args)
-    assert code == 0, (args, err)
-    return out
 
 
 def test_cli_report_formats_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
