@@ -1,10 +1,10 @@
-"""`create_app(settings)`: the gateway's FastAPI app. Dependencies are built in the lifespan (or
-injected by tests) and live on `app.state.protege`; there are no module-level globals."""
+"""`create_app(settings)`: the gateway's FastAPI app. Dependencies are built in the lifespan from the settings
+and live on `app.state.protege`; there are no module-level globals. Tests may pass their own metrics registry."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -121,8 +121,7 @@ def install_openapi_routes(app: FastAPI) -> None:
         return json_response(200, app.openapi())
 
 
-def create_app(settings: Settings, *, store: Store | None = None, registry: CollectorRegistry | None = None,
-               teachers: Callable[[Settings], TeacherSet] = build_teachers) -> FastAPI:
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
     # an injected registry (tests) sees this process only; otherwise /metrics adds up every worker's files
     # when the server runs several (PROMETHEUS_MULTIPROC_DIR, set by `gateway.server`)
     metrics = (Metrics(registry) if registry is not None
@@ -130,12 +129,12 @@ def create_app(settings: Settings, *, store: Store | None = None, registry: Coll
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        the_store = store or open_store(settings.store)
+        the_store = open_store(settings.store)
         await the_store.open()
         metrics.pin_tasks(t.name for t in await the_store.list_tasks())
         capture = CaptureWriter(the_store, settings.capture, metrics)
         capture.start()
-        teacher_set = teachers(settings)
+        teacher_set = build_teachers(settings)
         keys = KeyRing([k.get_secret_value() for k in settings.gateway_keys], the_store,
                        required=settings.auth_required)
         await keys.refresh(force=True)

@@ -65,11 +65,9 @@ class StreamAssembler:
         self.id: str | None = None
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
-        self.chunks = 0
         self._choices: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
-        self.chunks += 1
         self.id = self.id or chunk.get("id")
         self.model = self.model or chunk.get("model")
         if chunk.get("usage"):
