@@ -20,7 +20,8 @@ from gateway.anthropic.routes import MESSAGES_PATH, build_anthropic_router
 from gateway.auth import KeyRing
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
-from gateway.chat.service import ChatService, Students, Teacher, TeacherSet
+from gateway.chat.service import ChatService
+from gateway.chat.types import Students, Teacher, TeacherSet
 from gateway.config import Settings
 from gateway.console.errors import CONSOLE
 from gateway.console.pages import PREFIX as CONSOLE_PREFIX

@@ -136,3 +136,19 @@ def test_the_gateway_serves_and_captures_without_the_distiller(katan: Server, tm
             await the_store.close()
 
     assert asyncio.run(captured()) == ["alone"]  # SIGTERM drains the capture writer
+
+
+DIALECTS = ("openai", "anthropic", "admin", "console", "health")
+SHARED_RENDERER = "gateway.openai.errors"  # OpenAI's error shape: the admin API and health answer in it too
+
+
+def test_the_dialects_never_import_each_other() -> None:
+    crossing = []
+    for dialect in DIALECTS:
+        for path in sorted((REPO / "gateway" / dialect).rglob("*.py")):
+            for module in imports_of(path):
+                parts = module.split(".")
+                if (len(parts) > 1 and parts[0] == "gateway" and parts[1] in DIALECTS and parts[1] != dialect
+                        and module != SHARED_RENDERER):
+                    crossing.append(f"{path.relative_to(REPO)} imports {module}")
+    assert not crossing, "\n".join(crossing)

@@ -13,7 +13,8 @@ from gateway.anthropic.stream import StreamTranslator, anthropic_events
 from gateway.anthropic.translate import MessagesRequest, from_openai, message_id, parse_request, to_openai
 from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
-from gateway.chat.service import ChatRequest, ChatService, RouteInfo
+from gateway.chat.service import ChatService
+from gateway.chat.types import ChatRequest, RouteInfo
 from gateway.errors import AuthenticationError
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
@@ -52,9 +53,9 @@ def build_anthropic_router() -> APIRouter:
         msg_id = message_id(req.request_id)
         service: ChatService = state.service
         if req.stream:
-            frames, info = await service.open_stream(req)
+            chunks, info = await service.open_stream(req)
             translator = StreamTranslator(msg_id, parsed.model, parsed.stop_sequences)
-            return SSEResponse(anthropic_events(frames, translator),
+            return SSEResponse(anthropic_events(chunks, translator),
                                headers={**_headers(req, info), "cache-control": "no-cache"})
         result, info = await service.complete(req)
         message = from_openai(result, msg_id=msg_id, model=parsed.model, stop_sequences=parsed.stop_sequences)

@@ -20,7 +20,7 @@ def event(payload: dict[str, Any]) -> bytes:
 
 @dataclass
 class StreamTranslator:
-    """OpenAI chat.completion.chunk frames (as `ChatService` streams them) → Anthropic stream events:
+    """The chat core's OpenAI chat.completion.chunk dicts → Anthropic stream events:
     message_start, content blocks (start, deltas, stop), message_delta, message_stop — or an error event.
 
     Tool calls are taken to stream one after another (as OpenAI, vLLM and litellm send them): a new
@@ -30,38 +30,15 @@ class StreamTranslator:
     model: str
     stop_sequences: list[str] | None = None
     closed: bool = field(default=False, init=False)  # after message_stop or an error event
-    _buffer: bytes = field(default=b"", init=False)
     _started: bool = field(default=False, init=False)
     _blocks: int = field(default=0, init=False)
     _open: str | None = field(default=None, init=False)  # "text" or "tool:<openai index>" while a block is open
     _choice: dict[str, Any] = field(default_factory=dict, init=False)  # the choice that carried finish_reason
     _usage: dict[str, Any] | None = field(default=None, init=False)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Events for the next bytes of the OpenAI stream (any split into frames)."""
-        self._buffer += data
-        *frames, self._buffer = self._buffer.split(b"\n\n")
-        out: list[bytes] = []
-        for frame in frames:
-            for line in frame.split(b"\n"):
-                if line.startswith(b"data:") and not self.closed:
-                    out += self._data(line[5:].strip())
-        return out
-
-    def end(self) -> list[bytes]:
-        """Events once the OpenAI stream is over: an error if it stopped without saying how it ended."""
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        """Events for the next chunk of the core's stream (an `{"error": ...}` dict ends it with an error event)."""
         if self.closed:
-            return []
-        return self._error({"type": "api_error", "message": "the upstream stream ended unexpectedly"})
-
-    def _data(self, data: bytes) -> list[bytes]:
-        if data == b"[DONE]":
-            return self._finish()
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return []  # the service only frames what it parsed: nothing to say about a stray line
-        if not isinstance(chunk, dict):
             return []
         if "error" in chunk:
             error = chunk["error"] if isinstance(chunk["error"], dict) else {}
@@ -122,7 +99,10 @@ class StreamTranslator:
         self._open = None
         return [event({"type": "content_block_stop", "index": self._blocks - 1})]
 
-    def _finish(self) -> list[bytes]:
+    def end(self) -> list[bytes]:
+        """The closing events, once the core's stream is over (nothing after an error event)."""
+        if self.closed:
+            return []
         out = self._start({}) + self._close_block()
         reason, sequence = stop_reason(self._choice, self.stop_sequences)
         out.append(event({"type": "message_delta", "delta": {"stop_reason": reason or "end_turn",
@@ -137,17 +117,18 @@ class StreamTranslator:
         return [event({"type": "error", "error": error})]
 
 
-async def anthropic_events(frames: AsyncIterator[bytes], translator: StreamTranslator) -> AsyncIterator[bytes]:
-    """The service's OpenAI SSE stream as Anthropic events. Closing this closes `frames`, so the
-    service records a client that went away at once."""
+async def anthropic_events(chunks: AsyncIterator[dict[str, Any]],
+                           translator: StreamTranslator) -> AsyncIterator[bytes]:
+    """The core's stream as Anthropic events. Closing this closes `chunks`, so the core records a client that
+    went away at once."""
     try:
-        async for data in frames:
-            for out in translator.feed(data):
+        async for chunk in chunks:
+            for out in translator.feed(chunk):
                 yield out
         for out in translator.end():
             yield out
     finally:
-        aclose = getattr(frames, "aclose", None)
+        aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
 

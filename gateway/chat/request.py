@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from gateway.chat.service import ChatRequest, RouteInfo
+from gateway.chat.types import ChatRequest, RouteInfo
 from gateway.errors import BadRequestError
 from gateway.tasks import resolve_task
 

@@ -13,6 +13,7 @@ from gateway.chat.service import ChatService
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body, validate
 from gateway.openai.errors import OPENAI
+from gateway.openai.stream import openai_events
 from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
 
 
@@ -58,7 +59,7 @@ def build_openai_router() -> APIRouter:
         service: ChatService = state.service
         if req.stream:
             chunks, info = await service.open_stream(req)
-            return SSEResponse(chunks, headers={**route_headers(req, info), "cache-control": "no-cache"})
+            return SSEResponse(openai_events(chunks), headers={**route_headers(req, info), "cache-control": "no-cache"})
         result, info = await service.complete(req)
         return Response(orjson.dumps(result), media_type="application/json",
                         headers=route_headers(req, info))

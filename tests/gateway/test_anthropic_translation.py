@@ -13,7 +13,6 @@ import pytest
 from gateway.anthropic.errors import error_type_from_openai
 from gateway.anthropic.stream import StreamTranslator, anthropic_events
 from gateway.anthropic.translate import from_openai, message_id, parse_request, to_openai
-from gateway.chat.service import SSE_DONE, sse
 from gateway.errors import BadRequestError, UpstreamError
 from gateway.providers.openai_compat import completion_as_chunks
 
@@ -274,16 +273,10 @@ def accumulate(events: list[dict[str, Any]]) -> dict[str, Any]:
     return message
 
 
-def stream_of(chunks: list[dict[str, Any]], *, done: bool = True) -> bytes:
-    return b"".join(sse(c) for c in chunks) + (SSE_DONE if done else b"")
-
-
-def translate_stream(raw: bytes, step: int | None = None) -> list[dict[str, Any]]:
+def translate_stream(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events for the chat core's chunks, as `anthropic_events` yields them."""
     translator = StreamTranslator("msg_1", "claude-x", ["END"])
-    out: list[bytes] = []
-    step = step or len(raw)
-    for start in range(0, len(raw), step):
-        out += translator.feed(raw[start:start + step])
+    out = [event for c in chunks for event in translator.feed(c)]
     return parse_events(b"".join(out + translator.end()))
 
 
@@ -297,9 +290,8 @@ USAGE = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-x", "choic
 
 
 def test_a_text_stream_becomes_anthropics_event_sequence() -> None:
-    raw = stream_of([chunk({"role": "assistant"}), chunk({"content": "Hel"}), chunk({"content": "lo"}),
-                     chunk({}, "stop"), USAGE])
-    events = translate_stream(raw)
+    events = translate_stream([chunk({"role": "assistant"}), chunk({"content": "Hel"}), chunk({"content": "lo"}),
+                               chunk({}, "stop"), USAGE])
     assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta",
                                            "content_block_delta", "content_block_stop", "message_delta",
                                            "message_stop"]
@@ -309,13 +301,8 @@ def test_a_text_stream_becomes_anthropics_event_sequence() -> None:
     assert accumulate(events)["content"] == [{"type": "text", "text": "Hello"}]
 
 
-def test_frames_split_anywhere_give_the_same_events() -> None:
-    raw = stream_of([chunk({"content": "Hello, "}), chunk({"content": "world"}), chunk({}, "length"), USAGE])
-    assert translate_stream(raw, step=3) == translate_stream(raw)
-
-
 def test_text_then_streamed_tool_calls_become_consecutive_blocks() -> None:
-    raw = stream_of([
+    events = translate_stream([
         chunk({"content": "Checking."}),
         chunk({"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
                                "function": {"name": "get_weather", "arguments": ""}}]}),
@@ -324,7 +311,6 @@ def test_text_then_streamed_tool_calls_become_consecutive_blocks() -> None:
         chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
                                "function": {"name": "get_time", "arguments": "{}"}}]}),
         chunk({}, "tool_calls"), USAGE])
-    events = translate_stream(raw)
     starts = [e for e in events if e["type"] == "content_block_start"]
     stops = [e["index"] for e in events if e["type"] == "content_block_stop"]
     assert [s["index"] for s in starts] == [0, 1, 2] and stops == [0, 1, 2]
@@ -346,29 +332,30 @@ def test_text_then_streamed_tool_calls_become_consecutive_blocks() -> None:
 ])
 def test_a_replayed_completion_streams_to_the_same_message(answer: dict[str, Any]) -> None:
     # the student's answer reaches a streaming client replayed as chunks (ChatService._replay)
-    message = accumulate(translate_stream(stream_of(completion_as_chunks(answer))))
+    message = accumulate(translate_stream(completion_as_chunks(answer)))
     assert message == from_openai(answer, msg_id="msg_1", model="claude-x")
 
 
 def test_an_error_mid_stream_becomes_an_error_event() -> None:
     error = {"error": {"message": "teacher stream failed", "type": "upstream_error", "param": None, "code": None}}
-    events = translate_stream(stream_of([chunk({"content": "Hel"})], done=False) + sse(error) + SSE_DONE)
+    events = translate_stream([chunk({"content": "Hel"}), error, chunk({"content": "lo"})])  # nothing after it
     assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
     assert events[-1] == {"type": "error", "error": {"type": "api_error", "message": "teacher stream failed"}}
 
 
-def test_a_stream_that_just_stops_ends_with_an_error_event() -> None:
-    events = translate_stream(stream_of([chunk({"content": "Hel"})], done=False))
-    assert events[-1]["type"] == "error"
+def test_a_stream_that_ends_without_a_finish_reason_still_closes_the_message() -> None:
+    events = translate_stream([chunk({"content": "Hel"})])
+    assert [e["type"] for e in events][-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert events[-2]["delta"]["stop_reason"] == "end_turn"
 
 
 def test_closing_the_anthropic_stream_closes_the_service_stream() -> None:
     closed = []
 
-    async def frames() -> AsyncIterator[bytes]:
+    async def frames() -> AsyncIterator[dict[str, Any]]:
         try:
-            yield sse(chunk({"content": "a"}))
-            yield sse(chunk({"content": "b"}))
+            yield chunk({"content": "a"})
+            yield chunk({"content": "b"})
         finally:
             closed.append(True)
 

@@ -1,0 +1,70 @@
+"""Shadow scoring: for a share of the requests a student served, the teacher is asked too, in the background;
+their agreement is this process's live parity per task and version, and the teacher's answer is captured as
+training data like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from gateway.chat.accounting import Accounting, TeacherOutcome
+from gateway.chat.bodies import upstream_body
+from gateway.chat.types import ROUTE_SHADOW, ChatRequest, RouteInfo, StudentAttempt, Teacher
+from gateway.errors import ProtegeError
+from gateway.metrics import Metrics
+from gateway.scoring import agreement
+
+log = logging.getLogger("protege.service")
+
+
+class ShadowScorer:
+    def __init__(self, rate: float, metrics: Metrics, accounting: Accounting) -> None:
+        self.rate = rate
+        self.metrics = metrics
+        self.accounting = accounting
+        self._background: set[asyncio.Task[None]] = set()
+        self._parity: dict[tuple[str, int], tuple[int, float]] = {}
+
+    def maybe(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
+        """Also ask the teacher, in the background, for a `rate` share of student-served requests."""
+        if self.rate <= 0 or random.random() >= self.rate:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(req, teacher, attempt))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the calls in flight (graceful shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def live_parity(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """(task, version) → (comparisons, mean agreement) seen by this process."""
+        return dict(self._parity)
+
+    async def _shadow(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
+        shadow_req = ChatRequest(request_id=req.request_id + "-shadow", body={**req.body, "stream": False},
+                                 task=req.task, task_source=req.task_source, user=req.user, capture=req.capture)
+        started = time.perf_counter()
+        body = upstream_body(shadow_req.body, teacher.config.upstream_model)
+        try:
+            result = await teacher.breaker.call(lambda: teacher.provider.complete(body))
+        except ProtegeError as exc:
+            log.info("shadow call to the teacher failed: %s", exc.message)
+            return
+        score = agreement(attempt.completion, result)
+        version = attempt.student.version
+        labels = (self.metrics.task_label(req.task), str(version))
+        self.metrics.shadow.labels(*labels).inc()
+        self.metrics.shadow_agreement.labels(*labels).inc(score)
+        count, mean = self._parity.get((req.task, version), (0, 0.0))
+        count, mean = count + 1, mean + (score - mean) / (count + 1)
+        self._parity[(req.task, version)] = (count, mean)
+        self.metrics.live_parity.labels(*labels).set(mean)
+        # the teacher's answer is training data like any other; the row notes the comparison
+        info = RouteInfo(ROUTE_SHADOW, attempt.student, attempt.confidence)
+        self.accounting.teacher_served(TeacherOutcome(shadow_req, teacher, info, "ok", 200, result,
+                                                      time.perf_counter() - started,
+                                                      extra={"shadow": {"version": version, "agreement": score}}))
