@@ -14,9 +14,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import teacher_flags
-from tests.gateway.test_proxy import rows
 from tests.inprocess import poll
 from tests.servers import Server, stop
+from tests.stores import count_captured
 
 TASK = "multi"
 
@@ -67,7 +67,7 @@ def test_two_workers_report_the_sum_of_their_requests(katan: Server, gateway_fac
                 break
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()) and sum(per_worker.values()) == sent
 
-    poll(lambda: len(rows(store)) >= sent, timeout=10, what=f"{sent} captured exchanges")
+    poll(lambda: count_captured(store) >= sent, timeout=10, what=f"{sent} captured exchanges")
     for _ in range(6):  # several scrapes, answered by either worker: always the whole
         text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {gateway.admin_token}"}).text
         assert total(text, "protege_requests_total") == sent
