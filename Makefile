@@ -87,9 +87,10 @@ chromium: $(CHROMIUM_DIR)/bin/chromedriver
 run: setup
 	$(VENV)/bin/protege serve $(ARGS)
 
-# both cores: tests wait on real processes much of the time (PYTEST_ARGS="-n 0" runs them one by one)
+# both cores: tests wait on real processes much of the time (PYTEST_ARGS="-n 0" runs them one by one); worksteal
+# evens out the end, where one long torch test would otherwise leave a core idle
 test: setup prometheus compose-schema chromium
-	$(VENV)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # Refresh the lock on purpose: resolve pyproject.toml's ranges anew (pip-tools in a venv of its own).
 LOCK_VENV := .venv-lock
@@ -114,7 +115,7 @@ test-latest: prometheus compose-schema chromium
 	diff <(grep -oiE '^[a-z0-9._-]+==[^ ]+' requirements/dev.lock | tr A-Z a-z | sort) \
 		<(tr A-Z a-z < $(LATEST)/versions.txt | sort) > $(LATEST)/drift.txt || true
 	@echo "versions: $(LATEST)/versions.txt; against the lock: $(LATEST)/drift.txt"
-	$(LATEST)/bin/pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(LATEST)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

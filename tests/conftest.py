@@ -112,19 +112,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any)
     from model_server.model_loading import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), seed=0, tokenizer=smollm2_tokenizer)
-
-
-# Tests that keep a core busy with torch (training, or a model server generating for them). `make test` runs
-# the suite on two xdist workers with `--dist loadgroup`: these all go to one worker, one after another, while
-# the other worker takes the tests that mostly wait on sockets. Two of them at once only slow each other down.
-TORCH_BOUND = ("tests/model_server/", "tests/distiller/test_trainers_local.py", "tests/distiller/test_distill_e2e.py",
-               "tests/distiller/test_distill_smollm2.py", "tests/distiller/test_demo.py",
-               "tests/distiller/test_merge.py", "tests/distiller/test_pipeline.py", "tests/distiller/test_evaluate.py",
-               "tests/gateway/test_embedded.py", "tests/security/test_model_server.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(str(item.path)).relative_to(Path(__file__).parent.parent).as_posix()
-        if path.startswith(TORCH_BOUND):
-            item.add_marker(pytest.mark.xdist_group("torch"))

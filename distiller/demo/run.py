@@ -4,7 +4,7 @@
     gateway ───────┘ ← the openai SDK sends the workload through it
 
 1. start the model server (`python -m model_server.server`) and the gateway (`python -m
-   distiller.cli serve`), both on 127.0.0.1, with a config file in the run folder that names the
+   protege serve`), both on 127.0.0.1, with a config file in the run folder that names the
    teacher (with its price), the student server and the student's price;
 2. capture: the train part of the workload, with its long system prompt, goes to the teacher;
 3. distil (in this process, `distiller.pipeline.distill`, promote when it passes the gate);
@@ -246,7 +246,7 @@ class DemoRun:
         self.gateway_port = free_port(HOST)
         config = self.run_dir / "protege.yaml"
         config.write_text(yaml.safe_dump(self.gateway_config(), sort_keys=False), encoding="utf-8")
-        cmd = [sys.executable, "-m", "distiller.cli", "serve", "--config", str(config), "--port",
+        cmd = [sys.executable, "-m", "protege", "serve", "--config", str(config), "--port",
                str(self.gateway_port), "--store", self.store_url, "--log-level", "warning"]
         self.children.append(start_child("gateway", cmd, self.run_dir / "gateway.log", f"{self.gateway_url}/healthz",
                                          60, env={"PROTEGE_ADMIN_TOKEN": self.admin_token}))

@@ -51,7 +51,8 @@ def test_cache_is_built_once_then_reused(smollm2: tuple[Server, float, float], m
     assert (model_cache / "model.safetensors").is_file()
     assert (model_cache / "protege-cache.json").is_file()
     assert not [p for p in model_cache.parent.iterdir() if ".tmp-" in p.name]  # the temp folder was renamed
-    assert warm_load < 3.0, (cold_load, warm_load)
+    # the cache makes the load several times faster (53.6 s → 4.4 s on a busy 2-core machine; ~1-2 s quiet)
+    assert warm_load < min(10.0, cold_load / 5), (cold_load, warm_load)
 
 
 def test_answers_a_simple_question(smollm2: tuple[Server, float, float]) -> None:
