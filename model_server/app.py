@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
     if limits.api_key is not None:
         app.add_middleware(_KeyCheck, api_key=limits.api_key)
 
+    unsubmitted: weakref.WeakSet[RequestStream] = weakref.WeakSet()
+
     async def body_of(request: Request) -> bytes:
         return await read_body(request, limits.max_body_bytes)
 
@@ -126,14 +129,19 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = p.parse_body(await body_of(request), p.ChatCompletionRequest)
-        if engine.stats()["waiting"] >= limits.max_waiting:
+        # a stream submits its sequences once its response starts: until then it is counted here, so a burst
+        # that arrives at once cannot slip past the limit (a stream never started is collected, and uncounted)
+        stats = engine.stats()
+        queued = stats["waiting"] + len(unsubmitted) - max(0, engine.max_batch - stats["running"])
+        if queued >= limits.max_waiting:
             raise ServiceUnavailableError(f"{limits.max_waiting} requests are already waiting; retry shortly",
                                           code="overloaded", retry_after=1)
         model = body.model or served_model_name
         adapter = _resolve_model(engine, model, served_model_name)
         prompt_ids = _encode(engine, body)
         params = _sampling_params(engine, body, len(prompt_ids))
-        stream = RequestStream(engine, prompt_ids, params, adapter)
+        stream = RequestStream(engine, prompt_ids, params, adapter, on_submit=unsubmitted.discard)
+        unsubmitted.add(stream)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(

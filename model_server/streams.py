@@ -9,7 +9,7 @@ their batch slots.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from model_server.engine import Callback, Engine, Sequence, Update
 from model_server.sampling import SamplingParams
@@ -19,8 +19,9 @@ class RequestStream:
     """The n sequences (choices) of one chat completion request."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: list[SamplingParams],
-                 adapter: str | None) -> None:
+                 adapter: str | None, on_submit: Callable[[RequestStream], None] | None = None) -> None:
         self._engine = engine
+        self._on_submit = on_submit
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         self._open: set[int] = set(range(len(params)))
@@ -44,6 +45,8 @@ class RequestStream:
             self._started = True
             for seq in self._seqs:
                 self._engine.submit(seq)
+            if self._on_submit is not None:
+                self._on_submit(self)
         try:
             while self._open:
                 index, update = await self._queue.get()
