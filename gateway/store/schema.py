@@ -1,6 +1,6 @@
 """SQLite schema migrations, in order. Version N is the state after applying MIGRATIONS[:N].
 
-PostgreSQL keeps its own list (`gateway.store.postgres.MIGRATIONS`: native types, JSONB, collations) with
+PostgreSQL keeps its own list (`gateway.store.postgres_schema.MIGRATIONS`: native types, JSONB, collations) with
 the same numbering: version N means the same tables and columns in both backends.
 """
 

@@ -1,0 +1,97 @@
+"""PostgreSQL's schema, as migrations: version N has the same tables and columns as SQLite's version N
+(`gateway.store.schema`). Applied by `PostgresStore.open` under an advisory lock, so replicas that start
+together migrate once."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[list[str]] = [
+    # 1: captured exchanges and gateway keys
+    [
+        """CREATE TABLE exchanges (
+            request_id TEXT COLLATE "C" PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            task TEXT COLLATE "C" NOT NULL,
+            task_source TEXT COLLATE "C" NOT NULL,
+            route TEXT NOT NULL,
+            model TEXT NOT NULL,
+            upstream_model TEXT NOT NULL,
+            user_id TEXT,
+            status TEXT NOT NULL,
+            http_status INTEGER NOT NULL,
+            stream BOOLEAN NOT NULL,
+            request_json JSON NOT NULL,
+            response_json JSON,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE PRECISION,
+            cost_usd DOUBLE PRECISION,
+            finish_reason TEXT,
+            error TEXT,
+            system_hash TEXT,
+            extra_json JSONB
+        )""",
+        "CREATE INDEX exchanges_task_created ON exchanges (task, created_at)",
+        "CREATE INDEX exchanges_status ON exchanges (status)",
+        """CREATE TABLE api_keys (
+            key_id TEXT COLLATE "C" PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            revoked BOOLEAN NOT NULL DEFAULT FALSE
+        )""",
+    ],
+    # 2: student versions (the registry) and per-task routing settings
+    [
+        """CREATE TABLE students (
+            task TEXT COLLATE "C" NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            model TEXT NOT NULL,
+            base_model TEXT,
+            trainer TEXT,
+            artifact TEXT,
+            dataset_hash TEXT,
+            system_prompt_hash TEXT,
+            prompt_distilled BOOLEAN NOT NULL DEFAULT FALSE,
+            threshold DOUBLE PRECISION,
+            confidence_method TEXT NOT NULL DEFAULT 'mean_logprob',
+            details_json JSONB,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (task, version)
+        )""",
+        "CREATE INDEX students_status ON students (status)",
+        """CREATE TABLE task_routing (
+            task TEXT COLLATE "C" PRIMARY KEY,
+            rollout_percent DOUBLE PRECISION NOT NULL DEFAULT 0,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+    # 3: retention deletes and store-to-store copies read exchanges by time alone
+    [
+        "CREATE INDEX exchanges_created ON exchanges (created_at, request_id)",
+    ],
+    # 4: forgetting a user: the hashes of forgotten users (never the ids), which curation keeps out of datasets,
+    # and an index to delete a user's exchanges by; partial, since most traffic may carry no user at all
+    [
+        """CREATE TABLE forgotten_users (
+            user_hash TEXT COLLATE "C" PRIMARY KEY,
+            forgotten_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX exchanges_user ON exchanges (user_id) WHERE user_id IS NOT NULL",
+    ],
+    # 5: console sign-ins: the sha256 of each random session id (never the id), with its expiry, so every
+    # replica and worker knows a session and a sign-out ends it everywhere
+    [
+        """CREATE TABLE console_sessions (
+            session_hash TEXT COLLATE "C" PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+]
+
+LATEST_VERSION = len(MIGRATIONS)
+
+# Any constant works: it only has to be the same in every process that migrates (8 bytes of "protege\0").
+MIGRATION_LOCK = 0x70726F7465676500
