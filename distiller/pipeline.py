@@ -27,7 +27,7 @@ from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
 from gateway.config import EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
-from gateway.store import Store, StudentVersion
+from gateway.store import GateResult, Store, StudentDetails, StudentVersion
 
 
 class DistillError(RuntimeError):
@@ -127,11 +127,11 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
     passed, gate_message = options.gate.check(report.student.score.mean, base_parity)
-    details = {"evaluation": report.to_dict(), "calibration": calibration.to_dict() if calibration else None,
-               "gate": {"passed": passed, "message": gate_message, "min_parity": options.gate.min_parity},
-               "trainer_config": job.details.get("config", options.trainer_config), "job": job.to_dict(),
-               "training_s": round(training_s, 1), "metrics": result.metrics, "run_dir": str(run_dir),
-               "curation": dataset.report}
+    details = StudentDetails(
+        evaluation=report.to_dict(), calibration=calibration.to_dict() if calibration else None,
+        gate=GateResult(passed=passed, message=gate_message, min_parity=options.gate.min_parity),
+        trainer_config=job.details.get("config", options.trainer_config), job=job.to_dict(),
+        training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report)
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from gateway.store import ConfidenceMethod, Store, StudentVersion
+from gateway.store import ConfidenceMethod, Store, StudentDetails, StudentVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,7 @@ def served_name(task: str, version: int) -> str:
 async def register(store: Store, *, task: str, version: int, passed: bool, artifact: str, model: str,
                    base_model: str | None, trainer: str, dataset_hash: str, system_prompt_hash: str | None,
                    threshold: float | None, confidence_method: ConfidenceMethod,
-                   details: dict[str, Any]) -> StudentVersion:
+                   details: StudentDetails) -> StudentVersion:
     now = time.time()
     student = StudentVersion(
         task=task, version=version, status="candidate" if passed else "rejected", model=model, created_at=now,

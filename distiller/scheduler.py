@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from distiller.pipeline import DistillError, DistillOptions, DistillOutcome, distill
+from gateway.parity import LiveParity, live_parity
 from gateway.store import Exchange, Store, StudentVersion, user_hash
 
 log = logging.getLogger("protege.scheduler")
@@ -68,11 +69,8 @@ async def task_state(store: Store, task: str) -> TaskState:
     forgotten = await store.forgotten_user_hashes()
     since = newest.created_at if newest else 0.0
     new_good = sum(1 for e in exchanges if _is_training_data(e, forgotten) and e.created_at > since)
-    scores = [float(e.extra["shadow"]["agreement"]) for e in exchanges
-              if active is not None and e.route == "shadow" and e.created_at > active.updated_at
-              and (e.extra.get("shadow") or {}).get("version") == active.version]
-    parity = sum(scores) / len(scores) if scores else None
-    return TaskState(task, new_good, newest, active, parity, len(scores))
+    live = live_parity(exchanges, active.version, since=active.updated_at) if active else LiveParity()
+    return TaskState(task, new_good, newest, active, live.mean, live.comparisons)
 
 
 async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions, *,

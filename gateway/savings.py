@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.parity import live_parity
 from gateway.store import Exchange, Store, StudentVersion
 
 ReportFormat = Literal["table", "json", "markdown"]
@@ -188,9 +189,8 @@ async def read_exchanges(store: Store, *, task: str | None, start: float | None,
 
 
 def _student_attempt_cost(ex: Exchange) -> float:
-    student = ex.extra.get("student")
-    cost = student.get("cost_usd") if isinstance(student, dict) else None
-    return float(cost) if isinstance(cost, int | float) else 0.0
+    student = ex.extra.student
+    return student.cost_usd if student is not None and student.cost_usd is not None else 0.0
 
 
 def _teacher_cost(ex: Exchange) -> float | None:
@@ -214,9 +214,9 @@ def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
         if ex.route == SHADOW:
             rows.append(Row(ex.created_at, ex.route, cost, 0.0))
         elif ex.route == "student":
-            recorded = ex.extra.get("counterfactual_cost_usd")
-            if isinstance(recorded, int | float):
-                rows.append(Row(ex.created_at, ex.route, cost, float(recorded)))
+            recorded = ex.extra.counterfactual_cost_usd
+            if recorded is not None:
+                rows.append(Row(ex.created_at, ex.route, cost, recorded))
             else:  # captured before the gateway recorded its estimate
                 rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=teacher_mean is not None))
         elif ex.cost_usd is None and ex.status != "ok":
@@ -230,22 +230,13 @@ def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[floa
     """(created at, USD) of each version whose lineage records its training cost; a note for the others."""
     costs, missing = [], []
     for s in students:
-        cost = s.details.get("training_cost_usd")
-        if isinstance(cost, int | float):
-            costs.append((s.created_at, float(cost)))
+        cost = s.details.training_cost_usd
+        if cost is not None:
+            costs.append((s.created_at, cost))
         else:
             missing.append(f"v{s.version}")
     notes = [f"training cost not recorded for {', '.join(missing)} (counted as 0)"] if missing else []
     return costs, notes
-
-
-def _parity(student: StudentVersion) -> tuple[float | None, float | None]:
-    """The offline parity of a version with the teacher and the gate it was held to."""
-    evaluation = student.details.get("evaluation") or {}
-    score = ((evaluation.get("student") or {}).get("score") or {}).get("mean")
-    gate = (student.details.get("gate") or {}).get("min_parity")
-    return (float(score) if isinstance(score, int | float) else None,
-            float(gate) if isinstance(gate, int | float) else None)
 
 
 def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[StudentVersion], *,
@@ -277,12 +268,9 @@ def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[Stu
     shown = active or next((s for s in reversed(students) if s.status != "rejected"), None)
     if shown is not None:
         report.version = shown.version
-        report.parity, report.gate = _parity(shown)
-        scores = [float(a) for ex in exchanges if ex.route == SHADOW
-                  and isinstance(shadow := ex.extra.get("shadow"), dict) and shadow.get("version") == shown.version
-                  and isinstance(a := shadow.get("agreement"), int | float)]
-        report.live_comparisons = len(scores)
-        report.live_parity = statistics.fmean(scores) if scores else None
+        report.parity, report.gate = shown.details.offline_parity, shown.details.min_parity
+        live = live_parity(exchanges, shown.version)
+        report.live_comparisons, report.live_parity = live.comparisons, live.mean
     return report
 
 

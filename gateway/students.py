@@ -136,7 +136,7 @@ def student_view(s: StudentVersion) -> dict[str, Any]:
     return {"version": s.version, "status": s.status, "model": s.model, "base_model": s.base_model,
             "trainer": s.trainer, "threshold": s.threshold, "confidence_method": s.confidence_method,
             "prompt_distilled": s.prompt_distilled, "dataset_hash": s.dataset_hash, "created_at": s.created_at,
-            "evaluation": s.details.get("evaluation")}
+            "evaluation": s.details.evaluation}
 
 
 async def routing_changed(state: GatewayState) -> None:

@@ -162,7 +162,8 @@ def _cost(rows: Iterable[Exchange]) -> float:
 
 def student_message(row: Exchange | None) -> str | None:
     """The student's own answer on a fallback row (what the cascade rejected)."""
-    message = ((row.extra if row else {}).get("student") or {}).get("message") or {}
+    student = row.extra.student if row else None
+    message = (student.message if student else None) or {}
     content = message.get("content") if isinstance(message, dict) else None
     return str(content) if content is not None else None
 
@@ -189,7 +190,8 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
     replay_rows = [r for a in replayed if (r := row(a)) is not None]
     teacher_rows = [r for a in reference if (r := row(a)) is not None]
     store_routes = Counter(r.route for r in replay_rows)
-    reasons = Counter(str((r.extra.get("student") or {}).get("reason")) for r in replay_rows if r.route == "fallback")
+    reasons = Counter(str(r.extra.student.reason if r.extra.student else None)
+                      for r in replay_rows if r.route == "fallback")
     routed = routes["student"] + routes["fallback"]
     n = len(replayed)
 
@@ -211,7 +213,7 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
 
     messages = {i: workload.messages(t)[-1]["content"] for i, t in enumerate(workload.tickets)}
     calibration = outcome.calibration
-    curation = (outcome.student.details or {}).get("curation") or {}
+    curation = outcome.student.details.curation or {}
     notes = []
     capture_errors = [a.error for a in captured if a.error is not None]
     if capture_errors:

@@ -41,9 +41,10 @@ def build_admin_router() -> APIRouter:
         parity = state.service.live_parity()
 
         def view(s: StudentVersion) -> dict[str, Any]:
-            count, mean = parity.get((s.task, s.version), (0, 0.0))
-            live = {"comparisons": count, "mean_agreement": round(mean, 4)} if count else None
-            return {**student_view(s), "live_parity": live}
+            live = parity.get((s.task, s.version))
+            shown = {"comparisons": live.comparisons, "mean_agreement": round(live.mean, 4)} \
+                if live and live.mean is not None else None
+            return {**student_view(s), "live_parity": shown}
 
         return {"tasks": [{
             "task": name,

@@ -8,8 +8,9 @@ such call)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.capture import CaptureWriter, normalise_request, normalise_response
@@ -17,7 +18,7 @@ from gateway.chat.types import ROUTE_SHADOW, ROUTE_STUDENT, ChatRequest, RouteIn
 from gateway.metrics import Metrics
 from gateway.pricing import Price, counterfactual_prompt_tokens
 from gateway.ratelimit import RateLimiter
-from gateway.store import Exchange, ExchangeStatus
+from gateway.store import NO_EXTRA, Exchange, ExchangeExtra, ExchangeStatus, StudentNote
 from gateway.tasks import message_text, system_prompt, text_hash
 
 
@@ -36,7 +37,7 @@ class TeacherOutcome:
     stream: bool = False
     attempt: StudentAttempt | None = None  # the student's rejected attempt, billed with the teacher's answer
     capture: bool = True  # False: another row records this request (a degraded answer)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: ExchangeExtra = NO_EXTRA
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class Accounting:
 
     def teacher_served(self, o: TeacherOutcome) -> None:
         req, teacher = o.req, o.teacher
-        extra = dict(o.extra)
+        extra = o.extra
         teacher_cost = priced(teacher.price, o.completion)
         if teacher_cost is None and o.status == "ok":
             self.metrics.unknown_price.labels(teacher.config.served_name).inc()
@@ -73,10 +74,10 @@ class Accounting:
             attempt = o.attempt
             student_cost = self._student_cost(req, attempt)
             answer = (attempt.completion or {}).get("choices") or [{}]
-            extra["student"] = {"version": attempt.student.version, "model": attempt.student.model,
-                                "confidence": attempt.confidence, "reason": attempt.verdict.reason,
-                                "detail": attempt.verdict.detail[:500], "message": answer[0].get("message"),
-                                "cost_usd": student_cost}
+            extra = dataclasses.replace(extra, student=StudentNote(
+                version=attempt.student.version, model=attempt.student.model, confidence=attempt.confidence,
+                reason=attempt.verdict.reason, detail=attempt.verdict.detail[:500], message=answer[0].get("message"),
+                cost_usd=student_cost))
         parts = [c for c in (teacher_cost, student_cost) if c is not None]
         cost = sum(parts) if parts else None
         counterfactual = 0.0 if o.info.route == ROUTE_SHADOW else teacher_cost
@@ -94,11 +95,9 @@ class Accounting:
         self._observe(req, ROUTE_STUDENT, "ok", 0.0, o.stream, cost, counterfactual)
         if not req.capture or not self.capture.enabled:
             return
-        extra: dict[str, Any] = {"student": {"version": attempt.student.version, "confidence": attempt.confidence,
-                                             "reason": o.info.fallback_reason},
-                                 "counterfactual_cost_usd": counterfactual}
-        if o.teacher_error is not None:
-            extra["teacher_error"] = o.teacher_error
+        extra = ExchangeExtra(student=StudentNote(version=attempt.student.version, confidence=attempt.confidence,
+                                                  reason=o.info.fallback_reason),
+                              counterfactual_cost_usd=counterfactual, teacher_error=o.teacher_error)
         self.capture.submit(exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
                                      stream=o.stream, extra=extra, cost=cost))
 
@@ -174,7 +173,7 @@ def _messages_chars(messages: list[dict[str, Any]]) -> int:
 
 def exchange(req: ChatRequest, route: str, upstream_model: str, status: ExchangeStatus, http_status: int,
              completion: dict[str, Any] | None, *, error: str | None = None, stream: bool = False,
-             extra: dict[str, Any] | None = None, cost: float | None = None) -> Exchange:
+             extra: ExchangeExtra = NO_EXTRA, cost: float | None = None) -> Exchange:
     """The captured row."""
     response = normalise_response(completion) if completion else None
     prompt_tokens, completion_tokens = usage_of(completion)
@@ -187,5 +186,5 @@ def exchange(req: ChatRequest, route: str, upstream_model: str, status: Exchange
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         latency_ms=round((time.perf_counter() - req.received_at) * 1000, 3), cost_usd=cost,
         finish_reason=choices[0].get("finish_reason"), error=error,
-        system_hash=text_hash(system) if system else None, extra=extra or {},
+        system_hash=text_hash(system) if system else None, extra=extra,
     )

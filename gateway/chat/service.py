@@ -28,6 +28,7 @@ from gateway.chat.types import (
 from gateway.config import LimitsConfig, RetryConfig
 from gateway.errors import ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.metrics import Metrics
+from gateway.parity import LiveParity
 from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
 from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, check_request_size
@@ -62,8 +63,8 @@ class ChatService:
         """Wait for background shadow calls (graceful shutdown)."""
         await self.shadow.drain()
 
-    def live_parity(self) -> dict[tuple[str, int], tuple[int, float]]:
-        """(task, version) → (comparisons, mean agreement) seen by this process."""
+    def live_parity(self) -> dict[tuple[str, int], LiveParity]:
+        """(task, version) → the shadow comparisons this process made."""
         return self.shadow.live_parity()
 
     def _registry_read(self, students: list[StudentVersion], rollouts: dict[str, float]) -> None:
@@ -82,9 +83,8 @@ class ChatService:
             for status in ("candidate", "active", "retired", "rejected"):
                 self.metrics.student_versions.labels(task, status).set(counts.get((task, status), 0))
         for task, s in newest.items():
-            training_s = (s.details or {}).get("training_s")
-            if isinstance(training_s, int | float):
-                self.metrics.last_training.labels(self.metrics.task_label(task)).set(training_s)
+            if s.details.training_s is not None:
+                self.metrics.last_training.labels(self.metrics.task_label(task)).set(s.details.training_s)
         for task, percent in rollouts.items():
             self.metrics.rollout.labels(self.metrics.task_label(task)).set(percent)
 

@@ -1,6 +1,6 @@
 """Shadow scoring: for a share of the requests a student served, the teacher is asked too, in the background;
-their agreement is this process's live parity per task and version, and the teacher's answer is captured as
-training data like any other."""
+their agreement is this process's live parity per task and version (`gateway.parity`), and the teacher's
+answer is captured as training data like any other."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from gateway.chat.bodies import upstream_body
 from gateway.chat.types import ROUTE_SHADOW, ChatRequest, RouteInfo, StudentAttempt, Teacher
 from gateway.errors import ProtegeError
 from gateway.metrics import Metrics
+from gateway.parity import LiveParity
 from gateway.scoring import agreement
+from gateway.store import ExchangeExtra, ShadowNote
 
 log = logging.getLogger("protege.service")
 
@@ -25,7 +27,7 @@ class ShadowScorer:
         self.metrics = metrics
         self.accounting = accounting
         self._background: set[asyncio.Task[None]] = set()
-        self._parity: dict[tuple[str, int], tuple[int, float]] = {}
+        self._parity: dict[tuple[str, int], LiveParity] = {}
 
     def maybe(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
         """Also ask the teacher, in the background, for a `rate` share of student-served requests."""
@@ -40,9 +42,9 @@ class ShadowScorer:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def live_parity(self) -> dict[tuple[str, int], tuple[int, float]]:
-        """(task, version) → (comparisons, mean agreement) seen by this process."""
-        return dict(self._parity)
+    def live_parity(self) -> dict[tuple[str, int], LiveParity]:
+        """(task, version) → the comparisons this process made."""
+        return {key: LiveParity(p.comparisons, p.total_agreement) for key, p in self._parity.items()}
 
     async def _shadow(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
         shadow_req = ChatRequest(request_id=req.request_id + "-shadow", body={**req.body, "stream": False},
@@ -59,12 +61,11 @@ class ShadowScorer:
         labels = (self.metrics.task_label(req.task), str(version))
         self.metrics.shadow.labels(*labels).inc()
         self.metrics.shadow_agreement.labels(*labels).inc(score)
-        count, mean = self._parity.get((req.task, version), (0, 0.0))
-        count, mean = count + 1, mean + (score - mean) / (count + 1)
-        self._parity[(req.task, version)] = (count, mean)
-        self.metrics.live_parity.labels(*labels).set(mean)
+        parity = self._parity.setdefault((req.task, version), LiveParity())
+        parity.add(score)
+        self.metrics.live_parity.labels(*labels).set(parity.mean or 0.0)
         # the teacher's answer is training data like any other; the row notes the comparison
         info = RouteInfo(ROUTE_SHADOW, attempt.student, attempt.confidence)
         self.accounting.teacher_served(TeacherOutcome(shadow_req, teacher, info, "ok", 200, result,
                                                       time.perf_counter() - started,
-                                                      extra={"shadow": {"version": version, "agreement": score}}))
+                                                      extra=ExchangeExtra(shadow=ShadowNote(version, score))))

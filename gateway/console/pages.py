@@ -49,17 +49,9 @@ def path_part(value: str) -> str:
     return quote(value, safe="")
 
 
-def evaluation_of(student: StudentVersion) -> dict[str, Any]:
-    value = student.details.get("evaluation")
-    return value if isinstance(value, dict) else {}
-
-
 def offline_parity(student: StudentVersion) -> tuple[float | None, float | None]:
     """The version's parity with the teacher on held-out traffic, and the gate it was held to."""
-    score = ((evaluation_of(student).get("student") or {}).get("score") or {}).get("mean")
-    gate = (student.details.get("gate") or {}).get("min_parity")
-    return (float(score) if isinstance(score, int | float) else None,
-            float(gate) if isinstance(gate, int | float) else None)
+    return student.details.offline_parity, student.details.min_parity
 
 
 @functools.cache

@@ -33,10 +33,11 @@ from gateway.admin_auth import SESSION_TTL_S, csrf_token, end_session, same, ses
 from gateway.auth import bearer_token
 from gateway.console.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
 from gateway.console.errors import CONSOLE
-from gateway.console.pages import HEADERS, PREFIX, evaluation_of, offline_parity, page, path_part, usd
+from gateway.console.pages import HEADERS, PREFIX, offline_parity, page, path_part, usd
 from gateway.errors import BadRequestError, ProtegeError
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_body, validate
+from gateway.parity import LiveParity
 from gateway.savings import TaskReport, build_report, read_exchanges, task_report  # `protege report`'s figures
 from gateway.state import GatewayState
 from gateway.store import Exchange, StudentVersion, TaskSummary
@@ -98,7 +99,7 @@ class TaskRow:
 
 
 def task_row(name: str, summary: TaskSummary | None, students: Sequence[StudentVersion], rollout: float,
-             report: TaskReport | None, live: dict[tuple[str, int], tuple[int, float]]) -> TaskRow:
+             report: TaskReport | None, live: dict[tuple[str, int], LiveParity]) -> TaskRow:
     row = TaskRow(name, summary.captured if summary else 0, summary.good if summary else 0, rollout, report=report)
     row.active = next((s for s in students if s.status == "active"), None)
     if row.active is not None:
@@ -106,7 +107,8 @@ def task_row(name: str, summary: TaskSummary | None, students: Sequence[StudentV
         if report is not None and report.version == row.active.version and report.live_comparisons:
             row.live_parity, row.live_comparisons = report.live_parity, report.live_comparisons
         elif (row.active.task, row.active.version) in live:  # shadow rows not captured: this process's count
-            row.live_comparisons, row.live_parity = live[(row.active.task, row.active.version)]
+            tally = live[(row.active.task, row.active.version)]
+            row.live_comparisons, row.live_parity = tally.comparisons, tally.mean
     return row
 
 
@@ -146,8 +148,8 @@ def operating_point(curve: Sequence[tuple[float | None, float, float]],
 
 
 def calibration_chart(student: StudentVersion) -> Markup | None:
-    calibration = student.details.get("calibration")
-    if not isinstance(calibration, dict):
+    calibration = student.details.calibration
+    if calibration is None:
         return None
     curve = _curve_points(calibration)
     target = calibration.get("target_parity")
@@ -255,8 +257,8 @@ def build_console_router() -> APIRouter:
         notice = NOTICES.get(request.query_params.get("done", "")) if error is None else None
         return render("task.html", status, session=session, page=page, row=page.row, window=window,
                       windows=WINDOWS, notice=notice, error=error, recent=RECENT_FALLBACKS,
-                      evaluation=evaluation_of(page.shown) if page.shown else {},
-                      calibration=(page.shown.details.get("calibration") or {}) if page.shown else {},
+                      evaluation=(page.shown.details.evaluation or {}) if page.shown else {},
+                      calibration=(page.shown.details.calibration or {}) if page.shown else {},
                       calibration_svg=calibration_chart(page.shown) if page.shown else None,
                       savings_svg=savings_chart(page.row.report))
 

@@ -18,8 +18,10 @@ from gateway.store.base import (
     redacted_url,
     user_hash,
 )
+from gateway.store.records import NO_EXTRA, ExchangeExtra, GateResult, ShadowNote, StudentDetails, StudentNote
 
-__all__ = ["STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeStatus", "Store", "StoreError",
+__all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
+           "ExchangeStatus", "GateResult", "ShadowNote", "Store", "StoreError", "StudentDetails", "StudentNote",
            "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url", "open_store", "redacted_url",
            "user_hash"]
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.store.records import ExchangeExtra, StudentDetails
+
 ExchangeStatus = Literal["ok", "failed", "incomplete"]
 DeleteProgress = Callable[[int], None]
 """Called after each batch of a batched delete with the number of rows deleted so far."""
@@ -38,7 +40,7 @@ class Exchange:
     finish_reason: str | None = None
     error: str | None = None
     system_hash: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: ExchangeExtra = field(default_factory=ExchangeExtra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class StudentVersion:
     prompt_distilled: bool = False
     threshold: float | None = None  # calibrated confidence threshold; None → accept on validators alone
     confidence_method: ConfidenceMethod = "mean_logprob"
-    details: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, evaluation results
+    details: StudentDetails = field(default_factory=StudentDetails)  # lineage: evaluation, gate, training
 
 
 def redacted_url(url: str) -> str:

@@ -34,6 +34,7 @@ from gateway.store.base import (
     redacted_url,
 )
 from gateway.store.postgres_schema import LATEST_VERSION, MIGRATION_LOCK, MIGRATIONS
+from gateway.store.records import ExchangeExtra
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     STUDENT_COLUMNS,
@@ -82,7 +83,7 @@ def _without_nul(value: Any) -> Any:
 def _exchange_row(ex: Exchange) -> list[Any]:
     row = list(exchange_to_row(ex))
     if any(row[i] and "\x00" in row[i] for i in _NUL_FREE) or (row[_EXTRA] and "\\u0000" in row[_EXTRA]):
-        ex = dataclasses.replace(ex, extra=_without_nul(ex.extra),
+        ex = dataclasses.replace(ex, extra=ExchangeExtra.from_json(_without_nul(ex.extra.to_json())),
                                  **{f: _without_nul(getattr(ex, f)) for f in _TEXT_FIELDS})
         row = list(exchange_to_row(ex))
     row[_STREAM] = bool(row[_STREAM])

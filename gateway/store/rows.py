@@ -8,6 +8,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.store.base import Exchange, ExchangeStatus, StudentVersion
+from gateway.store.records import ExchangeExtra, StudentDetails
 
 EXCHANGE_COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "task", "task_source", "route", "model", "upstream_model", "user_id",
@@ -25,7 +26,7 @@ def exchange_to_row(ex: Exchange) -> tuple[Any, ...]:
         ex.request_id, ex.created_at, ex.task, ex.task_source, ex.route, ex.model, ex.upstream_model,
         ex.user, ex.status, ex.http_status, int(ex.stream), _dumps(ex.request), _dumps(ex.response),
         ex.prompt_tokens, ex.completion_tokens, ex.latency_ms, ex.cost_usd, ex.finish_reason, ex.error,
-        ex.system_hash, _dumps(ex.extra or None),
+        ex.system_hash, _dumps(ex.extra.to_json() or None),
     )
 
 
@@ -52,7 +53,7 @@ def row_to_exchange(row: Mapping[str, Any] | Sequence[Any]) -> Exchange:
         finish_reason=values["finish_reason"],
         error=values["error"],
         system_hash=values["system_hash"],
-        extra=orjson.loads(values["extra_json"]) if values["extra_json"] else {},
+        extra=ExchangeExtra.from_json(orjson.loads(values["extra_json"]) if values["extra_json"] else None),
     )
 
 
@@ -66,7 +67,7 @@ STUDENT_COLUMNS: tuple[str, ...] = (
 def student_to_row(s: StudentVersion) -> tuple[Any, ...]:
     return (s.task, s.version, s.status, s.model, s.base_model, s.trainer, s.artifact, s.dataset_hash,
             s.system_prompt_hash, int(s.prompt_distilled), s.threshold, s.confidence_method,
-            _dumps(s.details or None), s.created_at, s.updated_at)
+            _dumps(s.details.to_json() or None), s.created_at, s.updated_at)
 
 
 def row_to_student(row: Sequence[Any]) -> StudentVersion:
@@ -78,5 +79,5 @@ def row_to_student(row: Sequence[Any]) -> StudentVersion:
         system_prompt_hash=v["system_prompt_hash"], prompt_distilled=bool(v["prompt_distilled"]),
         threshold=None if v["threshold"] is None else float(v["threshold"]),
         confidence_method=v["confidence_method"],
-        details=orjson.loads(v["details_json"]) if v["details_json"] else {},
+        details=StudentDetails.from_json(orjson.loads(v["details_json"]) if v["details_json"] else None),
     )

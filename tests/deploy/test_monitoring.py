@@ -316,7 +316,8 @@ def traffic(stack: Stack) -> float:
     fallbacks = wait_rows(stack.store, "fallback", 3)
     assert all(row.cost_usd is not None for row in shadows)  # every shadowed answer is priced
     expected -= sum(row.cost_usd or 0.0 for row in shadows)
-    expected -= sum(row.extra["student"]["cost_usd"] for row in fallbacks)
+    expected -= sum(row.extra.student.cost_usd or 0.0 for row in fallbacks if row.extra.student)
+    assert all(row.extra.student and row.extra.student.cost_usd for row in fallbacks)
     assert expected > 0
     return float(expected)
 

@@ -76,10 +76,12 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     assert student.dataset_hash == outcome["dataset_hash"] and student.trainer == "local"
     assert student.base_model == DEFAULT_SERVED_NAME and student.prompt_distilled
     assert student.artifact is not None and (Path(student.artifact) / "adapter_model.safetensors").is_file()
-    config = student.details["trainer_config"]
+    config = student.details.trainer_config
+    assert config is not None
     assert config["max_steps"] == MAX_STEPS and config["epochs"] == 2 and config["model_name"] == student.model
     assert {"r", "alpha", "learning_rate", "batch_size", "target_modules", "seed"} <= set(config)
-    metrics = student.details["metrics"]
+    metrics = student.details.metrics
+    assert metrics is not None
     assert metrics["steps"] == MAX_STEPS and metrics["val_loss"] < metrics["val_loss_before"]
     training = json.loads((Path(student.artifact) / "training.json").read_text())
     assert training["dataset_hash"] == student.dataset_hash and training["config"] == config
@@ -89,7 +91,7 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset_hash"] == student.dataset_hash and report["status"] == student.status
     evaluation: dict[str, Any] = report["evaluation"]
-    assert evaluation == student.details["evaluation"] and evaluation["split"] == "test"
+    assert evaluation == student.details.evaluation and evaluation["split"] == "test"
     parity = evaluation["student"]["score"]
     assert parity["n"] > 0 and parity["ci_low"] <= parity["mean"] <= parity["ci_high"]
     assert evaluation["student"]["errors"] == 0 and evaluation["student"]["completion_tokens_mean"] > 0

@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 
 from gateway.savings import build_report, parse_duration, read_exchanges
-from gateway.store import Exchange, StudentVersion, open_store
+from gateway.store import (
+    NO_EXTRA,
+    Exchange,
+    ExchangeExtra,
+    GateResult,
+    ShadowNote,
+    StudentDetails,
+    StudentNote,
+    StudentVersion,
+    open_store,
+)
 from tests.cli import ok as protege
 from tests.cli import run_cli
 
@@ -22,12 +32,12 @@ STUDENT = 0.0001  # USD per student answer
 
 
 def exchange(i: int, at: float, route: str, cost: float | None, *, task: str = "tickets",
-             extra: dict[str, Any] | None = None) -> Exchange:
+             extra: ExchangeExtra = NO_EXTRA) -> Exchange:
     return Exchange(request_id=f"req_{task}_{i:04d}", created_at=at, task=task, task_source="header", route=route,
                     model="gpt-4o-mini", upstream_model="gpt-4o-mini", status="ok", http_status=200, stream=False,
                     request={"messages": [{"role": "user", "content": f"q{i}"}]},
                     response={"choices": [{"index": 0, "message": {"role": "assistant", "content": f"a{i}"}}]},
-                    prompt_tokens=10, completion_tokens=5, cost_usd=cost, extra=extra or {})
+                    prompt_tokens=10, completion_tokens=5, cost_usd=cost, extra=extra)
 
 
 def traffic(now: float) -> tuple[list[Exchange], list[StudentVersion]]:
@@ -37,27 +47,27 @@ def traffic(now: float) -> tuple[list[Exchange], list[StudentVersion]]:
     n = len(rows)
     # 30 student answers with the gateway's recorded teacher-only estimate
     rows += [exchange(n + i, start + i * 0.1 * DAY, "student", STUDENT,
-                      extra={"student": {"version": 1}, "counterfactual_cost_usd": TEACHER}) for i in range(30)]
+                      extra=ExchangeExtra(StudentNote(version=1), counterfactual_cost_usd=TEACHER)) for i in range(30)]
     n = len(rows)
     # 5 fallbacks: the teacher's answer plus the student's rejected attempt
     rows += [exchange(n + i, start + 0.05 * DAY + i * 0.1 * DAY, "fallback", TEACHER + STUDENT,
-                      extra={"student": {"version": 1, "cost_usd": STUDENT}}) for i in range(5)]
+                      extra=ExchangeExtra(StudentNote(version=1, cost_usd=STUDENT))) for i in range(5)]
     n = len(rows)
     # 5 student answers captured before the gateway recorded its estimate: the teacher's mean is used
     rows += [exchange(n + i, start + 3.5 * DAY + i * 0.01 * DAY, "student", STUDENT,
-                      extra={"student": {"version": 1}}) for i in range(5)]
+                      extra=ExchangeExtra(StudentNote(version=1))) for i in range(5)]
     n = len(rows)
     # 3 shadow calls: a cost of the cascade, no request of a client
     rows += [exchange(n + i, start + (1 + i) * 0.5 * DAY, "shadow", TEACHER,
-                      extra={"shadow": {"version": 1, "agreement": agreement}})
+                      extra=ExchangeExtra(shadow=ShadowNote(1, agreement)))
              for i, agreement in enumerate((1.0, 0.5, 0.0))]
     # another task, teacher only
     rows += [exchange(i, now - 2 * DAY + i, "teacher", TEACHER, task="other") for i in range(4)]
     student = StudentVersion(
         task="tickets", version=1, status="active", model="tickets-v1", created_at=start - 3600,
         updated_at=start - 3600, trainer="local",
-        details={"training_cost_usd": 1.5, "gate": {"min_parity": 0.9},
-                 "evaluation": {"split": "test", "student": {"name": "tickets-v1", "score": {"mean": 0.93}}}})
+        details=StudentDetails(training_cost_usd=1.5, gate=GateResult(min_parity=0.9), evaluation={
+            "split": "test", "student": {"name": "tickets-v1", "score": {"mean": 0.93}}}))
     rejected = StudentVersion(task="tickets", version=2, status="rejected", model="tickets-v2",
                               created_at=start, updated_at=start, trainer="local")  # no training cost recorded
     return rows, [student, rejected]
@@ -113,10 +123,11 @@ def test_the_window_keeps_recent_traffic_only() -> None:
 
 
 def test_no_savings_never_break_even() -> None:
-    rows = [exchange(i, 1000.0 + i, "fallback", TEACHER + STUDENT, extra={"student": {"cost_usd": STUDENT}})
+    rows = [exchange(i, 1000.0 + i, "fallback", TEACHER + STUDENT, extra=ExchangeExtra(StudentNote(cost_usd=STUDENT)))
             for i in range(4)]
-    [task] = build_report(rows, [StudentVersion(task="tickets", version=1, status="active", model="m",
-                                                created_at=0, updated_at=0, details={"training_cost_usd": 2.0})],
+    student = StudentVersion(task="tickets", version=1, status="active", model="m", created_at=0, updated_at=0,
+                             details=StudentDetails(training_cost_usd=2.0))
+    [task] = build_report(rows, [student],
                           now=2000.0).tasks
     assert task.savings_usd == pytest.approx(-4 * STUDENT)
     assert task.breakeven_requests is None and task.breakeven_days is None

@@ -8,7 +8,7 @@ import pytest
 
 from distiller.pipeline import DistillOptions
 from distiller.scheduler import RetrainPolicy, TaskState, apply_retention, due, run_once, task_state
-from gateway.store import Exchange, StudentVersion, open_store
+from gateway.store import NO_EXTRA, Exchange, ExchangeExtra, ShadowNote, StudentVersion, open_store
 
 NOW = 1_000_000.0
 POLICY = RetrainPolicy(min_new_examples=100, max_age_s=86400, parity_floor=0.85, min_shadow_comparisons=20)
@@ -34,12 +34,12 @@ def test_due(state: TaskState, reason: str | None) -> None:
     assert (got is None) if reason is None else (got is not None and reason in got)
 
 
-def exchange(i: int, created_at: float, route: str = "teacher", extra: dict[str, object] | None = None) -> Exchange:
+def exchange(i: int, created_at: float, route: str = "teacher", extra: ExchangeExtra = NO_EXTRA) -> Exchange:
     return Exchange(request_id=f"r{i}", created_at=created_at, task="t", task_source="header", route=route, model="m",
                     upstream_model="m", status="ok", http_status=200, stream=False,
                     request={"messages": [{"role": "user", "content": f"q{i}"}]},
                     response={"choices": [{"index": 0, "message": {"role": "assistant", "content": "a"}}]},
-                    extra=extra or {})
+                    extra=extra)
 
 
 async def test_task_state_counts_new_teacher_data_and_live_parity(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ async def test_task_state_counts_new_teacher_data_and_live_parity(tmp_path: Path
                                  + [exchange(10 + i, 600.0 + i) for i in range(3)]
                                  + [exchange(20, 601.0, route="student")]
                                  + [exchange(30 + i, 602.0 + i, route="shadow",
-                                             extra={"shadow": {"version": 1, "agreement": a}})
+                                             extra=ExchangeExtra(shadow=ShadowNote(1, a)))
                                     for i, a in enumerate((1.0, 0.5, 0.0))])
     state = await task_state(store, "t")
     assert state.new_good_examples == 6  # 3 teacher + 3 shadow answers; student answers are not training data

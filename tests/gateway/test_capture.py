@@ -59,8 +59,8 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels or None) or 0.0
 
 
-async def test_writer_batches_and_flushes_on_close(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'p.db'}")
+async def test_writer_batches_and_flushes_on_close(store_url: str) -> None:
+    store = open_store(store_url)
     await store.open()
     registry = CollectorRegistry()
     writer = CaptureWriter(store, CaptureConfig(batch_size=10, flush_interval_ms=50), Metrics(registry))
@@ -74,8 +74,8 @@ async def test_writer_batches_and_flushes_on_close(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_writer_flushes_within_the_interval(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'p.db'}")
+async def test_writer_flushes_within_the_interval(store_url: str) -> None:
+    store = open_store(store_url)
     await store.open()
     writer = CaptureWriter(store, CaptureConfig(flush_interval_ms=50), Metrics(CollectorRegistry()))
     writer.start()
@@ -88,8 +88,8 @@ async def test_writer_flushes_within_the_interval(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_full_queue_drops_and_counts_without_raising(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'p.db'}")
+async def test_full_queue_drops_and_counts_without_raising(store_url: str) -> None:
+    store = open_store(store_url)
     await store.open()
     registry = CollectorRegistry()
     writer = CaptureWriter(store, CaptureConfig(queue_size=3), Metrics(registry))  # not started: nothing drains
@@ -145,8 +145,8 @@ async def test_store_error_is_counted_and_writer_keeps_going(tmp_path: Path) -> 
     await store.close()
 
 
-async def test_disabled_capture_records_nothing(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'p.db'}")
+async def test_disabled_capture_records_nothing(store_url: str) -> None:
+    store = open_store(store_url)
     await store.open()
     writer = CaptureWriter(store, CaptureConfig(enabled=False), Metrics(CollectorRegistry()))
     writer.start()

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from gateway.config import Settings
-from gateway.store import StudentVersion, open_store
+from gateway.store import StudentDetails, StudentVersion, open_store
 from gateway.tasks import text_hash
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
 from tests.servers import Server
@@ -414,8 +414,9 @@ def test_a_fallback_pays_for_the_teacher_and_the_student_attempt(
     [row] = gateway.rows()
     assert row.prompt_tokens is not None and row.completion_tokens is not None
     teacher_cost = row.prompt_tokens * TEACHER_PRICE[0] + row.completion_tokens * TEACHER_PRICE[1]
-    student_cost = row.extra["student"]["cost_usd"]
-    assert student_cost > 0
+    assert row.extra.student is not None
+    student_cost = row.extra.student.cost_usd
+    assert student_cost is not None and student_cost > 0
     assert row.cost_usd == pytest.approx(teacher_cost + student_cost)
     assert gateway.metric("protege_cost_usd_total", route="fallback") == pytest.approx(teacher_cost + student_cost)
     # the teacher alone would have paid its own answer only
@@ -435,7 +436,7 @@ def test_a_student_answer_records_what_the_teacher_would_have_cost(
     user = "My order to Oslo is late."
     teacher_prompt = round(row.prompt_tokens * len(SYSTEM + user) / len(user))
     expected = teacher_prompt * TEACHER_PRICE[0] + row.completion_tokens * TEACHER_PRICE[1]
-    assert row.extra["counterfactual_cost_usd"] == pytest.approx(expected)
+    assert row.extra.counterfactual_cost_usd == pytest.approx(expected)
     assert gateway.metric("protege_counterfactual_cost_usd_total", route="student") == pytest.approx(expected)
     savings = (gateway.metric("protege_counterfactual_cost_usd_total")
                - gateway.metric("protege_cost_usd_total"))
@@ -450,7 +451,7 @@ def test_registry_and_rollout_gauges_without_traffic(cascade: Callable[..., tupl
         await db.open()
         now = time.time()
         await db.add_student(StudentVersion(task=TASK, version=2, status="rejected", model="tiny-v2", created_at=now,
-                                            updated_at=now, details={"training_s": 129.5}))
+                                            updated_at=now, details=StudentDetails(training_s=129.5)))
         await db.close()
 
     asyncio.run(add_rejected())

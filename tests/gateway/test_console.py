@@ -24,7 +24,7 @@ import pytest
 
 from distiller.calibrate import Observation, calibrate
 from distiller.evaluate import EvaluationReport, ModelReport, ScoreSummary
-from gateway.store import StudentVersion, open_store
+from gateway.store import GateResult, StudentDetails, StudentVersion, open_store
 from tests.servers import REPO, Server, start_gateway, start_model_server, stop
 
 ADMIN = "console-admin-token"
@@ -36,7 +36,7 @@ CSS = REPO / "gateway" / "console" / "static" / "console.css"
 
 # --- processes ---------------------------------------------------------------------------------
 
-def details(version: int, parity: float) -> dict[str, Any]:
+def details(version: int, parity: float) -> StudentDetails:
     """What the distiller stores for a version: evaluation with baselines, calibration, gate, lineage."""
     evaluation = EvaluationReport(split="test", student=ModelReport(
         f"{TASK}-v{version}", ScoreSummary(parity, parity - 0.04, min(1.0, parity + 0.03), 40), latency_p50_s=0.21,
@@ -45,9 +45,9 @@ def details(version: int, parity: float) -> dict[str, Any]:
         ModelReport("majority answer", ScoreSummary(0.35, 0.27, 0.43, 40))])
     observations = [Observation((-0.05 * (i % 9) - 0.01 * i,), 1.0 if i % 5 else 0.0) for i in range(30)]
     calibration = calibrate(observations, target_parity=0.9)
-    return {"evaluation": evaluation.to_dict(), "calibration": calibration.to_dict(),
-            "gate": {"passed": True, "message": f"parity {parity:.3f} passes the gate 0.90", "min_parity": 0.9},
-            "training_cost_usd": 0.00002}
+    return StudentDetails(evaluation=evaluation.to_dict(), calibration=calibration.to_dict(),
+                          gate=GateResult(True, f"parity {parity:.3f} passes the gate 0.90", 0.9),
+                          training_cost_usd=0.00002)
 
 
 def seed_store(store: Path) -> None:
@@ -419,10 +419,12 @@ def test_calibration_chart_from_stored_details() -> None:
 
     from gateway.console.routes import _curve_points, calibration_chart, operating_point
 
-    stored = orjson.loads(orjson.dumps(details(1, 0.93)))  # as the store gives it back: inf thresholds are null
+    # as the store gives it back: inf thresholds are null
+    stored = StudentDetails.from_json(orjson.loads(orjson.dumps(details(1, 0.93).to_json())))
     student = StudentVersion(task=TASK, version=1, status="active", model="tiny", created_at=0, updated_at=0,
                              threshold=-0.2, details=stored)
-    curve = _curve_points(stored["calibration"])
+    assert stored.calibration is not None
+    curve = _curve_points(stored.calibration)
     assert curve[0][0] is None and curve[0][1] == 0  # the serve-nothing point
     at = operating_point(curve, -0.2)
     assert at is not None and at[0] is not None and at[0] >= -0.2

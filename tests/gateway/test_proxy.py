@@ -23,8 +23,9 @@ ADMIN = "proxy-admin-token"
 
 
 @pytest.fixture
-def gateway(katan: Server, tmp_path: Path) -> Iterator[InProcessGateway]:
-    with inprocess_gateway(settings_for(katan, tmp_path / "store.db", admin_token=ADMIN)) as gateway:
+def gateway(katan: Server, store_url: str) -> Iterator[InProcessGateway]:
+    """On each backend: what a request leaves in the store is the same on SQLite and PostgreSQL."""
+    with inprocess_gateway(settings_for(katan, store_url, admin_token=ADMIN)) as gateway:
         yield gateway
 
 

@@ -224,4 +224,4 @@ def test_a_hanging_student_times_out_into_a_fallback(broken: Callable[[str], Bro
         assert time.monotonic() - started < 5
         assert gateway.metric("protege_fallbacks_total", reason="student_timeout") == 1
         [row] = gateway.rows()
-    assert row.route == "fallback" and row.extra["student"]["reason"] == "student_timeout"
+    assert row.route == "fallback" and row.extra.student is not None and row.extra.student.reason == "student_timeout"

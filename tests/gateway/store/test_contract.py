@@ -13,7 +13,18 @@ import pytest
 from gateway.auth import KeyRing, hash_key, new_key
 from gateway.errors import AuthenticationError
 from gateway.routing_table import RoutingTable
-from gateway.store import ApiKeyRecord, Exchange, Store, StoreError, StudentVersion, open_store, user_hash
+from gateway.store import (
+    ApiKeyRecord,
+    Exchange,
+    ExchangeExtra,
+    GateResult,
+    Store,
+    StoreError,
+    StudentDetails,
+    StudentVersion,
+    open_store,
+    user_hash,
+)
 from gateway.store.schema import LATEST_VERSION
 from gateway.store.sqlite import sqlite_path
 from tests.gateway.store.test_sqlite import exchange
@@ -40,6 +51,8 @@ async def opened(url: str) -> Store:
     return store
 
 
+DETAILS = StudentDetails(evaluation={"student": {"score": {"mean": 0.9}}}, gate=GateResult(True, "ok", 0.85),
+                         training_s=12.5, training_cost_usd=0.25, run_dir="/runs/1")
 TABLES = ("exchanges", "api_keys", "students", "task_routing", "forgotten_users", "console_sessions", "schema_version")
 
 
@@ -112,7 +125,7 @@ async def test_payloads_round_trip_exactly(store: Store) -> None:
                   response=None, latency_ms=0.123456789, cost_usd=1e-7)
     await store.insert_exchanges([ex])
     [got] = await store.list_exchanges()
-    assert got == ex and got.extra == {} and got.response is None
+    assert got == ex and got.extra == ExchangeExtra() and got.response is None
     # key order is part of the prompt a student is trained on: the store must not reorder it
     assert list(got.request) == list(request)
     assert list(got.request["tools"][0]["function"]["parameters"]["properties"]) == ["zeta", "alpha"]
@@ -120,12 +133,12 @@ async def test_payloads_round_trip_exactly(store: Store) -> None:
 
 async def test_nul_characters_do_not_lose_the_batch(store: Store) -> None:
     bad = exchange(1)
-    bad.error, bad.user, bad.extra = "boom\x00", "u\x00", {"note": "a\x00b"}
+    bad.error, bad.user, bad.extra = "boom\x00", "u\x00", ExchangeExtra(teacher_error="a\x00b")
     await store.insert_exchanges([bad, exchange(2)])
     first, second = await store.list_exchanges()
     assert second == exchange(2)
     # SQLite keeps NUL; PostgreSQL cannot hold it in TEXT or JSONB and stores U+FFFD instead
-    assert first.error in ("boom\x00", "boom\ufffd") and first.extra["note"] in ("a\x00b", "a\ufffdb")
+    assert first.error in ("boom\x00", "boom\ufffd") and first.extra.teacher_error in ("a\x00b", "a\ufffdb")
     assert first.request == bad.request
 
 
@@ -224,7 +237,7 @@ async def test_api_keys_are_stored_hashed_and_revocable(store: Store) -> None:
 async def test_students_registry(store: Store) -> None:
     assert await store.list_students() == []
     await store.add_student(student(2, "b"))
-    await store.add_student(student(1, "b", details={"eval": {"parity": 0.9}}, prompt_distilled=True,
+    await store.add_student(student(1, "b", details=DETAILS, prompt_distilled=True,
                                     system_prompt_hash="h", threshold=-0.5, confidence_method="min_logprob",
                                     base_model="smol", trainer="local", artifact="/a", dataset_hash="d"))
     await store.add_student(student(1, "a"))
@@ -232,10 +245,10 @@ async def test_students_registry(store: Store) -> None:
         await store.add_student(student(1, "a"))
     assert [(s.task, s.version) for s in await store.list_students()] == [("a", 1), ("b", 1), ("b", 2)]
     [b1, b2] = await store.list_students(task="b")
-    assert b1 == student(1, "b", details={"eval": {"parity": 0.9}}, prompt_distilled=True, system_prompt_hash="h",
+    assert b1 == student(1, "b", details=DETAILS, prompt_distilled=True, system_prompt_hash="h",
                          threshold=-0.5, confidence_method="min_logprob", base_model="smol", trainer="local",
                          artifact="/a", dataset_hash="d")
-    assert b2.details == {} and not b2.prompt_distilled and b2.threshold is None
+    assert b2.details == StudentDetails() and not b2.prompt_distilled and b2.threshold is None
     assert await store.list_students(task="missing") == []
 
 

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import new_key
-from gateway.store import Store, StoreError, StudentStatus, StudentVersion, open_store, user_hash
+from gateway.store import (
+    GateResult,
+    Store,
+    StoreError,
+    StudentDetails,
+    StudentStatus,
+    StudentVersion,
+    open_store,
+    user_hash,
+)
 from gateway.store.migrate import migrate_store
 from tests.gateway.store.test_sqlite import exchange
 
@@ -31,7 +40,7 @@ async def fill(url: str) -> None:
     for version, status in statuses:
         await store.add_student(StudentVersion(task="a", version=version, status=status, model=f"a-v{version}",
                                                created_at=10.0 + version, updated_at=20.0, threshold=-0.3,
-                                               details={"parity": 0.9}))
+                                               details=StudentDetails(training_s=1.5, gate=GateResult(min_parity=0.9))))
     await store.set_rollout("a", 25)
     await store.set_rollout("b", 0)
     await store.add_forgotten_users({"0" * 64: 5.0})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.auth import new_key
-from gateway.store import Exchange, StoreError, open_store
+from gateway.store import Exchange, ExchangeExtra, StoreError, StudentNote, open_store
 from gateway.store.schema import LATEST_VERSION
 from gateway.store.sqlite import SQLiteStore
 
@@ -21,7 +21,8 @@ def exchange(i: int, task: str = "t", status: str = "ok") -> Exchange:
                     response={"choices": [{"index": 0, "message": {"role": "assistant", "content": f"a{i}"},
                                            "finish_reason": "stop"}]},
                     user="u", prompt_tokens=3, completion_tokens=4, latency_ms=1.5, cost_usd=None,
-                    finish_reason="stop", extra={"k": [1]})
+                    finish_reason="stop",
+                    extra=ExchangeExtra(teacher_error="e", student=StudentNote(version=1, message={"k": [1]})))
 
 
 async def test_the_file_is_created_in_wal_mode(tmp_path: Path) -> None:

@@ -1,0 +1,169 @@
+"""Typed records for what the gateway notes on a captured row (`Exchange.extra`) and what the distiller
+records about a student (`StudentVersion.details`). Both are stored as JSON (`extra_json`, `details_json`)
+with the keys the fields are named after, omitting what is unset. Reading is lenient: rows written by an
+older gateway, or edited by hand, may lack a key or hold a value of another type; such a value reads as
+unset rather than failing a report, and keys nobody knows are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _dict(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _set(**values: object) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class StudentNote:
+    """What the student did on a row. A student row: the version that answered and its confidence. A fallback
+    row: why its answer was rejected, what it said and what that attempt cost."""
+
+    version: int | None = None
+    model: str | None = None
+    confidence: float | None = None
+    reason: str | None = None
+    detail: str | None = None
+    message: dict[str, Any] | None = None
+    cost_usd: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(version=self.version, model=self.model, confidence=self.confidence, reason=self.reason,
+                    detail=self.detail, message=self.message, cost_usd=self.cost_usd)
+
+    @classmethod
+    def from_json(cls, data: object) -> StudentNote | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(version=_int(data.get("version")), model=_str(data.get("model")),
+                   confidence=_float(data.get("confidence")), reason=_str(data.get("reason")),
+                   detail=_str(data.get("detail")), message=_dict(data.get("message")),
+                   cost_usd=_float(data.get("cost_usd")))
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowNote:
+    """A shadow row: the teacher's answer to a request the student served, scored against the student's."""
+
+    version: int
+    agreement: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "agreement": self.agreement}
+
+    @classmethod
+    def from_json(cls, data: object) -> ShadowNote | None:
+        if not isinstance(data, dict):
+            return None
+        version, agreement = _int(data.get("version")), _float(data.get("agreement"))
+        return None if version is None or agreement is None else cls(version, agreement)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeExtra:
+    """The gateway's notes on a captured row, beyond its columns."""
+
+    student: StudentNote | None = None
+    shadow: ShadowNote | None = None
+    counterfactual_cost_usd: float | None = None  # student rows: what the teacher would have charged
+    teacher_error: str | None = None  # degraded mode: why the teacher could not answer
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(student=self.student.to_json() if self.student else None,
+                    shadow=self.shadow.to_json() if self.shadow else None,
+                    counterfactual_cost_usd=self.counterfactual_cost_usd, teacher_error=self.teacher_error)
+
+    @classmethod
+    def from_json(cls, data: object) -> ExchangeExtra:
+        if not isinstance(data, dict):
+            return cls()
+        return cls(student=StudentNote.from_json(data.get("student")), shadow=ShadowNote.from_json(data.get("shadow")),
+                   counterfactual_cost_usd=_float(data.get("counterfactual_cost_usd")),
+                   teacher_error=_str(data.get("teacher_error")))
+
+
+NO_EXTRA = ExchangeExtra()
+"""A row with no notes (a shared default: the record is frozen)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """The quality gate a version was held to when it was registered."""
+
+    passed: bool | None = None
+    message: str | None = None
+    min_parity: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(passed=self.passed, message=self.message, min_parity=self.min_parity)
+
+    @classmethod
+    def from_json(cls, data: object) -> GateResult | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(_bool(data.get("passed")), _str(data.get("message")), _float(data.get("min_parity")))
+
+
+@dataclass(frozen=True, slots=True)
+class StudentDetails:
+    """A student's lineage as the distiller registered it. The reports are kept as the JSON their producers
+    write (`distiller.evaluate.EvaluationReport`, `distiller.calibrate.Calibration`, the trainer's job and
+    metrics, the curation report): the gateway reads only the few values with properties here."""
+
+    evaluation: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    gate: GateResult | None = None
+    trainer_config: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    curation: dict[str, Any] | None = None
+    run_dir: str | None = None
+    training_s: float | None = None
+    training_cost_usd: float | None = None  # what a hosted fine-tuning job charged
+
+    @property
+    def offline_parity(self) -> float | None:
+        """The version's mean score against the teacher on the held-out test split."""
+        student = _dict((self.evaluation or {}).get("student")) or {}
+        return _float((_dict(student.get("score")) or {}).get("mean"))
+
+    @property
+    def min_parity(self) -> float | None:
+        return self.gate.min_parity if self.gate else None
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(evaluation=self.evaluation, calibration=self.calibration,
+                    gate=self.gate.to_json() if self.gate else None, trainer_config=self.trainer_config,
+                    job=self.job, metrics=self.metrics, curation=self.curation, run_dir=self.run_dir,
+                    training_s=self.training_s, training_cost_usd=self.training_cost_usd)
+
+    @classmethod
+    def from_json(cls, data: object) -> StudentDetails:
+        if not isinstance(data, dict):
+            return cls()
+        return cls(evaluation=_dict(data.get("evaluation")), calibration=_dict(data.get("calibration")),
+                   gate=GateResult.from_json(data.get("gate")), trainer_config=_dict(data.get("trainer_config")),
+                   job=_dict(data.get("job")), metrics=_dict(data.get("metrics")),
+                   curation=_dict(data.get("curation")), run_dir=_str(data.get("run_dir")),
+                   training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")))
