@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Python writes bytecode (.venv and __pycache__, both ignored) even where the shell sets
+# PYTHONDONTWRITEBYTECODE: uv installs no .pyc, and without them every process compiles torch,
+# transformers, peft and litellm from source again (`import peft`: 21 s, 10 s with bytecode). The
+# suite starts a hundred such processes.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup lock lock-check test-latest prometheus compose-schema chromium run test lint bench-overhead bench-model-server clean
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from rich.console import Console
 
-from gateway.cli import json_flag, settings_from, store_flags, with_store
+from gateway.cli import json_flag, positive_int, settings_from, store_flags, with_store
 from gateway.config import Settings
 from gateway.store import Store
 
@@ -66,7 +66,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
     return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
                           base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
                           target_parity=args.target_parity, promote=args.promote,
-                          force=getattr(args, "force", False))
+                          max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
@@ -80,6 +80,8 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
     p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
                    "calibrated for (default 0.95)")
+    p.add_argument("--max-eval-tokens", type=positive_int, default=256, metavar="N",
+                   help="max_tokens of each evaluation answer, student and baselines alike (default 256)")
     p.add_argument("--promote", action="store_true", help="make a new version active if it passes the gate")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
     p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through and load "

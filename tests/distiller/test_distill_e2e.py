@@ -49,8 +49,9 @@ def run_distill(store: Path, runs: Path, *flags: str, env: dict[str, str] | None
 
 def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
     # one torch thread for training and the embedded model server: two threads on two shared cores crawl
+    # a random model writes until max_tokens: 16 tokens an answer are enough to score it
     return run_distill(store, runs, "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
-                       env={"OMP_NUM_THREADS": "1"})
+                       "--max-eval-tokens", "16", env={"OMP_NUM_THREADS": "1"})
 
 
 def test_capture_then_distill_registers_an_evaluated_student(
