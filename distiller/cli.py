@@ -60,7 +60,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
     from distiller.registry import Gate
 
     trainer_config: dict[str, Any] = {}
-    for key in ("epochs", "learning_rate", "r", "max_steps"):
+    for key in ("epochs", "learning_rate", "r", "max_steps", "batch_size"):
         if getattr(args, key) is not None:
             trainer_config[key] = getattr(args, key)
     return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
@@ -77,6 +77,8 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--r", type=int, help="LoRA rank")
     p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per optimizer step "
+                   "(default: the trainer's, 8 for local LoRA)")
     p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
     p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
                    "calibrated for (default 0.95)")

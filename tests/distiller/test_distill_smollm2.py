@@ -27,7 +27,8 @@ from tests.servers import Server, start_model_server, stop
 pytestmark = pytest.mark.slow
 
 EXCHANGES = 64
-MAX_STEPS = 4  # ~130 tokens an example at batch 8: about 10 s a step on one core; the loop, not quality
+MAX_STEPS = 4  # ~130 tokens an example: about 8 s a step at batch 2 on one core; the loop, not quality
+BATCH_SIZE = 2
 MAX_NEW_TOKENS = 16  # the model server clamps every evaluation answer to this: a short evaluation
 GATE = 0.9
 # One torch thread for the model server and the trainer: on two cores shared with other processes, two threads
@@ -66,8 +67,8 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     server = smollm2_server()
 
     outcome = run_distill(store, tmp_path / "runs", "--student-api-base", f"{server.url}/v1", "--epochs", "2",
-                          "--max-steps", str(MAX_STEPS), "--learning-rate", "1e-3", "--gate", str(GATE), "--promote",
-                          env=ONE_THREAD)
+                          "--max-steps", str(MAX_STEPS), "--batch-size", str(BATCH_SIZE), "--learning-rate", "1e-3",
+                          "--gate", str(GATE), "--promote", env=ONE_THREAD)
     assert outcome["version"] == 1 and outcome["reused"] is False
 
     # the registered version and its lineage
@@ -78,7 +79,8 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     assert student.artifact is not None and (Path(student.artifact) / "adapter_model.safetensors").is_file()
     config = student.details.trainer_config
     assert config is not None
-    assert config["max_steps"] == MAX_STEPS and config["epochs"] == 2 and config["model_name"] == student.model
+    assert config["max_steps"] == MAX_STEPS and config["batch_size"] == BATCH_SIZE and config["epochs"] == 2
+    assert config["model_name"] == student.model
     assert {"r", "alpha", "learning_rate", "batch_size", "target_modules", "seed"} <= set(config)
     metrics = student.details.metrics
     assert metrics is not None

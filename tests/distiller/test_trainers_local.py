@@ -280,13 +280,13 @@ def test_killed_cancelled_and_failing_jobs(tmp_path: Path, dataset_dir: Path, ti
 def test_smollm2_lora_steps(tmp_path: Path, dataset_dir: Path) -> None:
     """A few LoRA steps on the real SmolLM2-135M-Instruct; the adapter loads onto it through the model
     server's adapter manager."""
-    config = LocalLoRAConfig(batch_size=4, max_steps=4, threads=1)
+    config = LocalLoRAConfig(batch_size=2, max_steps=4, threads=1)
     job = LocalLoRATrainer(config).launch(dataset_dir, tmp_path / "run")
     final = wait_done(job, timeout=240, interval=0.5)[-1]
     assert final.state == "succeeded", final
     assert final.result is not None and final.result.base_model == "smollm2-135m-instruct"
     metrics = final.result.metrics
-    print(f"\nSmolLM2 LoRA: {metrics['steps']} steps (batch 4) in {metrics['train_seconds']} s = "
+    print(f"\nSmolLM2 LoRA: {metrics['steps']} steps (batch 2) in {metrics['train_seconds']} s = "
           f"{metrics['steps_per_s']} steps/s; val loss {metrics['val_loss_before']:.3f} → {metrics['val_loss']:.3f}")
     assert metrics["steps"] == 4 and metrics["val_loss"] < metrics["val_loss_before"]
 
