@@ -2,7 +2,7 @@
 shadowed traffic. One definition, over whichever comparisons a reader has: the captured shadow rows of a
 window (the console and `protege report`), those since the version was last changed (the retrain scheduler),
 or the comparisons this process made (the `protege_live_parity` gauge and the admin API, which need no store
-read; Prometheus's recording rule sums them over every worker)."""
+read; across workers, Prometheus's recording rule divides the summed agreement and comparison counters)."""
 
 from __future__ import annotations
 
