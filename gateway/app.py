@@ -38,6 +38,7 @@ from gateway.providers import build_provider
 from gateway.providers.base import redactor
 from gateway.providers.openai_compat import OpenAICompatibleProvider
 from gateway.ratelimit import RateLimiter
+from gateway.responses.routes import build_responses_router
 from gateway.routing_table import RoutingTable
 from gateway.state import GatewayState
 from gateway.store import Store, StudentVersion, open_store
@@ -168,7 +169,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     # Messages API, a page in the console, OpenAI's everywhere else, including unknown routes)
     install_error_handler(app, OPENAI, prefixes=[(MESSAGES_PATH, ANTHROPIC), (CONSOLE_PREFIX, CONSOLE)])
     install_openapi_routes(app)
-    for router in (build_openai_router(), build_anthropic_router(), build_admin_router(), build_console_router(),
-                   build_health_router()):
+    for router in (build_openai_router(), build_responses_router(), build_anthropic_router(), build_admin_router(),
+                   build_console_router(), build_health_router()):
         app.include_router(router)
     return app

@@ -90,6 +90,12 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         raise invalid_field(exc.errors(include_url=False)) from None
 
 
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One server-sent event named by its payload's type (the `event:` line), as Anthropic's Messages API and
+    OpenAI's Responses API frame them."""
+    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
 class SSEResponse(StreamingResponse):
     """A streaming response that always closes its iterator, so a client that goes away mid-stream
     is recorded (as incomplete) at once rather than whenever the generator is collected."""

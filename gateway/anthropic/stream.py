@@ -7,15 +7,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from gateway.anthropic.errors import error_type_from_openai
 from gateway.anthropic.translate import stop_reason, tool_id, usage
-
-
-def event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event the way Anthropic frames them: its type as the `event:` line."""
-    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+from gateway.http_utils import sse_event as event
 
 
 @dataclass

@@ -27,9 +27,13 @@ def upstream_body(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
     return out
 
 
+_NOT_FOR_STUDENTS = frozenset({"stream", "stream_options", "reasoning_effort"})
+
+
 def student_body(body: dict[str, Any], student: StudentVersion, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The request for the student: never streamed (it is judged whole), always with logprobs."""
-    out = upstream_body({k: v for k, v in body.items() if k not in ("stream", "stream_options")}, student.model)
+    """The request for the student: never streamed (it is judged whole), always with logprobs, and without a
+    reasoning effort (a hint for the teacher's reasoning models)."""
+    out = upstream_body({k: v for k, v in body.items() if k not in _NOT_FOR_STUDENTS}, student.model)
     out["messages"] = messages
     out["logprobs"] = True
     return out

@@ -12,6 +12,7 @@ from gateway.store.base import (
     Exchange,
     ExchangeStatus,
     Store,
+    StoredResponse,
     StudentStatus,
     StudentVersion,
     TaskSummary,
@@ -21,9 +22,9 @@ from gateway.store.base import (
 from gateway.store.records import NO_EXTRA, ExchangeExtra, GateResult, ShadowNote, StudentDetails, StudentNote
 
 __all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
-           "ExchangeStatus", "GateResult", "ShadowNote", "Store", "StoreError", "StudentDetails", "StudentNote",
-           "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url", "open_store", "redacted_url",
-           "user_hash"]
+           "ExchangeStatus", "GateResult", "ShadowNote", "Store", "StoreError", "StoredResponse", "StudentDetails",
+           "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url", "open_store",
+           "redacted_url", "user_hash"]
 
 StoreFactory = Callable[[str], Store]
 

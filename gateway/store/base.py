@@ -53,6 +53,24 @@ class TaskSummary:
     last_seen: float
 
 
+@dataclass(slots=True)
+class StoredResponse:
+    """A Responses API response kept for `previous_response_id`, `GET /v1/responses/{id}` and its input items.
+
+    `history` is the conversation in OpenAI chat messages up to and including this response's output, without
+    its `instructions` (which a follow-up does not inherit): what a follow-up's teacher sees before its own input.
+    `client` is the gateway key that created it (None on an open gateway): only that key may read it."""
+
+    response_id: str
+    created_at: float
+    task: str
+    client: str | None
+    user: str | None
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     key_id: str
@@ -146,9 +164,12 @@ class Store(abc.ABC):
 
     async def delete_exchanges_before(self, created_before: float, *, task: str | None = None,
                                       batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
-        """Retention: delete exchanges created before this time (of one task, if given)."""
-        return await self._delete_exchanges(task=task, user=None, created_before=created_before,
-                                            batch_size=batch_size, progress=progress)
+        """Retention: delete exchanges created before this time (of one task, if given), and the stored
+        Responses API responses of the same age."""
+        deleted = await self._delete_exchanges(task=task, user=None, created_before=created_before,
+                                               batch_size=batch_size, progress=progress)
+        await self._delete_responses(task=task, user=None, created_before=created_before)
+        return deleted
 
     async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
         """Record `user_hash(user)` as forgotten, then delete the user's exchanges in batches; returns how many
@@ -156,8 +177,25 @@ class Store(abc.ABC):
         if not user:
             raise ValueError("no user to forget")
         await self.add_forgotten_users({user_hash(user): time.time()})
-        return await self._delete_exchanges(task=None, user=user, created_before=None, batch_size=batch_size,
-                                            progress=progress)
+        deleted = await self._delete_exchanges(task=None, user=user, created_before=None, batch_size=batch_size,
+                                               progress=progress)
+        await self._delete_responses(task=None, user=user, created_before=None)
+        return deleted
+
+    @abc.abstractmethod
+    async def put_response(self, response: StoredResponse) -> None:
+        """Keep a response (an id seen before is replaced)."""
+
+    @abc.abstractmethod
+    async def get_response(self, response_id: str) -> StoredResponse | None: ...
+
+    @abc.abstractmethod
+    async def delete_response(self, response_id: str) -> bool:
+        """False when there was no such response."""
+
+    @abc.abstractmethod
+    async def _delete_responses(self, *, task: str | None, user: str | None, created_before: float | None) -> int:
+        """Delete the stored responses these filters pick (retention, forget); returns how many."""
 
     @abc.abstractmethod
     async def forgotten_users(self) -> dict[str, float]:

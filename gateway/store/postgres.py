@@ -28,6 +28,7 @@ from gateway.store.base import (
     Exchange,
     ExchangeStatus,
     Store,
+    StoredResponse,
     StudentStatus,
     StudentVersion,
     TaskSummary,
@@ -37,9 +38,12 @@ from gateway.store.postgres_schema import LATEST_VERSION, MIGRATION_LOCK, MIGRAT
 from gateway.store.records import ExchangeExtra
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
+    RESPONSE_COLUMNS,
     STUDENT_COLUMNS,
     exchange_to_row,
+    response_to_row,
     row_to_exchange,
+    row_to_response,
     row_to_student,
     student_to_row,
 )
@@ -247,6 +251,32 @@ class PostgresStore(Store):
                     progress(deleted)
                 if count < batch_size:
                     return deleted
+
+    async def put_response(self, response: StoredResponse) -> None:
+        response = dataclasses.replace(response, task=_without_nul(response.task),
+                                       client=_without_nul(response.client), user=_without_nul(response.user))
+        columns = ", ".join(RESPONSE_COLUMNS)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(RESPONSE_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RESPONSE_COLUMNS[1:])
+        async with self._connection("store a response") as conn:
+            await conn.execute(f"INSERT INTO responses ({columns}) VALUES ({placeholders}) "
+                               f"ON CONFLICT (response_id) DO UPDATE SET {updates}", *response_to_row(response))
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        async with self._connection("read a response") as conn:
+            row = await conn.fetchrow(f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses WHERE response_id = $1",
+                                      _without_nul(response_id))
+        return None if row is None else row_to_response(tuple(row))
+
+    async def delete_response(self, response_id: str) -> bool:
+        async with self._connection("delete a response") as conn:
+            status = await conn.execute("DELETE FROM responses WHERE response_id = $1", _without_nul(response_id))
+        return _affected(status) > 0
+
+    async def _delete_responses(self, *, task: str | None, user: str | None, created_before: float | None) -> int:
+        where, params = self._where(task, None, user=user, created_before=created_before)
+        async with self._connection("delete responses") as conn:
+            return _affected(await conn.execute(f"DELETE FROM responses{where}", *params))
 
     async def forgotten_users(self) -> dict[str, float]:
         async with self._connection("read forgotten users") as conn:

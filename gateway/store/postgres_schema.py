@@ -89,6 +89,23 @@ MIGRATIONS: list[list[str]] = [
             expires_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # 6: Responses API responses kept for previous_response_id and GET /v1/responses/{id}: the response as
+    # returned, its input items and the conversation so far (chat messages); user_id for forget, task and
+    # created_at for retention
+    [
+        """CREATE TABLE responses (
+            response_id TEXT COLLATE "C" PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            task TEXT COLLATE "C" NOT NULL,
+            client TEXT,
+            user_id TEXT,
+            response_json JSON NOT NULL,
+            input_items_json JSON NOT NULL,
+            history_json JSON NOT NULL
+        )""",
+        "CREATE INDEX responses_created ON responses (created_at)",
+        "CREATE INDEX responses_user ON responses (user_id) WHERE user_id IS NOT NULL",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

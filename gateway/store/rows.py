@@ -1,4 +1,4 @@
-"""Exchange ↔ table row, shared by the backends (JSON columns are text in both)."""
+"""Exchange, student and stored response ↔ table row, shared by the backends (JSON columns are text in both)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import orjson
 
-from gateway.store.base import Exchange, ExchangeStatus, StudentVersion
+from gateway.store.base import Exchange, ExchangeStatus, StoredResponse, StudentVersion
 from gateway.store.records import ExchangeExtra, StudentDetails
 
 EXCHANGE_COLUMNS: tuple[str, ...] = (
@@ -81,3 +81,22 @@ def row_to_student(row: Sequence[Any]) -> StudentVersion:
         confidence_method=v["confidence_method"],
         details=StudentDetails.from_json(orjson.loads(v["details_json"]) if v["details_json"] else None),
     )
+
+
+RESPONSE_COLUMNS: tuple[str, ...] = (
+    "response_id", "created_at", "task", "client", "user_id", "response_json", "input_items_json", "history_json",
+)
+
+
+def response_to_row(r: StoredResponse) -> tuple[Any, ...]:
+    return (r.response_id, r.created_at, r.task, r.client, r.user, orjson.dumps(r.response).decode(),
+            orjson.dumps(r.input_items).decode(), orjson.dumps(r.history).decode())
+
+
+def row_to_response(row: Sequence[Any]) -> StoredResponse:
+    values = dict(zip(RESPONSE_COLUMNS, row, strict=True))
+    return StoredResponse(response_id=values["response_id"], created_at=float(values["created_at"]),
+                          task=values["task"], client=values["client"], user=values["user_id"],
+                          response=orjson.loads(values["response_json"]),
+                          input_items=orjson.loads(values["input_items_json"]),
+                          history=orjson.loads(values["history_json"]))

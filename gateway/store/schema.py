@@ -91,6 +91,23 @@ MIGRATIONS: list[list[str]] = [
             expires_at DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # 6: Responses API responses kept for previous_response_id and GET /v1/responses/{id}: the response as
+    # returned, its input items and the conversation so far (chat messages); user_id for forget, task and
+    # created_at for retention
+    [
+        """CREATE TABLE responses (
+            response_id TEXT PRIMARY KEY,
+            created_at DOUBLE PRECISION NOT NULL,
+            task TEXT NOT NULL,
+            client TEXT,
+            user_id TEXT,
+            response_json TEXT NOT NULL,
+            input_items_json TEXT NOT NULL,
+            history_json TEXT NOT NULL
+        )""",
+        "CREATE INDEX responses_created ON responses (created_at)",
+        "CREATE INDEX responses_user ON responses (user_id) WHERE user_id IS NOT NULL",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

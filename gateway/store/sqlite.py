@@ -19,15 +19,19 @@ from gateway.store.base import (
     Exchange,
     ExchangeStatus,
     Store,
+    StoredResponse,
     StudentStatus,
     StudentVersion,
     TaskSummary,
 )
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
+    RESPONSE_COLUMNS,
     STUDENT_COLUMNS,
     exchange_to_row,
+    response_to_row,
     row_to_exchange,
+    row_to_response,
     row_to_student,
     student_to_row,
 )
@@ -224,6 +228,29 @@ class SQLiteStore(Store):
                 progress(deleted)
             if cur.rowcount < batch_size:
                 return deleted
+
+    async def put_response(self, response: StoredResponse) -> None:
+        placeholders = ", ".join("?" for _ in RESPONSE_COLUMNS)
+        async with self._connection("store a response") as db:
+            await db.execute(f"INSERT OR REPLACE INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
+                             f"VALUES ({placeholders})", response_to_row(response))
+
+    async def get_response(self, response_id: str) -> StoredResponse | None:
+        query = f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses WHERE response_id = ?"
+        async with self._connection("read a response") as db, db.execute(query, (response_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else row_to_response(tuple(row))
+
+    async def delete_response(self, response_id: str) -> bool:
+        async with self._connection("delete a response") as db:
+            cur = await db.execute("DELETE FROM responses WHERE response_id = ?", (response_id,))
+        return cur.rowcount > 0
+
+    async def _delete_responses(self, *, task: str | None, user: str | None, created_before: float | None) -> int:
+        where, params = self._where(task, None, user=user, created_before=created_before)
+        async with self._connection("delete responses") as db, _write_transaction(db):
+            cur = await db.execute(f"DELETE FROM responses{where}", params)
+        return int(cur.rowcount)
 
     async def forgotten_users(self) -> dict[str, float]:
         async with (self._connection("read forgotten users") as db,

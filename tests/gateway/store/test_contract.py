@@ -19,6 +19,7 @@ from gateway.store import (
     ExchangeExtra,
     GateResult,
     Store,
+    StoredResponse,
     StoreError,
     StudentDetails,
     StudentVersion,
@@ -53,7 +54,8 @@ async def opened(url: str) -> Store:
 
 DETAILS = StudentDetails(evaluation={"student": {"score": {"mean": 0.9}}}, gate=GateResult(True, "ok", 0.85),
                          training_s=12.5, training_cost_usd=0.25, run_dir="/runs/1")
-TABLES = ("exchanges", "api_keys", "students", "task_routing", "forgotten_users", "console_sessions", "schema_version")
+TABLES = ("exchanges", "api_keys", "students", "task_routing", "forgotten_users", "console_sessions", "responses",
+          "schema_version")
 
 
 def drop_every_table(url: str) -> None:
@@ -168,6 +170,42 @@ async def test_retention_of_one_task_reports_progress(store: Store) -> None:
 
 def of_user(i: int, user: str | None) -> Exchange:
     return dataclasses.replace(exchange(i, "a" if i % 2 else "b"), user=user)
+
+
+def stored_response(response_id: str, *, created_at: float = 1000.0, task: str = "t", user: str | None = None,
+                    client: str | None = "key_a") -> StoredResponse:
+    text = "caf\u00e9 \u0000 end"  # NUL survives in the JSON payloads of both backends
+    return StoredResponse(response_id=response_id, created_at=created_at, task=task, client=client, user=user,
+                          response={"id": response_id, "object": "response", "output": [{"text": text}]},
+                          input_items=[{"id": "msg_1", "type": "message", "role": "user", "content": text}],
+                          history=[{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}])
+
+
+async def test_stored_responses_round_trip_replace_and_delete(store: Store) -> None:
+    assert await store.get_response("resp_missing") is None
+    first = stored_response("resp_1", user="u\x00x")
+    await store.put_response(first)
+    got = await store.get_response("resp_1")
+    assert got is not None and got.response == first.response and got.history == first.history
+    assert got.input_items == first.input_items and got.client == "key_a" and got.task == "t"
+    await store.put_response(dataclasses.replace(first, history=[]))  # an id seen before is replaced
+    assert (await store.get_response("resp_1")).history == []  # type: ignore[union-attr]
+    assert await store.delete_response("resp_1") is True
+    assert await store.delete_response("resp_1") is False
+    assert await store.get_response("resp_1") is None
+
+
+async def test_retention_and_forget_delete_stored_responses(store: Store) -> None:
+    await store.put_response(stored_response("resp_old", created_at=1000.0, task="a"))
+    await store.put_response(stored_response("resp_old_b", created_at=1000.0, task="b"))
+    await store.put_response(stored_response("resp_new", created_at=3000.0, task="a"))
+    await store.put_response(stored_response("resp_alice", created_at=3000.0, user="alice"))
+    await store.delete_exchanges_before(2000.0, task="a")
+    assert await store.get_response("resp_old") is None and await store.get_response("resp_old_b") is not None
+    await store.delete_exchanges_before(2000.0)
+    assert await store.get_response("resp_old_b") is None and await store.get_response("resp_new") is not None
+    await store.forget_user("alice")
+    assert await store.get_response("resp_alice") is None and await store.get_response("resp_new") is not None
 
 
 async def test_forget_user_deletes_only_that_users_exchanges_and_records_a_hash(store: Store) -> None:
@@ -352,15 +390,18 @@ async def test_an_older_schema_is_upgraded(store_url: str) -> None:
     await store.insert_exchanges([exchange(1)])
     await store.close()
     # back to version 2, as an older Protégé left it
-    for statement in ("DROP TABLE console_sessions", "DROP TABLE forgotten_users", "DROP INDEX exchanges_user",
+    for statement in ("DROP TABLE responses", "DROP TABLE console_sessions", "DROP TABLE forgotten_users",
+                      "DROP INDEX exchanges_user",
                       "DROP INDEX exchanges_created",
                       "UPDATE schema_version SET version = 2"):
         execute_raw(store_url, statement)
     again = await opened(store_url)
-    assert await again.schema_version() == LATEST_VERSION == 5
+    assert await again.schema_version() == LATEST_VERSION == 6
     assert await again.forget_user("u") == 1 and await again.forgotten_user_hashes() == {user_hash("u")}
     await again.insert_exchanges([exchange(2)])
     assert await again.delete_exchanges_before(2000.0) == 1
+    await again.put_response(stored_response("resp_1"))
+    assert await again.get_response("resp_1") is not None
     await again.close()
 
 
@@ -402,6 +443,9 @@ async def test_every_driver_error_becomes_a_store_error(store_url: str) -> None:
         "set_student_threshold": lambda: store.set_student_threshold("t", 1, 0.5),
         "set_rollout": lambda: store.set_rollout("t", 5),
         "rollouts": store.rollouts,
+        "put_response": lambda: store.put_response(stored_response("resp_1")),
+        "get_response": lambda: store.get_response("resp_1"),
+        "delete_response": lambda: store.delete_response("resp_1"),
     }
     escaped: list[str] = []
     try:

@@ -1,0 +1,131 @@
+"""A scripted OpenAI-compatible upstream on a real socket (stdlib `ThreadingHTTPServer`, in this process), for
+what llm-katan does not serve: chat answers a test chooses (JSON for structured output), and the routes the
+gateway passes through — embeddings, legacy completions (streamed too), moderations, audio and files
+(multipart bodies, binary downloads). It records every request it receives, so tests can check what the
+gateway sent: the path, the query, the body byte for byte, and which credentials."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Received:
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedUpstream:
+    chat_content: str | None = None  # None: echo the last user message
+    received: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                upstream.received.append(Received(self.command, self.path, {k.lower(): v for k, v in
+                                                                            self.headers.items()}, body))
+                status, content_type, payload, chunks = upstream.answer(self.command, self.path, body)
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("x-upstream", "scripted")
+                if chunks is None:
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for chunk in chunks:
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def last(self, path_prefix: str) -> Received:
+        return next(r for r in reversed(self.received) if r.path.startswith(path_prefix))
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes, list[bytes] | None]:
+        route = path.split("?", 1)[0]
+        data: Any = json.loads(body) if body and not route.startswith(("/v1/audio", "/v1/files")) else {}
+        if route == "/v1/chat/completions":
+            return self._chat(data)
+        if route == "/v1/embeddings":
+            inputs = data["input"] if isinstance(data["input"], list) else [data["input"]]
+            return _json({"object": "list", "model": data["model"],
+                          "data": [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+                                   for i in range(len(inputs))],
+                          "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}})
+        if route == "/v1/completions":
+            text = f" completed: {data['prompt']}"
+            if data.get("stream"):
+                frames = [f"data: {json.dumps({'id': 'cmpl-1', 'object': 'text_completion', 'model': data['model'], 'choices': [{'index': 0, 'text': word, 'finish_reason': None}]})}\n\n".encode()  # noqa: E501
+                          for word in text.split(" ")]
+                return 200, "text/event-stream", b"", [*frames, b"data: [DONE]\n\n"]
+            return _json({"id": "cmpl-1", "object": "text_completion", "created": int(time.time()),
+                          "model": data["model"], "choices": [{"index": 0, "text": text, "finish_reason": "stop",
+                                                               "logprobs": None}],
+                          "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+        if route == "/v1/moderations":
+            return _json({"id": "modr-1", "model": data.get("model") or "omni-moderation-latest",
+                          "results": [{"flagged": False, "categories": {}, "category_scores": {}}]})
+        if route == "/v1/audio/transcriptions":
+            return _json({"text": f"{len(body)} bytes heard"})
+        if route == "/v1/files" and method == "POST":
+            return _json({"id": "file-1", "object": "file", "bytes": len(body), "created_at": 0,
+                          "filename": "data.jsonl", "purpose": "batch"})
+        if route == "/v1/files" and method == "GET":
+            return _json({"object": "list", "data": [], "has_more": False})
+        if route == "/v1/files/file-1/content":
+            return 200, "application/octet-stream", bytes(range(256)), None
+        if route == "/v1/fail":
+            return 500, "application/json", b'{"error": {"message": "upstream broke at 10.0.0.7"}}', None
+        return 404, "application/json", b'{"error": {"message": "no such route"}}', None
+
+    def _chat(self, data: dict[str, Any]) -> tuple[int, str, bytes, list[bytes] | None]:
+        content = self.chat_content
+        if content is None:
+            content = str(data["messages"][-1].get("content"))
+        completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": "scripted",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                   "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
+        if not data.get("stream"):
+            return _json(completion)
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "scripted"}
+        frames = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
+                                        "finish_reason": None}]},
+                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {**base, "choices": [], "usage": completion["usage"]}]
+        return 200, "text/event-stream", b"", [f"data: {json.dumps(f)}\n\n".encode() for f in frames] + [
+            b"data: [DONE]\n\n"]
+
+
+def _json(payload: dict[str, Any]) -> tuple[int, str, bytes, None]:
+    return 200, "application/json", json.dumps(payload).encode(), None
