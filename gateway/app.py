@@ -32,6 +32,7 @@ from gateway.http_errors import install_error_handler
 from gateway.metrics import Metrics, multiprocess_dir
 from gateway.openai.errors import OPENAI
 from gateway.openai.routes import build_openai_router
+from gateway.passthrough.routes import build_passthrough_router
 from gateway.ports import is_private, port_guard
 from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
@@ -169,7 +170,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     # Messages API, a page in the console, OpenAI's everywhere else, including unknown routes)
     install_error_handler(app, OPENAI, prefixes=[(MESSAGES_PATH, ANTHROPIC), (CONSOLE_PREFIX, CONSOLE)])
     install_openapi_routes(app)
-    for router in (build_openai_router(), build_responses_router(), build_anthropic_router(), build_admin_router(),
-                   build_console_router(), build_health_router()):
+    routers = (build_openai_router(), build_responses_router(), build_anthropic_router(), build_passthrough_router(),
+               build_admin_router(), build_console_router(), build_health_router())
+    for router in routers:
         app.include_router(router)
     return app

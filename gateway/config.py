@@ -172,6 +172,9 @@ class Settings(_Strict):
                                    "/metrics only on this port (and nothing else there); default: on `port`")
     admin_host: str | None = Field(default=None, description="bind address of admin_port; default: host")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    passthrough: bool = Field(default=True, description="forward the other /v1 routes apps call (embeddings, "
+                              "completions, moderations, audio, images, files, batches, uploads) to the teacher; "
+                              "false: they answer 501")
     forward_fields: list[str] = Field(default_factory=list, description="request fields beyond OpenAI's documented "
                                       "ones that clients may send and the teachers receive (e.g. vLLM's top_k); "
                                       "anything else is refused with a 400")

@@ -126,6 +126,10 @@ class RateLimitError(ProtegeError, status=429, error_type="rate_limit_error"):
     """Over a rate, concurrency or upstream limit; `retry_after` when known."""
 
 
+class NotServedError(ProtegeError, status=501, error_type="not_implemented"):
+    """A route the gateway knows but cannot serve as configured (no teacher for it, or switched off)."""
+
+
 class ServiceUnavailableError(ProtegeError, status=503, error_type="service_unavailable"):
     """Not ready, draining or overloaded; `retry_after` when known."""
 

@@ -46,6 +46,11 @@ class Metrics:
         self._pinned: set[str] = set()  # tasks the store or the registry holds: always their own label
         self.requests = Counter("protege_requests", "Chat requests by task, route and outcome",
                                 ["task", "route", "status"], registry=registry)
+        self.passthrough = Counter("protege_passthrough_requests", "Requests forwarded to a teacher as they came "
+                                   "(embeddings, files, …), by route family and HTTP status", ["api", "status"],
+                                   registry=registry)
+        self.passthrough_cost = Counter("protege_passthrough_cost_usd", "Cost in USD of forwarded requests that "
+                                        "report usage, where the model's price is known", ["api"], registry=registry)
         self.tokens = Counter("protege_tokens", "Tokens by task, model and kind (input/output)",
                               ["task", "model", "kind"], registry=registry)
         self.cost = Counter("protege_cost_usd", "Cost in USD of upstream calls, where the price is known",

@@ -25,6 +25,7 @@ class Received:
 @dataclass
 class ScriptedUpstream:
     chat_content: str | None = None  # None: echo the last user message
+    fail_next: bool = False  # the next request gets a 500 whose text names an internal address
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -73,6 +74,9 @@ class ScriptedUpstream:
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes, list[bytes] | None]:
         route = path.split("?", 1)[0]
+        if self.fail_next:
+            self.fail_next = False
+            return 500, "application/json", b'{"error": {"message": "upstream broke at 10.0.0.7"}}', None
         data: Any = json.loads(body) if body and not route.startswith(("/v1/audio", "/v1/files")) else {}
         if route == "/v1/chat/completions":
             return self._chat(data)
@@ -104,8 +108,6 @@ class ScriptedUpstream:
             return _json({"object": "list", "data": [], "has_more": False})
         if route == "/v1/files/file-1/content":
             return 200, "application/octet-stream", bytes(range(256)), None
-        if route == "/v1/fail":
-            return 500, "application/json", b'{"error": {"message": "upstream broke at 10.0.0.7"}}', None
         return 404, "application/json", b'{"error": {"message": "no such route"}}', None
 
     def _chat(self, data: dict[str, Any]) -> tuple[int, str, bytes, list[bytes] | None]:

@@ -110,6 +110,10 @@ class TeacherSet:
             for name in (teacher.config.served_name, teacher.config.model, *teacher.config.aliases):
                 self._by_name.setdefault(name, teacher)
 
+    def named(self, model: str) -> Teacher | None:
+        """The teacher with this served name, model or alias."""
+        return self._by_name.get(model)
+
     def select(self, model: str) -> Teacher:
         if len(self.all) == 1:
             return self.all[0]

@@ -68,6 +68,20 @@ class LiteLLMProvider:
         except Exception as exc:
             raise self._translate(exc) from exc
 
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`/v1/embeddings` through litellm, for providers whose API is not OpenAI's. The model is the request's,
+        under this teacher's provider (`text-embedding-004` → `gemini/text-embedding-004`)."""
+        model = str(body.get("model") or "")
+        provider = self._model.split("/", 1)[0] if "/" in self._model else ""
+        params = {k: v for k, v in self._kwargs(body).items() if k != "num_retries"}
+        params["model"] = model if "/" in model or not provider else f"{provider}/{model}"
+        try:
+            response = await self._litellm.aembedding(**params)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        result: dict[str, Any] = response.model_dump()
+        return result
+
     def _translate(self, exc: Exception) -> ProtegeError:
         status = getattr(exc, "status_code", None)
         message = self._redact(str(getattr(exc, "message", None) or exc))

@@ -113,6 +113,23 @@ class OpenAICompatibleProvider:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{self.name} connection failed: {type(exc).__name__}") from exc
 
+    async def forward(self, method: str, path: str, *, params: list[tuple[str, str]], headers: dict[str, str],
+                      content: bytes) -> httpx.Response:
+        """Send a request as it came (`path` below the API base, e.g. `/embeddings`) with this provider's
+        credentials, and return the response with its body unread (the caller streams it, then closes it)."""
+        request = self._client.build_request(method, path, params=tuple(params), headers=headers,
+                                             content=content)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"{self.name} timed out") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.name} unreachable: {type(exc).__name__}") from exc
+
+    def status_error(self, response: httpx.Response, content: bytes) -> ProtegeError:
+        """The client-facing error for an upstream's error response (its text redacted)."""
+        return self._status_error(response.status_code, content, response.headers)
+
     def _status_error(self, status: int, content: bytes, headers: httpx.Headers) -> ProtegeError:
         message, param, code = "", None, None
         try:

@@ -1,0 +1,1 @@
+"""The other /v1 routes apps call, forwarded to the teacher."""
