@@ -13,7 +13,8 @@ export TRANSFORMERS_OFFLINE := 1
 # suite starts a hundred such processes.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup lock lock-check test-latest prometheus compose-schema chromium run test lint bench-overhead bench-model-server clean
+.PHONY: setup lock lock-check test-latest prometheus compose-schema chromium node-clients run test lint bench-overhead \
+	bench-model-server clean
 
 # Installs come from the committed lock (requirements/, written by `make lock`): exact versions, every
 # file hashed, nothing resolved at install time. torch is pinned to its CPU build there, so no CUDA
@@ -89,12 +90,25 @@ $(CHROMIUM_DIR)/bin/chromedriver: tests/gateway/install_chromium.sh
 
 chromium: $(CHROMIUM_DIR)/bin/chromedriver
 
+# Vercel's AI SDK for tests/clients (a Node app on the Responses API): `npm ci` from the committed
+# package-lock.json (exact versions, integrity-checked). Where npm is missing, that test skips.
+NODE_CLIENTS := tests/clients/node
+ifneq ($(shell command -v npm),)
+export PROTEGE_REQUIRE_NODE_CLIENTS := 1
+endif
+
+$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.json
+	@if ! command -v npm >/dev/null; then echo "no npm: tests/clients skips Vercel's AI SDK"; exit 0; fi; \
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --silent
+
+node-clients: $(NODE_CLIENTS)/node_modules/.package-lock.json
+
 run: setup
 	$(VENV)/bin/protege serve $(ARGS)
 
 # both cores: tests wait on real processes much of the time (PYTEST_ARGS="-n 0" runs them one by one); worksteal
 # evens out the end, where one long torch test would otherwise leave a core idle
-test: setup prometheus compose-schema chromium
+test: setup prometheus compose-schema chromium node-clients
 	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # Refresh the lock on purpose: resolve pyproject.toml's ranges anew (pip-tools in a venv of its own).
@@ -112,7 +126,7 @@ lock-check:
 # build: a constraint, because an eager upgrade otherwise replaces it with PyPI's newest, the CUDA build
 # with its nvidia-* wheels (2026-12-02: torch 2.14.1 and 15 of them); the target fails if any come in.
 LATEST := .venv-latest
-test-latest: prometheus compose-schema chromium
+test-latest: prometheus compose-schema chromium node-clients
 	rm -rf $(LATEST) && python3 -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	grep -oE '^torch==[^ ]+' requirements/dev.lock > $(LATEST)/torch-cpu.txt
@@ -137,4 +151,4 @@ bench-model-server: setup
 	$(PY) -m bench.model_server $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(LOCK_VENV) $(NODE_CLIENTS)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ class Received:
 @dataclass
 class ScriptedUpstream:
     chat_content: str | None = None  # None: echo the last user message
+    logprob: float = -0.05  # of every token, when a request asks for logprobs (as a student server is asked)
     fail_next: bool = False  # the next request gets a 500 whose text names an internal address
     received: list[Received] = field(default_factory=list)
 
@@ -111,20 +112,37 @@ class ScriptedUpstream:
         return 404, "application/json", b'{"error": {"message": "no such route"}}', None
 
     def _chat(self, data: dict[str, Any]) -> tuple[int, str, bytes, list[bytes] | None]:
-        content = self.chat_content
-        if content is None:
-            content = str(data["messages"][-1].get("content"))
-        completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": "scripted",
-                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                   "finish_reason": "stop"}],
-                      "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
+        """A fixed answer, or the last user message echoed; with tools, a call of the first one (its string
+        arguments "Paris") until the conversation holds its result, then a sentence with that result."""
+        last = data["messages"][-1]
+        message: dict[str, Any] = {"role": "assistant", "content": self.chat_content or str(last.get("content"))}
+        finish = "stop"
+        if data.get("tools") and last.get("role") != "tool":
+            function = data["tools"][0]["function"]
+            properties = (function.get("parameters") or {}).get("properties") or {}
+            arguments = {name: "Paris" for name, spec in properties.items() if spec.get("type") == "string"}
+            message = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"call_{len(self.received)}", "type": "function",
+                "function": {"name": function["name"], "arguments": json.dumps(arguments)}}]}
+            finish = "tool_calls"
+        elif data.get("tools"):
+            message["content"] = f"The tool said: {last.get('content')}"
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+        if data.get("logprobs") and message["content"]:
+            choice["logprobs"] = {"content": [{"token": word, "logprob": self.logprob, "bytes": list(word.encode()),
+                                               "top_logprobs": []} for word in message["content"].split(" ")]}
+        usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+        completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                      "model": data.get("model") or "scripted", "choices": [choice], "usage": usage}
         if not data.get("stream"):
             return _json(completion)
-        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "scripted"}
-        frames = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                                        "finish_reason": None}]},
-                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-                  {**base, "choices": [], "usage": completion["usage"]}]
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": completion["model"]}
+        delta = {k: v for k, v in message.items() if v is not None}
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+        frames = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
+                  {**base, "choices": [], "usage": usage}]
         return 200, "text/event-stream", b"", [f"data: {json.dumps(f)}\n\n".encode() for f in frames] + [
             b"data: [DONE]\n\n"]
 

@@ -1,5 +1,6 @@
-"""The loop's first half end to end: traffic captured through the gateway from a real upstream,
-then `protege distill` curates it, trains a LoRA student (tiny Llama), evaluates and registers it."""
+"""The loop's first half end to end: traffic captured through the gateway from a real upstream — half through
+Chat Completions, half through the Responses API, into one task — then `protege distill` curates it, trains a LoRA
+student (tiny Llama), evaluates and registers it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 
 from tests.conftest import teacher_flags
 from tests.servers import Server, stop
+from tests.stores import captured
 
 TASK = "tickets-e2e"
 SYSTEM = "You are a support triage assistant. Read the ticket and extract the city and the product."
@@ -29,12 +32,19 @@ def tickets(count: int) -> list[str]:
             f"{PROBLEMS[(i * 5) % len(PROBLEMS)]}, order number {1000 + i * 37}." for i in range(count)]
 
 
-async def send_all(url: str, messages: list[str]) -> None:
+async def send_all(url: str, texts: list[str]) -> None:
+    """Even tickets through Chat Completions, odd ones through the Responses API (`instructions` is the system
+    prompt): one task, one dataset."""
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
-        for chunk in range(0, len(messages), 8):
-            await asyncio.gather(*(client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": m}],
-                extra_headers={"X-Protege-Task": TASK}) for m in messages[chunk:chunk + 8]))
+        def ask(i: int, ticket: str) -> Any:
+            if i % 2:
+                return client.responses.create(model="gpt-4o-mini", instructions=SYSTEM, input=ticket,
+                                               extra_headers={"X-Protege-Task": TASK})
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket}]
+            return client.chat.completions.create(model="gpt-4o-mini", messages=messages,  # type: ignore[arg-type]
+                                                  extra_headers={"X-Protege-Task": TASK})
+        for chunk in range(0, len(texts), 8):
+            await asyncio.gather(*(ask(i, t) for i, t in enumerate(texts[chunk:chunk + 8], chunk)))
 
 
 def run_distill(store: Path, runs: Path, *flags: str, env: dict[str, str] | None = None,
@@ -60,6 +70,8 @@ def test_capture_then_distill_registers_an_evaluated_student(
     gateway = gateway_factory(*teacher_flags(katan, store))
     asyncio.run(send_all(gateway.url, tickets(64)))
     stop(gateway.proc)
+    rows = captured(store, task=TASK)
+    assert len(rows) == 64 and {tuple(m["role"] for m in r.request["messages"]) for r in rows} == {("system", "user")}
 
     first = distill(store, tiny_model, tmp_path / "runs")
     assert first["version"] == 1 and first["reused"] is False

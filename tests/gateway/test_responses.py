@@ -13,6 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.gateway.test_cascade import SYSTEM, TASK, admin, cascade_settings, register
 from tests.gateway.test_upstream_faults import BrokenUpstream
 from tests.inprocess import InProcessGateway, inprocess_gateway, settings_for
 from tests.openai_upstream import ScriptedUpstream
@@ -290,3 +291,40 @@ def test_previous_response_id_across_two_replicas_on_postgresql(katan: Server) -
             sdk(two).responses.delete(first.id)
             with pytest.raises(openai.NotFoundError):
                 sdk(one).responses.retrieve(first.id)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("threshold", [None, -0.01])
+def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
+        katan: Server, scripted: ScriptedUpstream, tmp_path: Path, stream: bool, threshold: float | None) -> None:
+    # the student server is scripted (a fixed answer, every token at log-probability -0.05): the Responses
+    # route rides on the chat core's cascade, which tests/gateway/test_cascade.py drives with a real model
+    scripted.chat_content = "Oslo"
+    store = tmp_path / "store.db"
+    register(store, threshold=threshold)
+    settings = cascade_settings(katan, scripted, store)  # type: ignore[arg-type]
+    with inprocess_gateway(settings) as gateway:
+        assert admin(gateway, "PUT", f"/tasks/{TASK}/rollout", {"percent": 100}).status_code == 200
+        params: dict[str, Any] = {"model": "gpt-4o-mini", "instructions": SYSTEM, "input": "My order to Oslo is late.",
+                                  "reasoning": {"effort": "low"}, "extra_headers": {"X-Protege-Task": TASK}}
+        client = gateway.openai()
+        if stream:
+            with client.responses.with_streaming_response.create(stream=True, **params) as raw:
+                headers = raw.headers
+                events = [json.loads(line[6:]) for line in raw.iter_lines() if line.startswith("data: ")]
+            assert events[-1]["type"] == "response.completed"
+            text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        else:
+            raw = client.responses.with_raw_response.create(**params)
+            headers, text = raw.headers, raw.parse().output_text
+        rows = [r for r in gateway.rows() if r.route != "shadow"]
+    student_request = scripted.last("/v1/chat/completions")
+    assert json.loads(student_request.body).get("reasoning_effort") is None  # a teacher's hint, not the student's
+    if threshold is None:
+        assert headers["x-protege-route"] == "student" and headers["x-protege-student"] == "tiny@v1"
+        assert text == "Oslo"
+        assert [(r.route, r.stream) for r in rows] == [("student", stream)]
+    else:  # -0.05 < -0.01: not sure enough, the teacher answers
+        assert headers["x-protege-route"] == "fallback" and text.endswith("User: My order to Oslo is late.")
+        assert [(r.route, r.stream) for r in rows] == [("fallback", stream)]
+        assert rows[0].request["params"]["reasoning_effort"] == "low"
