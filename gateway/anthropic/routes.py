@@ -3,7 +3,8 @@ same `ChatService` as the OpenAI route — so capture, cascade and rollout apply
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -19,7 +20,11 @@ from gateway.errors import AuthenticationError
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
 
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
+
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 def api_key(request: Request) -> str | None:
@@ -38,12 +43,7 @@ def build_anthropic_router() -> APIRouter:
     @router.post(MESSAGES_PATH, openapi_extra=messages_openapi(), response_model=None)
     async def messages(request: Request) -> Response:
         state = gateway_state(request)
-        try:
-            client = await state.keys.check(api_key(request))
-        except AuthenticationError as exc:
-            if exc.code != "missing_api_key":
-                raise
-            raise AuthenticationError("missing API key: send 'x-api-key: <key>'", code=exc.code) from None
+        client = await _client(state, request)
         state.service.limiter.admit(client)
         raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
                                                 state.settings.body_timeout_s))
@@ -61,7 +61,39 @@ def build_anthropic_router() -> APIRouter:
         message = from_openai(result, msg_id=msg_id, model=parsed.model, stop_sequences=parsed.stop_sequences)
         return Response(orjson.dumps(message), media_type="application/json", headers=_headers(req, info))
 
+    @router.post(COUNT_TOKENS_PATH, response_model=None)
+    async def count_tokens(request: Request) -> Response:
+        """The input tokens a Messages request would take, for clients that budget their context (Claude Code
+        and Anthropic's SDK call it). An estimate: litellm's local tokenizers on the translated request (the
+        teacher's own count needs its provider, and most upstreams have no such route)."""
+        state = gateway_state(request)
+        client = await _client(state, request)
+        state.service.limiter.admit(client)
+        raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
+                                                state.settings.body_timeout_s))
+        body = to_openai(parse_request({"max_tokens": 1, **raw}))  # a count needs no max_tokens
+        teacher = state.service.teachers.select(body["model"])
+        tokens = await asyncio.to_thread(count_input_tokens, teacher.config.model, body)
+        return Response(orjson.dumps({"input_tokens": tokens}), media_type="application/json")
+
     return router
+
+
+def count_input_tokens(model: str, body: dict[str, Any]) -> int:
+    """litellm's count of a chat body's prompt (messages and tools), offline (its tokenizers are bundled)."""
+    from gateway.providers.litellm_provider import import_litellm
+
+    counted = import_litellm().token_counter(model=model, messages=body["messages"], tools=body.get("tools"))
+    return int(counted)
+
+
+async def _client(state: GatewayState, request: Request) -> str:
+    try:
+        return await state.keys.check(api_key(request))
+    except AuthenticationError as exc:
+        if exc.code != "missing_api_key":
+            raise
+        raise AuthenticationError("missing API key: send 'x-api-key: <key>'", code=exc.code) from None
 
 
 def _headers(req: ChatRequest, info: RouteInfo) -> dict[str, str]:

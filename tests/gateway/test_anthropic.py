@@ -292,3 +292,16 @@ def test_a_rolled_out_student_serves_messages(katan: Server, student_server: Ser
         [row] = [r for r in rows_for(gateway, TASK) if r.route != "shadow"]
     assert (row.route, row.status, row.stream) == ("student", "ok", stream)
     assert row.request["params"] == {"max_tokens": 40, "temperature": 0, "stop": ["e"]}
+
+
+def test_count_tokens_estimates_the_input(gateway: InProcessGateway) -> None:
+    client, captured_before = client_for(gateway), len(gateway.rows())
+    question = [{"role": "user", "content": "How many tokens is this question?"}]
+    bare = client.messages.count_tokens(model=MODEL, messages=question)  # type: ignore[arg-type]
+    longer = client.messages.count_tokens(model=MODEL, messages=question, system="You are terse. " * 20,  # type: ignore[arg-type]
+                                          tools=[WEATHER])  # type: ignore[list-item]
+    assert 5 < bare.input_tokens < longer.input_tokens
+    bad = gateway.client.post("/v1/messages/count_tokens", json={"model": "m", "messages": []},
+                              headers={"x-api-key": KEY})
+    assert bad.status_code == 400 and bad.json()["type"] == "error"
+    assert len(gateway.rows()) == captured_before  # a count goes to no upstream and is not captured

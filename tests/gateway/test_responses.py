@@ -301,7 +301,7 @@ def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
     # route rides on the chat core's cascade, which tests/gateway/test_cascade.py drives with a real model
     scripted.chat_content = "Oslo"
     store = tmp_path / "store.db"
-    register(store, threshold=threshold)
+    register(store, threshold=threshold, distilled=True)  # trained without the system prompt (instructions)
     settings = cascade_settings(katan, scripted, store)  # type: ignore[arg-type]
     with inprocess_gateway(settings) as gateway:
         assert admin(gateway, "PUT", f"/tasks/{TASK}/rollout", {"percent": 100}).status_code == 200
@@ -318,8 +318,9 @@ def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
             raw = client.responses.with_raw_response.create(**params)
             headers, text = raw.headers, raw.parse().output_text
         rows = [r for r in gateway.rows() if r.route != "shadow"]
-    student_request = scripted.last("/v1/chat/completions")
-    assert json.loads(student_request.body).get("reasoning_effort") is None  # a teacher's hint, not the student's
+    student_request = json.loads(scripted.last("/v1/chat/completions").body)
+    assert student_request.get("reasoning_effort") is None  # a teacher's hint, not the student's
+    assert student_request["messages"] == [{"role": "user", "content": "My order to Oslo is late."}]
     if threshold is None:
         assert headers["x-protege-route"] == "student" and headers["x-protege-student"] == "tiny@v1"
         assert text == "Oslo"
