@@ -124,7 +124,8 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
           f"  gateway keys:    {counts['api_keys']} added\n"
           f"  students:        {counts['students']} added\n"
           f"  rollouts:        {counts['rollouts']} set\n"
-          f"  forgotten users: {counts['forgotten_users']} added")
+          f"  forgotten users: {counts['forgotten_users']} added\n"
+          f"  responses:       {counts['responses']} added (Responses API conversation state)")
     return 0
 
 

@@ -138,7 +138,7 @@ def test_the_gateway_serves_and_captures_without_the_distiller(katan: Server, tm
     assert asyncio.run(captured()) == ["alone"]  # SIGTERM drains the capture writer
 
 
-DIALECTS = ("openai", "anthropic", "admin", "console", "health")
+DIALECTS = ("openai", "responses", "anthropic", "passthrough", "admin", "console", "health")
 SHARED_RENDERER = "gateway.openai.errors"  # OpenAI's error shape: the admin API and health answer in it too
 
 

@@ -190,6 +190,10 @@ class Store(abc.ABC):
     async def get_response(self, response_id: str) -> StoredResponse | None: ...
 
     @abc.abstractmethod
+    async def list_responses(self, *, limit: int, after: tuple[float, str] | None = None) -> list[StoredResponse]:
+        """Oldest first (by created_at, then response_id), in keyset pages as `list_exchanges` (store copies)."""
+
+    @abc.abstractmethod
     async def delete_response(self, response_id: str) -> bool:
         """False when there was no such response."""
 

@@ -1,9 +1,9 @@
 """Copying one store into another (typically SQLite → PostgreSQL when a second gateway replica is added).
 
 Re-running is safe: exchanges are keyed by request_id, keys by key_id, students by (task, version), forgotten
-users by their hash, so only what the destination lacks is added; rollouts are set to the source's values.
-Exchanges of users forgotten in either store are not copied: a re-run after `protege forget` on the destination
-must not bring the user's rows back from the source.
+users by their hash, stored Responses API responses by their id, so only what the destination lacks is added;
+rollouts are set to the source's values. Exchanges and responses of users forgotten in either store are not
+copied: a re-run after `protege forget` on the destination must not bring the user's rows back from the source.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from gateway.store import Store, StoreError, open_store, user_hash
 
 async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Copy exchanges, keys, students, task routing and forgotten users from `source_url` to `dest_url`.
+    """Copy exchanges, keys, students, task routing, forgotten users and stored responses from `source_url` to
+    `dest_url`.
 
     `progress(done, total)` is called after each batch of exchanges. Returns how many of each were added
-    (`exchanges`, `api_keys`, `students`, `rollouts`, `forgotten_users`), how many exchanges were read
+    (`exchanges`, `api_keys`, `students`, `rollouts`, `forgotten_users`, `responses`), how many exchanges were read
     (`exchanges_read`) and how many of those were left out because their user is forgotten (`exchanges_forgotten`).
     """
     if batch_size < 1:
@@ -40,7 +41,7 @@ async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500
 async def _copy(source: Store, dest: Store, batch_size: int,
                 progress: Callable[[int, int], None] | None) -> dict[str, int]:
     counts = {"exchanges": 0, "exchanges_read": 0, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-              "rollouts": 0, "forgotten_users": 0}
+              "rollouts": 0, "forgotten_users": 0, "responses": 0}
 
     # Forgotten users before anything else: from the first copied row on, curation on the destination
     # already keeps them out of datasets.
@@ -85,4 +86,14 @@ async def _copy(source: Store, dest: Store, batch_size: int,
             progress(counts["exchanges_read"], max(total, counts["exchanges_read"]))
     # the difference, not the pages' sizes: pages the destination already had add nothing
     counts["exchanges"] = await dest.count_exchanges() - before
+
+    # Conversation state last: a follow-up on the destination finds what it continues
+    last: tuple[float, str] | None = None
+    while responses := await source.list_responses(limit=batch_size, after=last):
+        for response in responses:
+            forgotten_user = response.user is not None and user_hash(response.user) in skip
+            if not forgotten_user and await dest.get_response(response.response_id) is None:
+                await dest.put_response(response)
+                counts["responses"] += 1
+        last = (responses[-1].created_at, responses[-1].response_id)
     return counts

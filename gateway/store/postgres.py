@@ -268,6 +268,16 @@ class PostgresStore(Store):
                                       _without_nul(response_id))
         return None if row is None else row_to_response(tuple(row))
 
+    async def list_responses(self, *, limit: int, after: tuple[float, str] | None = None) -> list[StoredResponse]:
+        where, params = "", []
+        if after is not None:
+            where, params = " WHERE (created_at > $1 OR (created_at = $1 AND response_id > $2))", list(after)
+        query = (f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses{where} "
+                 f"ORDER BY created_at, response_id LIMIT ${len(params) + 1}")
+        async with self._connection("list responses") as conn:
+            rows = await conn.fetch(query, *params, limit)
+        return [row_to_response(tuple(r)) for r in rows]
+
     async def delete_response(self, response_id: str) -> bool:
         async with self._connection("delete a response") as conn:
             status = await conn.execute("DELETE FROM responses WHERE response_id = $1", _without_nul(response_id))

@@ -241,6 +241,16 @@ class SQLiteStore(Store):
             row = await cur.fetchone()
         return None if row is None else row_to_response(tuple(row))
 
+    async def list_responses(self, *, limit: int, after: tuple[float, str] | None = None) -> list[StoredResponse]:
+        where, params = "", []
+        if after is not None:
+            where, params = " WHERE (created_at > ? OR (created_at = ? AND response_id > ?))", [after[0], *after]
+        query = (f"SELECT {', '.join(RESPONSE_COLUMNS)} FROM responses{where} "
+                 "ORDER BY created_at, response_id LIMIT ?")
+        async with self._connection("list responses") as db, db.execute(query, [*params, limit]) as cur:
+            rows = await cur.fetchall()
+        return [row_to_response(tuple(r)) for r in rows]
+
     async def delete_response(self, response_id: str) -> bool:
         async with self._connection("delete a response") as db:
             cur = await db.execute("DELETE FROM responses WHERE response_id = ?", (response_id,))

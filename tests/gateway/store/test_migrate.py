@@ -19,6 +19,7 @@ from gateway.store import (
     user_hash,
 )
 from gateway.store.migrate import migrate_store
+from tests.gateway.store.test_contract import stored_response
 from tests.gateway.store.test_sqlite import exchange
 
 
@@ -44,6 +45,8 @@ async def fill(url: str) -> None:
     await store.set_rollout("a", 25)
     await store.set_rollout("b", 0)
     await store.add_forgotten_users({"0" * 64: 5.0})
+    for i in range(7):  # two pages of 5, two of them sharing a timestamp across the boundary
+        await store.put_response(stored_response(f"resp_{i}", created_at=100.0 + min(i, 4), user=f"r{i}"))
     await store.close()
 
 
@@ -51,7 +54,8 @@ async def snapshot(url: str) -> tuple[object, ...]:
     store = await opened(url)
     try:
         return (await store.list_exchanges(), await store.list_api_keys(), await store.list_students(),
-                await store.rollouts(), await store.list_tasks(), await store.forgotten_users())
+                await store.rollouts(), await store.list_tasks(), await store.forgotten_users(),
+                await store.list_responses(limit=100))
     finally:
         await store.close()
 
@@ -66,13 +70,13 @@ async def test_copy_is_complete_and_idempotent(direction: str, postgres_url: str
     counts = await migrate_store(source, dest, batch_size=5, progress=lambda done, total: calls.append((done, total)))
 
     assert counts == {"exchanges": 23, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 2, "students": 3,
-                      "rollouts": 2, "forgotten_users": 1}
+                      "rollouts": 2, "forgotten_users": 1, "responses": 7}
     assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
     assert await snapshot(dest) == await snapshot(source)
 
     again = await migrate_store(source, dest)
     assert again == {"exchanges": 0, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-                     "rollouts": 2, "forgotten_users": 0}
+                     "rollouts": 2, "forgotten_users": 0, "responses": 0}
     assert await snapshot(dest) == await snapshot(source)
 
     # what changed in the source since is carried over by the next run
@@ -106,10 +110,15 @@ async def test_exchanges_of_users_forgotten_in_either_store_are_not_copied(postg
     assert (counts["exchanges"], counts["exchanges_read"], counts["exchanges_forgotten"]) == (1, 28, 3)
     assert counts["forgotten_users"] == 1
     dest = await opened(postgres_url)
+    # nor are the stored responses of a user forgotten there (forget deleted r0's)
+    assert await dest.forget_user("r0") == 0 and await dest.get_response("resp_0") is None
+    await dest.close()
+    assert (await migrate_store(sqlite_url, postgres_url))["responses"] == 0
+    dest = await opened(postgres_url)
     try:
         assert {e.user for e in await dest.list_exchanges()} == {"u", "v1", "v2"}  # v1's older row was copied
         assert await dest.count_exchanges(user="v1") == 1 and await dest.count_exchanges(user="v0") == 0
-        assert await dest.forgotten_user_hashes() == {"0" * 64, user_hash("v0"), user_hash("v1")}
+        assert await dest.forgotten_user_hashes() == {"0" * 64, user_hash("v0"), user_hash("v1"), user_hash("r0")}
     finally:
         await dest.close()
 
