@@ -135,8 +135,8 @@ def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[d
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     if request.max_output_tokens is not None:
         body["max_completion_tokens"] = request.max_output_tokens
-    for key in ("temperature", "top_p", "user", "safety_identifier", "parallel_tool_calls", "service_tier",
-                "prompt_cache_key", "prompt_cache_retention"):
+    for key in ("temperature", "top_p", "user", "safety_identifier", "service_tier", "prompt_cache_key",
+                "prompt_cache_retention"):
         value = getattr(request, key)
         if value is not None:
             body[key] = value
@@ -144,6 +144,8 @@ def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[d
         body["logprobs"], body["top_logprobs"] = True, request.top_logprobs
     if request.tools:
         body["tools"] = [_tool(t, f"tools[{i}]") for i, t in enumerate(request.tools)]
+        if request.parallel_tool_calls is not None:  # chat refuses it without tools
+            body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.tool_choice is not None:
         body.update(_tool_choice(request.tool_choice, has_tools=bool(request.tools)))
     body.update(_text_options(request.text))

@@ -64,7 +64,7 @@ def test_images_and_options_map_onto_chat_fields() -> None:
                                                                          "detail": "low"}}]}]
     assert {k: v for k, v in body.items() if k != "messages"} == {
         "model": "m", "max_completion_tokens": 32, "temperature": 0.2, "top_p": 0.9, "user": "u",
-        "safety_identifier": "s", "parallel_tool_calls": False, "logprobs": True, "top_logprobs": 2,
+        "safety_identifier": "s", "logprobs": True, "top_logprobs": 2,
         "response_format": {"type": "json_object"}, "verbosity": "low", "reasoning_effort": "low",
         "metadata": {"task": "t"}, "stream": True, "stream_options": {"include_usage": True}}
 
@@ -75,8 +75,11 @@ def test_tools_and_tool_choice() -> None:
     assert body["tools"] == [{"type": "function", "function": {"name": "f", "description": "d",
                                                                "parameters": {"type": "object"}, "strict": True}}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert chat({"input": "x", "tools": [tool], "parallel_tool_calls": False})["parallel_tool_calls"] is False
     assert chat({"input": "x", "tools": [tool], "tool_choice": "required"})["tool_choice"] == "required"
-    assert "tool_choice" not in chat({"input": "x", "tool_choice": "auto"})  # chat refuses it without tools
+    # chat refuses both without tools
+    assert not {"tool_choice", "parallel_tool_calls"} & set(chat({"input": "x", "tool_choice": "auto",
+                                                                  "parallel_tool_calls": True}))
     with pytest.raises(BadRequestError, match="needs tools"):
         chat({"input": "x", "tool_choice": "required"})
 
