@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from gateway.chat.types import Teacher, TeacherSet
-from gateway.errors import NotServedError
+from gateway.errors import BadRequestError, NotServedError
 from gateway.pricing import lookup_price
 from gateway.providers.openai_compat import OpenAICompatibleProvider
 
@@ -27,6 +27,15 @@ FORWARDED_RESPONSE_HEADERS = ("content-type", "content-disposition", "retry-afte
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _FIELD_NAME = re.compile(rb'name="([^"]*)"', re.IGNORECASE)
+
+
+def upstream_path(path: str) -> str:
+    """The path below the teacher's API base for a client's `/v1/...` path. Dot segments are refused: the
+    upstream would resolve `/v1/files/../chat/completions` to a route that must go through the chat core."""
+    segments = path.split("/")
+    if any(segment in (".", "..") or "\\" in segment for segment in segments):
+        raise BadRequestError("the path must not contain '.' or '..' segments", code="invalid_path")
+    return path.removeprefix("/v1")
 
 
 def api_of(path: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -32,6 +32,7 @@ from gateway.passthrough.forward import (
     request_headers,
     request_model,
     response_headers,
+    upstream_path,
     usage_cost,
 )
 from gateway.protocol import PROVIDER_CONTROL_FIELDS, check_fields
@@ -67,6 +68,7 @@ async def passthrough(request: Request) -> Response:
     state = gateway_state(request)
     client = await state.keys.check(bearer_token(request.headers.get("authorization")))
     api = api_of(request.url.path)
+    upstream_path(request.url.path)  # refused before anything is spent on it
     if not state.settings.passthrough:
         raise NotServedError(f"/v1/{api} is not served: passthrough is switched off (passthrough: false)",
                              code="passthrough_off")
@@ -77,16 +79,22 @@ async def passthrough(request: Request) -> Response:
     teacher = pick_teacher(service.teachers, model, api)
     tally = Tally(state.metrics, service.limiter, client, api, model)
     release = service.concurrency.acquire(client)
-    try:
-        if not can_forward(teacher):
+    if not can_forward(teacher):
+        try:
             return await _embed(teacher, body, tally)
+        except BaseException as exc:
+            tally.done(getattr(exc, "status_code", 500), None)
+            raise
+        finally:
+            release()
+    try:
         upstream = await teacher.breaker.call(lambda: _send(teacher, request, body))
     except BaseException as exc:
         release()
         tally.done(getattr(exc, "status_code", 500), None)
         raise
     headers = {**response_headers(upstream.headers), "x-request-id": "req_" + uuid.uuid4().hex}
-    return SSEResponse(_relay(upstream, tally, release), status_code=upstream.status_code, headers=headers,
+    return SSEResponse(Relay(upstream, tally, release), status_code=upstream.status_code, headers=headers,
                        media_type=upstream.headers.get("content-type"))
 
 
@@ -95,8 +103,8 @@ async def _send(teacher: Teacher, request: Request, body: bytes) -> httpx.Respon
     counts the failure and the client gets the gateway's 502)."""
     provider = teacher.provider
     assert isinstance(provider, OpenAICompatibleProvider)
-    path = request.url.path.removeprefix("/v1")
-    response = await provider.forward(request.method, path, params=list(request.query_params.multi_items()),
+    response = await provider.forward(request.method, upstream_path(request.url.path),
+                                      params=list(request.query_params.multi_items()),
                                       headers=request_headers(request.headers), content=body)
     if response.status_code >= 500 or response.status_code in (401, 403):
         content = await response.aread()
@@ -115,28 +123,49 @@ async def _embed(teacher: Teacher, raw: bytes, tally: Tally) -> Response:
     return Response(orjson.dumps(result), media_type="application/json")
 
 
-async def _relay(upstream: httpx.Response, tally: Tally, release: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The upstream's body as it comes; a JSON answer is kept (up to a size) to read its usage at the end."""
-    keep = upstream.headers.get("content-type", "").startswith("application/json")
-    kept: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in upstream.aiter_raw():
-            if keep:
-                size += len(chunk)
-                keep = size <= USAGE_BODY_LIMIT
-                kept.append(chunk)
-            yield chunk
-    finally:
-        await upstream.aclose()
-        release()
-        payload = None
-        if keep and kept:
-            try:
-                payload = orjson.loads(b"".join(kept))
-            except orjson.JSONDecodeError:
-                payload = None
-        tally.done(upstream.status_code, payload)
+class Relay:
+    """The upstream's body as it comes; a JSON answer is kept (up to a size) to read its usage at the end.
+    Closing it — which `SSEResponse` always does, even when the client went away before the first byte —
+    closes the upstream response, gives the concurrency slot back and counts the request, once."""
+
+    def __init__(self, upstream: httpx.Response, tally: Tally, release: Callable[[], None]) -> None:
+        self._upstream, self._tally, self._release = upstream, tally, release
+        self._chunks = upstream.aiter_raw()
+        self._keep = upstream.headers.get("content-type", "").startswith("application/json")
+        self._kept: list[bytes] = []
+        self._size = 0
+        self._closed = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await anext(self._chunks)
+        except BaseException:  # the end (StopAsyncIteration), or the upstream failed mid-body
+            await self.aclose()
+            raise
+        if self._keep:
+            self._size += len(chunk)
+            self._keep = self._size <= USAGE_BODY_LIMIT
+            self._kept.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._upstream.aclose()
+        finally:
+            self._release()
+            payload = None
+            if self._keep and self._kept:
+                try:
+                    payload = orjson.loads(b"".join(self._kept))
+                except orjson.JSONDecodeError:
+                    payload = None
+            self._tally.done(self._upstream.status_code, payload)
 
 
 class Tally:

@@ -41,9 +41,9 @@ def record(response: dict[str, Any], *, task: str, client: str, user: str | None
                           history=[*before, *turn, assistant_message(response["output"])])
 
 
-async def keep_streamed(store: Store, stored: StoredResponse) -> None:
-    """Store a streamed response. Its answer has reached the client already, so a store that fails is logged
-    rather than turned into a failed stream; a follow-up naming it then gets a clear 404."""
+async def keep(store: Store, stored: StoredResponse) -> None:
+    """Store a response. Its answer is paid for (and, streamed, has reached the client already), so a store
+    that fails is logged rather than turned into an error; a follow-up naming it then gets a clear 404."""
     try:
         await store.put_response(stored)
     except StoreError as exc:

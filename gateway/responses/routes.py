@@ -74,14 +74,14 @@ def build_responses_router() -> APIRouter:
 
             async def on_done(response: dict[str, Any]) -> None:
                 if parsed.stored:
-                    await conversation.keep_streamed(state.store, kept(response))
+                    await conversation.keep(state.store, kept(response))
 
             return SSEResponse(responses_events(chunks, translator, on_done),
                                headers={**route_headers(req, info), "cache-control": "no-cache"})
         result, info = await service.complete(req)
         response = from_chat(result, parsed, resp_id=resp_id, created_at=req.created_at)
         if parsed.stored:
-            await state.store.put_response(kept(response))
+            await conversation.keep(state.store, kept(response))
         return _json(response, route_headers(req, info))
 
     @router.get(RESPONSES_PATH + "/{response_id}", response_model=None)

@@ -113,3 +113,16 @@ def test_vercel_ai_sdk_default_provider_generate_and_stream(gateway: Server, sto
     assert tools["toolCalls"] == ["get_weather"] and tools["toolResults"] == ["18C and sunny in Paris"]
     assert tools["steps"] == 2 and tools["text"] == "The tool said: 18C and sunny in Paris"
     assert [r.stream for r in rows(store, "node-ai-sdk", 4)] == [False, True, False, False]
+
+
+def test_langchain_openai_embeddings(gateway: Server, upstream: ScriptedUpstream) -> None:
+    from langchain_openai import OpenAIEmbeddings
+
+    # check_embedding_ctx_length=False: by default LangChain first splits texts with tiktoken, whose
+    # vocabulary it downloads (no network here); the request to the gateway is the same either way
+    embeddings = OpenAIEmbeddings(model="text-embedding-3-small", base_url=f"{gateway.url}/v1", api_key="x",  # type: ignore[arg-type]
+                                  check_embedding_ctx_length=False, max_retries=0)
+    vectors = embeddings.embed_documents(["first", "second"])
+    assert [v[0] for v in vectors] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert embeddings.embed_query("q")[:1] == [pytest.approx(0.1)]
+    assert upstream.last("/v1/embeddings").headers["authorization"] == "Bearer sk-upstream-123456"

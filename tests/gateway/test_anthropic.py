@@ -200,7 +200,7 @@ def test_bad_or_missing_key_is_an_anthropic_authentication_error(gateway: InProc
 
 
 def test_other_routes_keep_openais_error_shape(gateway: InProcessGateway) -> None:
-    unknown = gateway.client.post("/v1/messages/count_tokens", headers={"x-api-key": KEY}, json={})
+    unknown = gateway.client.post("/v1/messages/batches", headers={"x-api-key": KEY}, json={})
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
     assert unknown.json()["type"] == "error"
     openai_route = gateway.client.post("/v1/chat/completions", json={})

@@ -38,6 +38,7 @@ CASES: list[tuple[errors.ProtegeError, int]] = [
     (errors.RequestTimeoutError("the body did not arrive in time"), 408),
     (errors.PayloadTooLargeError("request body too large"), 413),
     (errors.RateLimitError("slow down", retry_after=3), 429),
+    (errors.NotServedError("/v1/files: no configured teacher serves this route"), 501),
     (errors.ServiceUnavailableError("draining", retry_after=2), 503),
     (errors.StoreError("database is locked: /var/lib/protege/store.db"), 503),
     (errors.UpstreamError("the teacher failed"), 502),

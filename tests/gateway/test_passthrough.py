@@ -136,10 +136,23 @@ def test_embeddings_through_litellm(upstream: ScriptedUpstream, tmp_path: Path) 
     # a teacher on litellm (client: litellm): the embedding goes through litellm's own provider code
     teacher = {"model": "openai/gpt-4o-mini", "api_base": f"{upstream.url}/v1", "api_key": UPSTREAM_KEY,
                "client": "litellm"}
-    settings = settings_for(None, tmp_path / "s.db", config={"teachers": [teacher]})
+    # one request at a time: a slot that is not given back would refuse the second
+    settings = settings_for(None, tmp_path / "s.db", config={"teachers": [teacher], "limits": {"max_concurrent": 1}})
     with inprocess_gateway(settings) as gateway:
-        result = gateway.openai().embeddings.create(model="text-embedding-3-small", input="hello")
+        for _ in range(2):
+            result = gateway.openai().embeddings.create(model="text-embedding-3-small", input="hello")
         steer = gateway.client.post("/v1/embeddings", json={"model": "m", "input": "x", "api_base": "http://evil"})
     assert result.data[0].embedding[:1] == [pytest.approx(0.1)] and result.usage.prompt_tokens == 4
     assert upstream.last("/v1/embeddings").headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert steer.status_code == 400 and steer.json()["error"]["param"] == "api_base"
+
+
+@pytest.mark.parametrize("path", ["/v1/files/%2e%2e/chat/completions",
+                                  "/v1/files/..%2Fchat%2Fcompletions", "/v1/batches/%2e/x"])
+def test_dot_segments_never_reach_the_upstream(gateway: InProcessGateway, upstream: ScriptedUpstream,
+                                               path: str) -> None:
+    seen = len(upstream.received)
+    response = gateway.client.post(path, json={"model": "m", "messages": []},
+                                   headers={"authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_path", response.text
+    assert len(upstream.received) == seen

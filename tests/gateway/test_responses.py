@@ -5,6 +5,7 @@ two gateway replicas, on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,14 @@ def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
         assert headers["x-protege-route"] == "fallback" and text.endswith("User: My order to Oslo is late.")
         assert [(r.route, r.stream) for r in rows] == [("fallback", stream)]
         assert rows[0].request["params"]["reasoning_effort"] == "low"
+
+
+def test_a_store_that_cannot_keep_the_response_still_answers(katan: Server, tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    with inprocess_gateway(settings_for(katan, store)) as gateway:
+        with sqlite3.connect(store) as db:
+            db.execute("DROP TABLE responses")  # broken behind the gateway's back
+        response = gateway.openai().responses.create(model="m", input="still here?")
+        assert response.output_text.endswith("User: still here?")  # paid for: the client gets it
+        retrieve = gateway.client.get(f"/v1/responses/{response.id}")
+        assert retrieve.status_code == 503 and retrieve.json()["error"]["type"] == "service_unavailable"
