@@ -156,3 +156,18 @@ def test_dot_segments_never_reach_the_upstream(gateway: InProcessGateway, upstre
                                    headers={"authorization": f"Bearer {KEY}"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_path", response.text
     assert len(upstream.received) == seen
+
+
+def test_every_forwarded_request_gives_its_slot_back(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    settings = settings_for(None, tmp_path / "s.db", teacher="openai/gpt-4o-mini",
+                            teacher_api_base=f"{upstream.url}/v1", teacher_api_key=UPSTREAM_KEY,
+                            config={"limits": {"max_concurrent": 1}})
+    with inprocess_gateway(settings) as gateway:
+        client = gateway.openai()
+        for _ in range(2):  # one slot: a request that kept it would turn the next into a 503
+            client.embeddings.create(model="m", input="x")
+            assert gateway.client.get("/v1/files/file-404").status_code == 404
+            assert "".join(c.choices[0].text for c in client.completions.create(model="m", prompt="p", stream=True))
+            with gateway.client.stream("GET", "/v1/files/file-1/content") as response:
+                next(response.iter_raw())  # the client leaves after the first chunk
+        assert gateway.state.service.concurrency.in_flight == 0
