@@ -1,7 +1,9 @@
 """Confidence thresholds calibrated on data, never hand-tuned.
 
 Input: the validation split replayed through the student — for each request the student's token
-logprobs and its agreement with the teacher's captured answer (0–1). For a threshold t, requests
+logprobs and its agreement with the teacher's captured answer (0–1), or that it failed (an error, no
+logprobs, an answer the validators reject). A failed request is deferred at every threshold, as the cascade
+would defer it, and scores 0 where the student keeps everything. For a threshold t, requests
 whose confidence ≥ t are served by the student (parity = its agreement), the rest fall back to the
 teacher (parity 1, the teacher agrees with itself). `calibrate` picks the confidence method that
 separates agreeing from disagreeing answers best (largest area under the deferral curve) and the
@@ -10,6 +12,7 @@ lowest threshold — the largest student share — whose served parity reaches t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -25,6 +28,11 @@ class Observation:
 
     logprobs: tuple[float, ...]
     agreement: float
+    failed: bool = False  # the student erred, gave no logprobs or broke the validators: never served
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.logprobs) and not self.failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +100,20 @@ def apgr(points: Sequence[CurvePoint]) -> float:
 
 def calibrate(observations: Sequence[Observation], *, target_parity: float = 0.95,
               student_cost: float = 0.05) -> Calibration:
-    usable = [o for o in observations if o.logprobs]
-    if not usable:
+    if not any(o.usable for o in observations):
         raise ValueError("no observations with logprobs to calibrate on")
-    agreements = [o.agreement for o in usable]
+    agreements = [o.agreement if o.usable else 0.0 for o in observations]
     curves: dict[str, list[CurvePoint]] = {}
     for name, fn in CONFIDENCE_METHODS.items():
-        curves[name] = deferral_curve([fn(o.logprobs) for o in usable], agreements, student_cost=student_cost)
+        scores = [fn(o.logprobs) if o.usable else -math.inf for o in observations]
+        curves[name] = deferral_curve(scores, agreements, student_cost=student_cost)
     areas = {name: round(area_under_curve(curve), 6) for name, curve in curves.items()}
     method = max(areas, key=lambda m: (areas[m], m == "mean_logprob"))
     curve = curves[method]
     reaching = [p for p in curve if p.parity >= target_parity]
     best = max(reaching, key=lambda p: p.student_share)
     threshold = None if best.student_share == 0 else best.threshold
+    if threshold == -math.inf:  # keeping the failed ones too: live, the cascade defers them whatever the threshold
+        threshold = min(p.threshold for p in curve if math.isfinite(p.threshold))
     return Calibration(method=method, threshold=threshold, point=best, target_parity=target_parity,  # type: ignore[arg-type]
                        area_under_deferral_curve=areas, apgr=apgr(curve), curve=curve)

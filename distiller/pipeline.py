@@ -20,13 +20,14 @@ from typing import Any
 
 from distiller.calibrate import Calibration, Observation, calibrate
 from distiller.dataset import CurationConfig, curate_task, write_dataset
-from distiller.evaluate import EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
+from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
 from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
 from gateway.config import EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
+from gateway.router import validate_output
 from gateway.store import GateResult, Store, StudentDetails, StudentVersion
 
 
@@ -200,10 +201,19 @@ async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, mode
 
 
 def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float) -> Calibration | None:
+    """The threshold from the validation split. Every request counts, the failed ones (an error, no logprobs,
+    an answer the cascade's validators reject) as deferred; None when no answer can be calibrated on."""
     examples = load_split(dataset_dir, "validation")
     scores = score_answers(answers, examples)
-    observations = [Observation(a.logprobs, s) for a, s in zip(answers, scores, strict=True) if a.logprobs]
-    return calibrate(observations, target_parity=target) if observations else None
+    observations = [Observation(a.logprobs, s, failed=_failed(a, e))
+                    for a, e, s in zip(answers, examples, scores, strict=True)]
+    return calibrate(observations, target_parity=target) if any(o.usable for o in observations) else None
+
+
+def _failed(answer: ModelAnswer, example: EvalExample) -> bool:
+    if answer.error is not None or answer.message is None or not answer.logprobs:
+        return True
+    return bool(validate_output({"tools": example.tools or []}, {"choices": [{"message": answer.message}]}))
 
 
 def write_reports(outcome: DistillOutcome) -> None:

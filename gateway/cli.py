@@ -179,6 +179,10 @@ def add_export(sub: Subparsers) -> None:
 
 # --- students, rollout, promote, rollback -----------------------------------------------------
 
+def threshold_text(threshold: float | None) -> str:
+    return "none: serves nothing" if threshold is None else f"{threshold:.3f}"
+
+
 def cmd_students(args: argparse.Namespace) -> int:
     async def work(store: Store) -> int:
         students = await store.list_students(task=args.task)
@@ -186,7 +190,7 @@ def cmd_students(args: argparse.Namespace) -> int:
         return show(args, [{**student_view(s), "task": s.task, "rollout_percent": rollouts.get(s.task, 0.0)}
                            for s in students],
                     ("task", "version", "status", "model", "threshold", "rollout %", "created (UTC)"),
-                    ((s.task, str(s.version), s.status, s.model, "—" if s.threshold is None else f"{s.threshold:.3f}",
+                    ((s.task, str(s.version), s.status, s.model, threshold_text(s.threshold),
                       f"{rollouts.get(s.task, 0.0):g}", utc_time(s.created_at)) for s in students),
                     "no student versions yet")
 

@@ -88,6 +88,9 @@ class Metrics:
         self.student_versions = Gauge("protege_student_versions", "Registered student versions (training runs "
                                       "that reached the registry) by task and status", ["task", "status"],
                                       registry=registry, multiprocess_mode="max")
+        self.no_threshold = Gauge("protege_student_without_threshold", "1 while a task's active student has no "
+                                  "confidence threshold, and so serves none of the task's routed traffic",
+                                  ["task"], registry=registry, multiprocess_mode="livemax")
         self.last_training = Gauge("protege_last_training_seconds", "Training time of a task's newest student version",
                                    ["task"], registry=registry, multiprocess_mode="max")
         self.circuit_opened = Counter("protege_circuit_opened", "Times an upstream's circuit breaker opened",

@@ -189,8 +189,9 @@ class Verdict:
 
 
 def judge(confidence_score: float | None, threshold: float | None, problems: list[str]) -> Verdict:
-    """Accept the student's answer when it passes the validators and its confidence reaches the
-    threshold (a student without a calibrated threshold is judged on validators alone)."""
+    """Accept the student's answer when it passes the validators and its confidence reaches the threshold. A
+    version without a threshold gets no routed traffic (`ChatService`); when it answers for a teacher that is
+    down (degraded mode), it is judged on the validators alone."""
     if problems:
         return Verdict(False, "validator", "; ".join(problems))
     if threshold is not None and (confidence_score is None or confidence_score < threshold):

@@ -129,7 +129,9 @@ class PromoteRequest(BaseModel):
 
 class ThresholdUpdate(BaseModel):
     version: int | None = Field(default=None, ge=1, description="default: the active version")
-    threshold: float | None = Field(description="confidence threshold (a log-probability); null = validators only")
+    threshold: float | None = Field(description="confidence threshold (a log-probability); null = none, and then "
+                                    "the version serves no routed traffic (a very low value such as -1000 accepts "
+                                    "every answer that passes the validators)")
 
 
 def student_view(s: StudentVersion) -> dict[str, Any]:

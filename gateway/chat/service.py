@@ -87,6 +87,9 @@ class ChatService:
                 self.metrics.last_training.labels(self.metrics.task_label(task)).set(s.details.training_s)
         for task, percent in rollouts.items():
             self.metrics.rollout.labels(self.metrics.task_label(task)).set(percent)
+        for s in students:
+            if s.status == "active":
+                self.metrics.no_threshold.labels(self.metrics.task_label(s.task)).set(int(s.threshold is None))
 
     def _on_retry(self, exc: ProtegeError) -> None:
         self.metrics.retries.labels(ROUTE_TEACHER).inc()
@@ -103,7 +106,9 @@ class ChatService:
         route = await self.students.table.route(req.task)
         if route is None:
             return None
-        if rollout and ((req.body.get("n") or 1) != 1
+        # routed traffic needs a threshold: a version calibration found none for serves nothing (degraded mode,
+        # when the teacher is down, still may)
+        if rollout and (route.student.threshold is None or (req.body.get("n") or 1) != 1
                         or not in_rollout(req.task, req.sticky_key, route.rollout_percent)):
             return None
         messages = student_messages(req.body.get("messages") or [], route.student)

@@ -100,7 +100,7 @@ class StudentVersion:
     dataset_hash: str | None = None
     system_prompt_hash: str | None = None  # the system prompt it was trained without, if prompt-distilled
     prompt_distilled: bool = False
-    threshold: float | None = None  # calibrated confidence threshold; None → accept on validators alone
+    threshold: float | None = None  # calibrated confidence threshold; None → serves no routed traffic
     confidence_method: ConfidenceMethod = "mean_logprob"
     details: StudentDetails = field(default_factory=StudentDetails)  # lineage: evaluation, gate, training
 

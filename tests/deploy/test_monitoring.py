@@ -213,7 +213,7 @@ def register_students(store: Path) -> None:
         db = open_store(f"sqlite:///{store}")
         await db.open()
         now = time.time()
-        for task, threshold in ((SERVED, None), (PICKY, -0.001)):  # a random tiny model is never this sure
+        for task, threshold in ((SERVED, -1000.0), (PICKY, -0.001)):  # a random tiny model is never this sure
             await db.add_student(StudentVersion(task=task, version=1, status="candidate", model="tiny",
                                                 created_at=now, updated_at=now, threshold=threshold))
             await db.set_student_status(task, 1, "active")

@@ -61,3 +61,17 @@ def test_area_of_perfect_router() -> None:
 def test_needs_logprobs() -> None:
     with pytest.raises(ValueError):
         calibrate([Observation((), 1.0)])
+
+
+def test_failed_answers_count_as_deferred_not_dropped() -> None:
+    # 10 requests: 6 confident and right, 4 the student failed on (error, no logprobs, broken validators)
+    good = [Observation((-0.1,), 1.0) for _ in range(6)]
+    failed = ([Observation((), 0.0)] * 2 + [Observation((-0.01,), 1.0, failed=True)] * 2)
+    result = calibrate(good + failed, target_parity=0.95)
+    # the student keeps the 6 it answered (share 0.6 of all 10, not 1.0 of the 6), the 4 go to the teacher
+    assert result.point.student_share == pytest.approx(0.6) and result.point.parity == 1.0
+    assert result.threshold == -0.1
+    # keeping everything scores the failures as misses: student-only parity 0.6, not 1.0
+    assert min(result.curve, key=lambda p: p.threshold).parity == pytest.approx(0.6)
+    # a target only the failures would spoil is still met, with a finite threshold
+    assert calibrate(good + failed, target_parity=0.5).threshold == -0.1

@@ -117,7 +117,12 @@ def link() -> Iterator[Callable[[Server], Link]]:
         one.cut()
 
 
-def register(store: Path, *, threshold: float | None = None, distilled: bool = False, version: int = 1,
+# a threshold every answer reaches: the student is then judged on the validators alone (a version without a
+# threshold serves no routed traffic)
+ACCEPT_ANY = -1000.0
+
+
+def register(store: Path, *, threshold: float | None = ACCEPT_ANY, distilled: bool = False, version: int = 1,
              model: str = "tiny") -> None:
     """An active student version, written to the store through a connection of its own (as the CLI or a
     training run elsewhere writes it)."""
@@ -156,7 +161,7 @@ def cascade_settings(teacher: Server | Link, student: Server | Link, store: Path
 def cascade(katan: Server, student_server: Server, tmp_path: Path,
             ) -> Iterator[Callable[..., tuple[InProcessGateway, Path]]]:
     with ExitStack() as stack:
-        def make(*, threshold: float | None = None, distilled: bool = False, percent: float = 100,
+        def make(*, threshold: float | None = ACCEPT_ANY, distilled: bool = False, percent: float = 100,
                  teacher: Server | Link | None = None, degraded: bool = False,
                  student: Server | Link | None = None, shadow: float = 0,
                  student_prices: tuple[float, float] | None = None) -> tuple[InProcessGateway, Path]:
@@ -387,7 +392,8 @@ def test_gateway_loads_a_promoted_adapter_into_the_student_server(
         await db.open()
         now = time.time()
         await db.add_student(StudentVersion(task=TASK, version=2, status="candidate", model=name,
-                                            created_at=now, updated_at=now, trainer="local", artifact=str(adapter)))
+                                            created_at=now, updated_at=now, trainer="local", artifact=str(adapter),
+                                            threshold=ACCEPT_ANY))
         await db.set_student_status(TASK, 2, "active")
         await db.close()
 
@@ -460,3 +466,20 @@ def test_registry_and_rollout_gauges_without_traffic(cascade: Callable[..., tupl
     assert gateway.metric("protege_rollout_percent", task=TASK) == 40  # no request was sent
     assert gateway.metric("protege_student_versions", task=TASK, status="active") == 1
     assert gateway.metric("protege_last_training_seconds", task=TASK) == 129.5  # the newest version's
+
+
+def test_a_version_without_a_threshold_serves_no_routed_traffic(
+        cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
+    gateway, _ = cascade(percent=100, threshold=None)  # calibration found no threshold reaching the target
+    text, headers = chat(gateway)
+    assert headers["x-protege-route"] == "teacher" and "User: My order" in text
+    assert routes(gateway) == [("teacher", "ok")]
+    assert gateway.metric("protege_student_without_threshold", task=TASK) == 1
+    listed = admin(gateway, "GET", "/tasks").json()["tasks"]
+    [student] = next(t for t in listed if t["task"] == TASK)["students"]
+    assert student["threshold"] is None
+    # a threshold set on purpose puts it back to work
+    assert admin(gateway, "PUT", f"/tasks/{TASK}/threshold", {"threshold": ACCEPT_ANY}).status_code == 200
+    time.sleep(0.3)  # past cascade.refresh_s
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    assert gateway.metric("protege_student_without_threshold", task=TASK) == 0

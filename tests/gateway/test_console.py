@@ -59,7 +59,7 @@ def seed_store(store: Path) -> None:
             await db.add_student(StudentVersion(
                 task=TASK, version=version, status="candidate", model="tiny", created_at=now - 3600 + version,
                 updated_at=now, base_model="tiny", trainer="local", dataset_hash=f"sha-{version}",
-                details=details(version, parity)))
+                threshold=-1000.0, details=details(version, parity)))
         await db.set_student_status(TASK, 1, "active")
         await db.set_rollout(TASK, 0)
         await db.close()

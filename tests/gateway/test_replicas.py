@@ -45,7 +45,7 @@ def register_student(url: str) -> None:
         await store.open()
         now = time.time()
         await store.add_student(StudentVersion(task=TASK, version=1, status="active", model="tiny",
-                                               created_at=now, updated_at=now))
+                                               created_at=now, updated_at=now, threshold=-1000.0))
         await store.close()
 
     asyncio.run(run())

@@ -14,7 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.gateway.test_cascade import SYSTEM, TASK, admin, cascade_settings, register
+from tests.gateway.test_cascade import ACCEPT_ANY, SYSTEM, TASK, admin, cascade_settings, register
 from tests.gateway.test_upstream_faults import BrokenUpstream
 from tests.inprocess import InProcessGateway, inprocess_gateway, settings_for
 from tests.openai_upstream import ScriptedUpstream
@@ -295,9 +295,9 @@ def test_previous_response_id_across_two_replicas_on_postgresql(katan: Server) -
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("threshold", [None, -0.01])
+@pytest.mark.parametrize("threshold", [ACCEPT_ANY, -0.01])
 def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
-        katan: Server, scripted: ScriptedUpstream, tmp_path: Path, stream: bool, threshold: float | None) -> None:
+        katan: Server, scripted: ScriptedUpstream, tmp_path: Path, stream: bool, threshold: float) -> None:
     # the student server is scripted (a fixed answer, every token at log-probability -0.05): the Responses
     # route rides on the chat core's cascade, which tests/gateway/test_cascade.py drives with a real model
     scripted.chat_content = "Oslo"
@@ -322,7 +322,7 @@ def test_a_rolled_out_student_serves_responses_and_falls_back_when_unsure(
     student_request = json.loads(scripted.last("/v1/chat/completions").body)
     assert student_request.get("reasoning_effort") is None  # a teacher's hint, not the student's
     assert student_request["messages"] == [{"role": "user", "content": "My order to Oslo is late."}]
-    if threshold is None:
+    if threshold == ACCEPT_ANY:
         assert headers["x-protege-route"] == "student" and headers["x-protege-student"] == "tiny@v1"
         assert text == "Oslo"
         assert [(r.route, r.stream) for r in rows] == [("student", stream)]

@@ -202,7 +202,7 @@ def register_student(gateway: InProcessGateway) -> None:
 
     async def run() -> None:
         await store.add_student(StudentVersion(task=TASK, version=1, status="candidate", model="tiny",
-                                               created_at=now, updated_at=now))
+                                               created_at=now, updated_at=now, threshold=-1000.0))
         await store.set_student_status(TASK, 1, "active")
 
     gateway.run(run())
