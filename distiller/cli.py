@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from rich.console import Console
 
+from distiller.sufficiency import Minimums
 from gateway.cli import json_flag, positive_int, settings_from, store_flags, with_store
 from gateway.config import Settings
 from gateway.store import Store
@@ -56,6 +57,7 @@ def add_export_merged(sub: Subparsers) -> None:
 # --- distill ---------------------------------------------------------------------------------
 
 def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
+    from distiller.dataset import CurationConfig
     from distiller.pipeline import DistillOptions
     from distiller.registry import Gate
 
@@ -66,6 +68,8 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
     return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
                           base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
                           target_parity=args.target_parity, promote=args.promote,
+                          curation=CurationConfig(keep_truncated=args.keep_truncated),
+                          minimums=Minimums(args.min_train, args.min_validation, args.min_test),
                           max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
 
 
@@ -85,13 +89,22 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval-tokens", type=positive_int, default=256, metavar="N",
                    help="max_tokens of each evaluation answer, student and baselines alike (default 256)")
     p.add_argument("--promote", action="store_true", help="make a new version active if it passes the gate")
+    minimums = Minimums()
+    p.add_argument("--min-train", type=positive_int, default=minimums.train, metavar="N",
+                   help=f"curated training examples needed before anything is trained (default {minimums.train})")
+    p.add_argument("--min-validation", type=positive_int, default=minimums.validation, metavar="N",
+                   help=f"validation examples the threshold is calibrated on, at least (default {minimums.validation})")
+    p.add_argument("--min-test", type=positive_int, default=minimums.test, metavar="N",
+                   help=f"test examples the gate decides on, at least (default {minimums.test})")
+    p.add_argument("--keep-truncated", action="store_true", help="keep teacher answers cut at their token limit "
+                   "(dropped by default: they teach the student to stop mid-sentence)")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
     p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through and load "
                    "promoted adapters into (default: start the embedded model server for the run)")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from distiller.pipeline import DistillError, distill
+    from distiller.pipeline import DistillError, NotEnoughDataError, distill
 
     settings = settings_from(args, student_api_base=args.student_api_base)
     options = _distill_options(args, settings)
@@ -105,6 +118,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
             outcome = await distill(store, args.task, options, student_api_base=settings.student_api_base,
                                     student_api_key=settings.student_key,
                                     progress=progress)
+        except NotEnoughDataError as exc:
+            if args.json:
+                print(orjson.dumps({"task": args.task, "status": "not_enough_data", "reasons": exc.reasons,
+                                    "splits": exc.splits}).decode())
+            print(f"protege distill: {exc}", file=sys.stderr)
+            return 3
         except DistillError as exc:
             print(f"protege distill: {exc}", file=sys.stderr)
             return 1
@@ -160,13 +179,19 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         results = await run_once(store, policy, options, student_api_base=settings.student_api_base,
                                  student_api_key=settings.student_key,
                                  tasks=args.task or None)
-        rows = [{"task": task, "reason": reason, "version": o.student.version if o else None,
-                 "status": o.student.status if o else "failed"} for task, reason, o in results]
+        rows = [{"task": r.task, "reason": r.reason, "version": r.outcome.student.version if r.outcome else None,
+                 "status": r.outcome.student.status if r.outcome else r.status, "detail": r.detail}
+                for r in results]
         if args.json:
             print(orjson.dumps(rows).decode())
         else:
             for row in rows:
-                print(f"{row['task']}: {row['reason']} → version {row['version']} {row['status']}")
+                if row["status"] == "not_enough_data":
+                    print(f"{row['task']}: {row['reason']} → not enough data yet, waiting: {row['detail']}")
+                elif row["version"] is None:
+                    print(f"{row['task']}: {row['reason']} → failed: {row['detail']}")
+                else:
+                    print(f"{row['task']}: {row['reason']} → version {row['version']} {row['status']}")
             if not rows:
                 print("no task is due for retraining")
         return 1 if any(r["status"] == "failed" for r in rows) else 0

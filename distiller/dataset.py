@@ -69,6 +69,9 @@ def _help(text: str) -> dict[str, str]:
 class CurationConfig:
     """How captured traffic becomes a dataset. Part of the dataset hash: change it and the hash changes."""
 
+    keep_truncated: bool = field(default=False, metadata=_help(
+        "keep answers the teacher cut at its token limit (finish_reason length); dropped by default, since they "
+        "teach the student to stop mid-sentence"))
     min_answer_chars: int = field(default=1, metadata=_help(
         "drop answers shorter than this many characters (stripped); tool-call answers always pass"))
     max_tokens: int | None = field(default=4096, metadata=_help(
@@ -287,7 +290,8 @@ def _quality(ordered: list[Exchange], cfg: CurationConfig, dropped: list[tuple[s
     """Exchanges that pass the exchange filters, as training examples (`gateway.export.training_example`)."""
     candidates = []
     for exchange in ordered:
-        reason = (filters.status_filter(exchange) or filters.truncated_filter(exchange)
+        truncated = None if cfg.keep_truncated else filters.truncated_filter(exchange)
+        reason = (filters.status_filter(exchange) or truncated
                   or filters.answer_length_filter(exchange, cfg.min_answer_chars) or filters.refusal_filter(exchange))
         example = training_example(exchange) if reason is None else None
         if example is None:
@@ -387,6 +391,9 @@ def _report(cfg: CurationConfig, ordered: list[Exchange], examples: list[Curated
             dropped: list[tuple[str, str]], redacted: dict[str, int], distilled: str | None,
             system_hash: str | None, prompt_counts: Counter[str], tokenizer: bool) -> dict[str, Any]:
     reasons = Counter(reason for _, reason in dropped)
+    by_id = {e.request_id: e for e in ordered}
+    truncated_at = Counter(str(_token_limit(by_id[rid])) for rid, reason in dropped
+                           if reason == filters.TRUNCATED and rid in by_id)
     by_split: dict[str, Counter[str]] = {name: Counter() for name in SPLITS}
     for example in examples:
         by_split[example.split][example.language] += 1
@@ -397,6 +404,7 @@ def _report(cfg: CurationConfig, ordered: list[Exchange], examples: list[Curated
         "dropped_total": len(dropped),
         "dropped": {reason: reasons.get(reason, 0) for reason in (*DROP_REASONS, *sorted(set(reasons) - set(
             DROP_REASONS)))},
+        "truncated_at": _sorted_counts(truncated_at),  # the request's token limit → answers cut at it
         "splits": {name: sum(by_split[name].values()) for name in SPLITS},
         "languages": _sorted_counts(languages),
         "languages_by_split": {name: _sorted_counts(by_split[name]) for name in SPLITS},
@@ -408,6 +416,13 @@ def _report(cfg: CurationConfig, ordered: list[Exchange], examples: list[Curated
                                 "distinct_system_prompts": len([p for p in prompt_counts if p])},
         "tasks": sorted({e.task for e in ordered}),
     }
+
+
+def _token_limit(exchange: Exchange) -> int | str:
+    """The max_tokens (or max_completion_tokens) a captured request asked for; 'unset' when none."""
+    params = exchange.request.get("params") or {}
+    limit = params.get("max_tokens") or params.get("max_completion_tokens")
+    return limit if isinstance(limit, int) else "unset"
 
 
 def _sorted_counts(counts: Counter[str]) -> dict[str, int]:

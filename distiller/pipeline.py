@@ -22,6 +22,7 @@ from distiller.calibrate import Calibration, Observation, calibrate
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
+from distiller.sufficiency import Minimums, shortfall
 from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
@@ -35,6 +36,15 @@ class DistillError(RuntimeError):
     """The run stopped; the message says why. Nothing was registered or promoted."""
 
 
+class NotEnoughDataError(DistillError):
+    """Too little curated data to decide on: nothing was trained. `reasons` say what is missing and why traffic
+    was dropped (`distiller.sufficiency`); the scheduler waits for more traffic."""
+
+    def __init__(self, task: str, reasons: list[str], splits: dict[str, int]) -> None:
+        super().__init__(f"not enough data for task {task!r}:\n  " + "\n  ".join(reasons))
+        self.task, self.reasons, self.splits = task, reasons, splits
+
+
 @dataclass(slots=True)
 class DistillOptions:
     runs_dir: Path = Path("runs")
@@ -46,7 +56,7 @@ class DistillOptions:
     target_parity: float = 0.95
     promote: bool = False
     force: bool = False
-    min_train_examples: int = 8
+    minimums: Minimums = field(default_factory=Minimums)
     max_eval_tokens: int = 256
     poll_interval_s: float = 1.0
 
@@ -79,11 +89,9 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     run_dir = options.runs_dir / task / time.strftime("%Y%m%d-%H%M%S")
     progress("curating captured traffic", None)
     dataset = await curate_task(store, task, options.curation)
-    if len(dataset.train) < options.min_train_examples:
-        raise DistillError(f"task {task!r} has {len(dataset.train)} curated training examples; "
-                           f"at least {options.min_train_examples} are needed (report: {dataset.report})")
-    if not dataset.validation or not dataset.test:
-        raise DistillError(f"task {task!r} has no held-out examples yet: capture more traffic")
+    reasons = shortfall(dataset.report, options.minimums)
+    if reasons:
+        raise NotEnoughDataError(task, reasons, dataset.counts)
     trained = await find_trained(store, task, dataset.dataset_hash, options.trainer)
     if trained is not None and not options.force:
         return DistillOutcome(task, run_dir, dataset.dataset_hash, trained, reused=True,
@@ -127,7 +135,8 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
 
     calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
-    passed, gate_message = options.gate.check(report.student.score.mean, base_parity)
+    score = report.student.score
+    passed, gate_message = options.gate.check(score.mean, score.ci_low, score.ci_high, base_parity)
     details = StudentDetails(
         evaluation=report.to_dict(), calibration=calibration.to_dict() if calibration else None,
         gate=GateResult(passed=passed, message=gate_message, min_parity=options.gate.min_parity),

@@ -11,16 +11,22 @@ from gateway.store import ConfidenceMethod, Store, StudentDetails, StudentVersio
 
 @dataclass(frozen=True, slots=True)
 class Gate:
-    """A candidate passes when its parity with the teacher reaches `min_parity` and beats the base model."""
+    """A candidate passes when the confidence interval of its parity with the teacher lies at or above
+    `min_parity` (the point alone could pass on luck) and it beats the base model. An interval across the gate
+    is rejected as undecided: more test data would decide it."""
 
     min_parity: float = 0.90
 
-    def check(self, parity: float, base_parity: float | None) -> tuple[bool, str]:
-        if parity < self.min_parity:
-            return False, f"parity {parity:.3f} below the gate {self.min_parity:.2f}"
+    def check(self, parity: float, ci_low: float, ci_high: float, base_parity: float | None) -> tuple[bool, str]:
+        shown = f"parity {parity:.3f} [{ci_low:.3f}–{ci_high:.3f}]"
+        if ci_high < self.min_parity:
+            return False, f"{shown} below the gate {self.min_parity:.2f}"
+        if ci_low < self.min_parity:
+            return False, (f"{shown} undecided: the interval spans the gate {self.min_parity:.2f}; more test "
+                           "examples (traffic) would decide it")
         if base_parity is not None and parity <= base_parity:
-            return False, f"parity {parity:.3f} does not beat the base model's {base_parity:.3f}"
-        return True, f"parity {parity:.3f} passes the gate {self.min_parity:.2f}"
+            return False, f"{shown} does not beat the base model's {base_parity:.3f}"
+        return True, f"{shown} passes the gate {self.min_parity:.2f}"
 
 
 async def next_version(store: Store, task: str) -> int:

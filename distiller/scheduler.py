@@ -2,8 +2,9 @@
 
 A task is due when it has enough new good examples since its newest version, when its active
 version is older than the configured age, or when its live parity (shadow scoring) fell below the
-floor. One training at a time; a failed run leaves the active student as it was. Each check first applies the
-store's retention (`capture.retention_days`), if one is configured.
+floor. One training at a time; a failed run leaves the active student as it was, and a task with too little
+curated data to decide on waits for more traffic (nothing is trained). Each check first applies the store's
+retention (`capture.retention_days`), if one is configured.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
-from distiller.pipeline import DistillError, DistillOptions, DistillOutcome, distill
+from distiller.pipeline import DistillError, DistillOptions, DistillOutcome, NotEnoughDataError, distill
 from gateway.parity import LiveParity, live_parity
 from gateway.store import Exchange, Store, StudentVersion, user_hash
 
@@ -73,14 +75,23 @@ async def task_state(store: Store, task: str) -> TaskState:
     return TaskState(task, new_good, newest, active, live.mean, live.comparisons)
 
 
+@dataclass(frozen=True, slots=True)
+class Retraining:
+    """What a check did with a due task."""
+
+    task: str
+    reason: str  # why it was due
+    status: Literal["trained", "failed", "not_enough_data"]
+    outcome: DistillOutcome | None = None  # the registered (or reused) version, when trained
+    detail: str = ""  # why it failed, or what data is missing
+
+
 async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions, *,
                    student_api_base: str | None = None, student_api_key: str | None = None,
-                   tasks: list[str] | None = None, now: float | None = None,
-                   ) -> list[tuple[str, str, DistillOutcome | None]]:
-    """Check every task once and retrain the due ones, one at a time. Returns (task, reason, outcome)
-    for each task that was due; outcome None when its run failed."""
+                   tasks: list[str] | None = None, now: float | None = None) -> list[Retraining]:
+    """Check every task once and retrain the due ones, one at a time."""
     names = tasks or [t.name for t in await store.list_tasks()]
-    results: list[tuple[str, str, DistillOutcome | None]] = []
+    results: list[Retraining] = []
     for name in names:
         reason = due(await task_state(store, name), policy, time.time() if now is None else now)
         if reason is None:
@@ -89,11 +100,15 @@ async def run_once(store: Store, policy: RetrainPolicy, options: DistillOptions,
         try:
             outcome = await distill(store, name, options, student_api_base=student_api_base,
                                     student_api_key=student_api_key)
+        except NotEnoughDataError as exc:
+            log.info("%s waits for more traffic: %s", name, "; ".join(exc.reasons))
+            results.append(Retraining(name, reason, "not_enough_data", detail="; ".join(exc.reasons)))
+            continue
         except DistillError as exc:
             log.warning("retraining %s failed; its active student is unchanged: %s", name, exc)
-            results.append((name, reason, None))
+            results.append(Retraining(name, reason, "failed", detail=str(exc)))
             continue
-        results.append((name, reason, outcome))
+        results.append(Retraining(name, reason, "trained", outcome))
     return results
 
 

@@ -49,6 +49,7 @@ from distiller.demo.report import Answer, DemoReport, MetricsSnapshot, Prices, b
 from distiller.demo.workload import TASK, Ticket, Workload, build_workload
 from distiller.pipeline import DistillOptions, DistillOutcome, distill
 from distiller.registry import Gate
+from distiller.sufficiency import Minimums
 from distiller.trainers.base import TrainingJob
 from distiller.trainers.local import LocalLoRATrainer, process_alive
 from gateway.embedded import EMBEDDED_MODEL_NAME, free_port
@@ -77,6 +78,7 @@ class DemoOptions:
     # the share of captured traffic the confidence threshold is calibrated on; the distiller's default 0.1 gives ~17
     # examples here, where one confident mistake moves served parity by 6 points (more than the margin to 0.95)
     validation_fraction: float = 0.2
+    minimums: Minimums = field(default_factory=Minimums)  # split sizes below which the distiller trains nothing
     concurrency: int = 8
     runs_dir: Path = Path("runs/demo")
     teacher: str | None = None  # litellm model string of a hosted teacher; None: the local model server
@@ -419,7 +421,7 @@ async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOut
         runs_dir=run.run_dir / "distill", trainer="local", trainer_config=trainer_config,
         curation=CurationConfig(validation_fraction=options.validation_fraction),
         base_model=options.base_model, gate=Gate(options.gate), target_parity=options.target_parity, promote=True,
-        max_eval_tokens=options.max_tokens, poll_interval_s=0.5)
+        minimums=options.minimums, max_eval_tokens=options.max_tokens, poll_interval_s=0.5)
     task_id = progress.add_task("distil: curate", total=1.0)
 
     def report(message: str, fraction: float | None) -> None:

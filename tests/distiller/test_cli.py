@@ -27,7 +27,7 @@ def test_students_rollout_promote_rollback(tmp_path: Path, capsys: pytest.Captur
     assert "version 2 is active" in ok(capsys, "promote", "--store", url, "--task", TASK, "--version", "2")
     listing = json.loads(ok(capsys, "students", "--store", url, "--task", TASK, "--json"))
     assert [(s["status"], s["rollout_percent"], s["threshold"]) for s in listing] == [
-        ("retired", 25.0, None), ("active", 25.0, -0.5)]
+        ("retired", 25.0, -1000.0), ("active", 25.0, -0.5)]
     table = ok(capsys, "students", "--store", url)
     assert TASK in table and "active" in table
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from distiller.demo.report import Prices
 from distiller.demo.run import DemoOptions, run_demo
 from distiller.demo.workload import SYSTEM_PROMPT, TASK, build_workload, expected_fields
+from distiller.sufficiency import Minimums
 from gateway.store import Exchange, open_store
 from tests.servers import Server
 
@@ -60,7 +61,8 @@ def test_demo_runs_the_whole_loop_and_reports_what_the_store_says(katan: Server,
     monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream-secret-123456")  # a hosted teacher's key comes from the env
     options = DemoOptions(requests=24, epochs=1, max_steps=2, max_tokens=8, concurrency=4, runs_dir=tmp_path / "runs",
                           teacher="openai/echo-model", teacher_api_base=f"{katan.url}/v1",
-                          teacher_price=Prices.per_million(0.15, 0.60), base_model=str(tiny_model), threads=1)
+                          teacher_price=Prices.per_million(0.15, 0.60), base_model=str(tiny_model), threads=1,
+                          minimums=Minimums(train=8, validation=2, test=1))  # 24 tickets: a small world
     report = run_demo(options, console=Console(file=io.StringIO()))
 
     run_dir = Path(report.run_dir)

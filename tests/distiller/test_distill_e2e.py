@@ -27,6 +27,10 @@ PROBLEMS = ["arrived broken", "never arrived", "is the wrong colour", "stopped w
             "was charged twice", "came without its manual", "is missing a part"]
 
 
+# these tests train on a few dozen exchanges for speed: below the distiller's default minimum split sizes
+SMALL_DATA = ("--min-train", "8", "--min-validation", "2", "--min-test", "2")
+
+
 def tickets(count: int) -> list[str]:
     return [f"Ticket {i}: my {PRODUCTS[i % len(PRODUCTS)]} shipped to {CITIES[(i * 3) % len(CITIES)]} "
             f"{PROBLEMS[(i * 5) % len(PROBLEMS)]}, order number {1000 + i * 37}." for i in range(count)]
@@ -61,7 +65,7 @@ def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
     # one torch thread for training and the embedded model server: two threads on two shared cores crawl
     # a random model writes until max_tokens: 16 tokens an answer are enough to score it
     return run_distill(store, runs, "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
-                       "--max-eval-tokens", "16", env={"OMP_NUM_THREADS": "1"})
+                       "--max-eval-tokens", "16", *SMALL_DATA, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_capture_then_distill_registers_an_evaluated_student(

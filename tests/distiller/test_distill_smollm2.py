@@ -21,7 +21,7 @@ import pytest
 from gateway.store import StudentVersion, open_store
 from model_server.names import DEFAULT_SERVED_NAME
 from tests.conftest import teacher_flags
-from tests.distiller.test_distill_e2e import SYSTEM, TASK, run_distill, send_all, tickets
+from tests.distiller.test_distill_e2e import SMALL_DATA, SYSTEM, TASK, run_distill, send_all, tickets
 from tests.servers import Server, start_model_server, stop
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
 
     outcome = run_distill(store, tmp_path / "runs", "--student-api-base", f"{server.url}/v1", "--epochs", "2",
                           "--max-steps", str(MAX_STEPS), "--batch-size", str(BATCH_SIZE), "--learning-rate", "1e-3",
-                          "--gate", str(GATE), "--promote", env=ONE_THREAD)
+                          "--gate", str(GATE), "--promote", *SMALL_DATA, env=ONE_THREAD)
     assert outcome["version"] == 1 and outcome["reused"] is False
 
     # the registered version and its lineage

@@ -15,6 +15,7 @@ from distiller.trainers import LocalLoRATrainer, TrainingJob
 from distiller.trainers.local import process_alive
 from gateway.store import open_store
 from tests.distiller.conftest import make_exchange
+from tests.distiller.test_distill_e2e import SMALL_DATA
 from tests.servers import start_model_server, stop
 
 TASK = "resume"
@@ -51,7 +52,7 @@ def test_a_restarted_distiller_polls_the_job_it_left_running(tiny_model: Path, t
                                 "1", "--max-new-tokens", "8")
     cmd = [sys.executable, "-m", "protege", "distill", "--task", TASK, "--store", f"sqlite:///{store}",
            "--runs-dir", str(runs), "--base-model", str(tiny_model), "--epochs", "1000", "--max-steps", str(STEPS),
-           "--student-api-base", f"{server.url}/v1", "--json"]
+           "--student-api-base", f"{server.url}/v1", "--json", *SMALL_DATA]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the trainer's torch threads (the cores are shared)
     with (tmp_path / "first.log").open("wb") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)

@@ -60,12 +60,14 @@ async def test_task_state_counts_new_teacher_data_and_live_parity(tmp_path: Path
     await store.close()
 
 
-async def test_run_once_reports_a_failed_run_and_leaves_the_task_alone(tmp_path: Path) -> None:
+async def test_run_once_waits_for_more_data_and_leaves_the_task_alone(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     await store.open()
     await store.insert_exchanges([exchange(i, time.time()) for i in range(3)])
     results = await run_once(store, RetrainPolicy(min_new_examples=2), DistillOptions(runs_dir=tmp_path / "runs"))
-    assert [(task, outcome) for task, _, outcome in results] == [("t", None)]  # 3 examples are too few to train
+    [result] = results  # 3 examples are too few to decide on: nothing is trained, it is not a failure
+    assert (result.task, result.status, result.outcome) == ("t", "not_enough_data", None)
+    assert "train: " in result.detail and "at least 30 needed" in result.detail
     assert await store.list_students(task="t") == []
     await store.close()
 
