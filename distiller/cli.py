@@ -70,6 +70,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
                           target_parity=args.target_parity, promote=args.promote,
                           curation=CurationConfig(keep_truncated=args.keep_truncated),
                           minimums=Minimums(args.min_train, args.min_validation, args.min_test),
+                          compute=settings.compute,
                           max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distiller.calibrate import Calibration, Observation, calibrate
+from distiller.costs import run_costs
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
@@ -26,7 +27,7 @@ from distiller.sufficiency import Minimums, shortfall
 from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
-from gateway.config import EmbeddedConfig
+from gateway.config import ComputeConfig, EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
 from gateway.router import validate_output
 from gateway.store import GateResult, Store, StudentDetails, StudentVersion
@@ -57,6 +58,7 @@ class DistillOptions:
     promote: bool = False
     force: bool = False
     minimums: Minimums = field(default_factory=Minimums)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # prices the run's training and evaluation
     max_eval_tokens: int = 256
     poll_interval_s: float = 1.0
 
@@ -125,6 +127,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         if options.trainer == "local":
             await students_ops.load_adapter(api_base, model, result.artifact, api_key=api_key)
         base = await students_ops.base_model_name(api_base, api_key=api_key) if options.trainer == "local" else None
+        evaluation_started = time.monotonic()
         progress("evaluating on the validation split (calibration)", None)
         _, val_answers = await evaluate(api_base, student_model=model, base_model=None, dataset_dir=dataset_dir,
                                         split="validation", max_tokens=options.max_eval_tokens, api_key=api_key)
@@ -132,16 +135,23 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         report, _ = await evaluate(api_base, student_model=model, base_model=base or EMBEDDED_MODEL_NAME,
                                    dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens,
                                    api_key=api_key)
+        evaluation_s = time.monotonic() - evaluation_started
 
     calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
     score = report.student.score
     passed, gate_message = options.gate.check(score.mean, score.ci_low, score.ci_high, base_parity)
+    examples = {e.request_id for split in (dataset.train, dataset.validation, dataset.test) for e in split}
+    costs = run_costs(trainer=options.trainer, metrics=result.metrics, training_s=training_s, evaluation_s=evaluation_s,
+                      data_costs=[e.cost_usd for e in await store.list_exchanges(task=task)
+                                  if e.request_id in examples], compute=options.compute)
     details = StudentDetails(
         evaluation=report.to_dict(), calibration=calibration.to_dict() if calibration else None,
         gate=GateResult(passed=passed, message=gate_message, min_parity=options.gate.min_parity),
         trainer_config=job.details.get("config", options.trainer_config), job=job.to_dict(),
-        training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report)
+        training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report,
+        training_cost_usd=costs.training_usd, evaluation_cost_usd=costs.evaluation_usd, data_cost_usd=costs.data_usd,
+        cost_sources=costs.sources)
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,

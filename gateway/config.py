@@ -121,6 +121,22 @@ class CascadeConfig(_Strict):
                                            "server, input and output tokens per second (see bench/model_server)")
 
 
+class ComputeConfig(_Strict):
+    """What compute costs, for the distiller's run costs (training, evaluation) and a local student's price.
+    The defaults are assumptions, labelled as such wherever a figure uses them: set your own."""
+
+    cpu_hour_usd: float = Field(default=0.10, ge=0, description="one machine of the kind that trains and serves "
+                                "on CPU, per hour (default: a few-vCPU cloud VM on demand)")
+    gpu_hour_usd: float = Field(default=2.50, ge=0, description="one GPU, per hour (default: an A100-class GPU on "
+                                "demand)")
+    hosted_training_usd_per_million_tokens: float = Field(default=3.00, ge=0, description="a hosted fine-tuning "
+                                                          "job's price per million trained tokens (default: "
+                                                          "OpenAI's for gpt-4o-mini)")
+
+    def source(self, name: str) -> str:
+        return "configured" if name in self.model_fields_set else "assumed (default)"
+
+
 class AuthConfig(_Strict):
     """Who may call /v1: holders of a gateway key, or (only where explicitly allowed) anyone."""
 
@@ -161,6 +177,7 @@ class Settings(_Strict):
     cascade: CascadeConfig = CascadeConfig()
     capture: CaptureConfig = CaptureConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
+    compute: ComputeConfig = ComputeConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
     header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "

@@ -12,8 +12,10 @@ How each figure is made:
   teacher cost per request; shadow rows, 0 (the teacher-only world makes no such call). The same
   definition as `protege_counterfactual_cost_usd_total`, so savings agree with the dashboard.
 - upfront: the teacher's answers used as training data were paid for when they were served, so they
-  add nothing; training costs are the `training_cost_usd` of each version's lineage (`details`), 0 with
-  a note where it was not recorded (local LoRA training on own hardware).
+  add nothing (the lineage shows what they cost, `data_cost_usd`); each version's training and evaluation
+  cost from its lineage (`details.upfront_cost_usd`: measured compute time × the configured or default
+  compute price, or a hosted job's billed tokens; `details.cost_sources` says which), 0 with a note where a
+  version recorded none (registered by hand, or by a distiller before costs were recorded).
 - break-even: upfront / savings per request and per day, both measured from the first request routed
   to a student (before it, savings are 0 by construction and would dilute the rate).
 """
@@ -47,8 +49,8 @@ METHOD_NOTES = (
     "teacher only: teacher/fallback rows at the teacher's price; student rows at the gateway's recorded estimate "
     "(teacher price on the student's tokens, a distilled system prompt added back), else the task's mean teacher "
     "cost per request; shadow calls 0",
-    "upfront: training cost from each version's lineage (details.training_cost_usd); teacher data was already "
-    "paid as served traffic",
+    "upfront: each version's training and evaluation cost from its lineage (details.upfront_cost_usd, with its "
+    "sources); teacher data was already paid as served traffic",
     "break-even: upfront / savings per request and per day, measured from the first request routed to a student",
 )
 
@@ -227,10 +229,10 @@ def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
 
 
 def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[float, float]], list[str]]:
-    """(created at, USD) of each version whose lineage records its training cost; a note for the others."""
+    """(created at, USD) of each version whose lineage records its run cost; a note for the others."""
     costs, missing = [], []
     for s in students:
-        cost = s.details.training_cost_usd
+        cost = s.details.upfront_cost_usd
         if cost is not None:
             costs.append((s.created_at, cost))
         else:

@@ -140,13 +140,23 @@ class StudentDetails:
     curation: dict[str, Any] | None = None
     run_dir: str | None = None
     training_s: float | None = None
-    training_cost_usd: float | None = None  # what a hosted fine-tuning job charged
+    training_cost_usd: float | None = None  # training: compute time × its price, or a hosted job's billed tokens
+    evaluation_cost_usd: float | None = None  # the evaluation and calibration runs' compute
+    data_cost_usd: float | None = None  # what the teacher answers in the dataset cost when they were served
+    cost_sources: dict[str, Any] | None = None  # how each cost was made (measured, configured, assumed)
 
     @property
     def offline_parity(self) -> float | None:
         """The version's mean score against the teacher on the held-out test split."""
         student = _dict((self.evaluation or {}).get("student")) or {}
         return _float((_dict(student.get("score")) or {}).get("mean"))
+
+    @property
+    def upfront_cost_usd(self) -> float | None:
+        """What the run cost beyond the traffic it learned from (its data was paid for as served traffic)."""
+        if self.training_cost_usd is None and self.evaluation_cost_usd is None:
+            return None
+        return (self.training_cost_usd or 0.0) + (self.evaluation_cost_usd or 0.0)
 
     @property
     def min_parity(self) -> float | None:
@@ -156,7 +166,9 @@ class StudentDetails:
         return _set(evaluation=self.evaluation, calibration=self.calibration,
                     gate=self.gate.to_json() if self.gate else None, trainer_config=self.trainer_config,
                     job=self.job, metrics=self.metrics, curation=self.curation, run_dir=self.run_dir,
-                    training_s=self.training_s, training_cost_usd=self.training_cost_usd)
+                    training_s=self.training_s, training_cost_usd=self.training_cost_usd,
+                    evaluation_cost_usd=self.evaluation_cost_usd, data_cost_usd=self.data_cost_usd,
+                    cost_sources=self.cost_sources)
 
     @classmethod
     def from_json(cls, data: object) -> StudentDetails:
@@ -166,4 +178,6 @@ class StudentDetails:
                    gate=GateResult.from_json(data.get("gate")), trainer_config=_dict(data.get("trainer_config")),
                    job=_dict(data.get("job")), metrics=_dict(data.get("metrics")),
                    curation=_dict(data.get("curation")), run_dir=_str(data.get("run_dir")),
-                   training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")))
+                   training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")),
+                   evaluation_cost_usd=_float(data.get("evaluation_cost_usd")),
+                   data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")))

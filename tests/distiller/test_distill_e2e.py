@@ -102,3 +102,9 @@ def test_capture_then_distill_registers_an_evaluated_student(
     [student] = listing
     assert student["status"] == "rejected" and student["prompt_distilled"] is True
     assert student["evaluation"]["student"]["score"]["n"] > 0
+    # what the run cost, and how each figure was made
+    costs = student["costs"]
+    assert costs["training_usd"] > 0 and costs["evaluation_usd"] > 0 and costs["data_usd"] > 0
+    assert costs["sources"]["training"].startswith("measured ") and "on cpu × cpu_hour_usd 0.1, assumed" in \
+        costs["sources"]["training"]
+    assert costs["sources"]["data"].startswith("measured: the served cost of ")

@@ -66,7 +66,8 @@ def traffic(now: float) -> tuple[list[Exchange], list[StudentVersion]]:
     student = StudentVersion(
         task="tickets", version=1, status="active", model="tickets-v1", created_at=start - 3600,
         updated_at=start - 3600, trainer="local",
-        details=StudentDetails(training_cost_usd=1.5, gate=GateResult(min_parity=0.9), evaluation={
+        details=StudentDetails(training_cost_usd=1.2, evaluation_cost_usd=0.3,  # upfront 1.5
+                               gate=GateResult(min_parity=0.9), evaluation={
             "split": "test", "student": {"name": "tickets-v1", "score": {"mean": 0.93}}}))
     rejected = StudentVersion(task="tickets", version=2, status="rejected", model="tickets-v2",
                               created_at=start, updated_at=start, trainer="local")  # no training cost recorded

@@ -1,0 +1,60 @@
+"""What a distill run cost, each figure with how it was made. Pure.
+
+- data: the sum of the captured rows' `cost_usd` behind the dataset's examples — measured, as the gateway
+  priced them when it served them (so it is not an extra cost of the run: the traffic was paid for anyway);
+- training: a local job's measured time on its device (`duration_s`, else the wall clock) × the compute
+  price of that device; a hosted job's billed trained tokens × the hosted training price;
+- evaluation: the measured wall clock of the evaluation and calibration passes × the same compute price
+  (a hosted student's evaluation tokens are not priced: its provider bills them, and no price is known here).
+
+Compute prices are configured (`compute.*`) or the documented defaults, and the sources say which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import ComputeConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RunCosts:
+    data_usd: float | None
+    training_usd: float | None
+    evaluation_usd: float | None
+    sources: dict[str, Any]
+
+
+def device_price(device: str, compute: ComputeConfig) -> tuple[float, str]:
+    """(USD per hour, its source) of the device a job ran on."""
+    if device.startswith(("cuda", "gpu", "mps")):
+        return compute.gpu_hour_usd, f"gpu_hour_usd {compute.gpu_hour_usd:g}, {compute.source('gpu_hour_usd')}"
+    return compute.cpu_hour_usd, f"cpu_hour_usd {compute.cpu_hour_usd:g}, {compute.source('cpu_hour_usd')}"
+
+
+def run_costs(*, trainer: str, metrics: dict[str, Any], training_s: float, evaluation_s: float,
+              data_costs: list[float | None], compute: ComputeConfig) -> RunCosts:
+    priced = [c for c in data_costs if c is not None]
+    data = sum(priced) if priced else None
+    sources: dict[str, Any] = {
+        "data": f"measured: the served cost of {len(priced)} of {len(data_costs)} examples' teacher answers"
+                + ("" if len(priced) == len(data_costs) else " (the others had no price)")}
+    if trainer == "local":
+        device = str(metrics.get("device") or "cpu")
+        per_hour, source = device_price(device, compute)
+        seconds = float(metrics.get("duration_s") or training_s)
+        training: float | None = seconds / 3600 * per_hour
+        sources["training"] = f"measured {seconds:.1f} s on {device} × {source}"
+        evaluation: float | None = evaluation_s / 3600 * per_hour
+        sources["evaluation"] = f"measured {evaluation_s:.1f} s × {source}"
+    else:
+        tokens = metrics.get("trained_tokens")
+        price = compute.hosted_training_usd_per_million_tokens
+        training = None if not isinstance(tokens, int) else tokens / 1e6 * price
+        sources["training"] = (f"billed {tokens} trained tokens × {price:g} USD/M, "
+                               f"{compute.source('hosted_training_usd_per_million_tokens')}"
+                               if training is not None else "not reported by the provider")
+        evaluation = None
+        sources["evaluation"] = "not priced: the provider bills the evaluation's tokens"
+    return RunCosts(data, training, evaluation, sources)
