@@ -29,21 +29,22 @@ ROUTES = ("student", "fallback", "teacher")
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """USD per token."""
+    """USD per token, and where the price comes from (given, a list price, or assumed for a simulation)."""
 
     input_per_token: float
     output_per_token: float
+    source: str = "given"
 
     @classmethod
-    def per_million(cls, input_usd: float, output_usd: float) -> Prices:
-        return cls(input_usd / 1e6, output_usd / 1e6)
+    def per_million(cls, input_usd: float, output_usd: float, source: str = "given") -> Prices:
+        return cls(input_usd / 1e6, output_usd / 1e6, source)
 
-    def scaled(self, factor: float) -> Prices:
-        return Prices(self.input_per_token * factor, self.output_per_token * factor)
+    def scaled(self, factor: float, source: str) -> Prices:
+        return Prices(self.input_per_token * factor, self.output_per_token * factor, source)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return {"input_usd_per_m": round(self.input_per_token * 1e6, 6),
-                "output_usd_per_m": round(self.output_per_token * 1e6, 6)}
+                "output_usd_per_m": round(self.output_per_token * 1e6, 6), "source": self.source}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ class DemoReport:
     promoted: bool
     settings: dict[str, Any]
     sizes: dict[str, int]
-    prices: dict[str, dict[str, float]]
+    prices: dict[str, dict[str, Any]]
     timings_s: dict[str, float]
     curation: dict[str, Any]
     distill_evaluation: dict[str, Any] | None
@@ -340,9 +341,12 @@ def to_markdown(report: DemoReport) -> str:
              f"Teacher `{report.teacher}`; student `{report.student}` — **{report.student_status}** ({report.gate}).",
              f"{s['requests']} tickets: {s['train']} captured for training, {s['held_out']} held out "
              f"(answered by the teacher at rollout 0%, then replayed at rollout "
-             f"{100 if report.promoted else 0}%). Prices (USD per million tokens): teacher "
-             f"{report.prices['teacher']['input_usd_per_m']}/{report.prices['teacher']['output_usd_per_m']}, "
-             f"student {report.prices['student']['input_usd_per_m']}/{report.prices['student']['output_usd_per_m']}.",
+             f"{100 if report.promoted else 0}%). Prices (USD per million tokens, input/output): teacher "
+             f"{report.prices['teacher']['input_usd_per_m']}/{report.prices['teacher']['output_usd_per_m']} "
+             f"({report.prices['teacher'].get('source', 'given')}), student "
+             f"{report.prices['student']['input_usd_per_m']}/{report.prices['student']['output_usd_per_m']} "
+             f"({report.prices['student'].get('source', 'given')}). Token counts are measured; costs are those "
+             "tokens at these prices.",
              "", "| metric | teacher only | Protégé |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
     lines += ["", "Parity is agreement with the teacher's answer to the same held-out request (JSON field by field); "

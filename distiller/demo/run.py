@@ -59,7 +59,8 @@ from gateway.store import Exchange, Store, open_store
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 # what the offline teacher costs: gpt-4o-mini's list price, so the figures mean something
-DEFAULT_TEACHER_PRICE = Prices.per_million(0.15, 0.60)
+DEFAULT_TEACHER_PRICE = Prices.per_million(
+    0.15, 0.60, "assumed for the simulation: gpt-4o-mini's list price; the local teacher runs on this machine")
 STUDENT_PRICE_FACTOR = 0.1  # the student costs a tenth of the teacher unless told otherwise
 
 
@@ -204,9 +205,11 @@ class DemoRun:
         teacher = self.options.teacher_price
         if teacher is None and not self.options.local_teacher:
             known = lookup_price(self.teacher_model())
-            teacher = Prices(known.input_per_token, known.output_per_token) if known else None
+            teacher = Prices(known.input_per_token, known.output_per_token, "list price (litellm's price map)") \
+                if known else None
         teacher = teacher or DEFAULT_TEACHER_PRICE
-        student = self.options.student_price or teacher.scaled(STUDENT_PRICE_FACTOR)
+        student = self.options.student_price or teacher.scaled(
+            STUDENT_PRICE_FACTOR, f"assumed for the simulation: a tenth of the teacher's ({teacher.source})")
         return teacher, student
 
     def gateway_config(self) -> dict[str, Any]:
