@@ -69,6 +69,10 @@ def test_demo_runs_the_whole_loop_and_reports_what_the_store_says(katan: Server,
     assert (run_dir / "report.md").read_text().startswith("# Protégé demo")
     saved = json.loads((run_dir / "report.json").read_text())
     assert saved["sizes"] == {"requests": 24, "train": 19, "held_out": 5, "captured_ok": 19}
+    # every price says where it comes from: the teacher's was given, the student's assumed
+    assert saved["prices"]["teacher"]["source"] == "given"
+    assert saved["prices"]["student"]["source"].startswith("assumed for the simulation: a tenth of the teacher's")
+    assert "(assumed for the simulation" in (run_dir / "report.md").read_text()
     assert saved["distill_evaluation"]["student"]["score"]["n"] > 0
     names = [b["name"] for b in saved["distill_evaluation"]["baselines"]]
     assert names[0].startswith("base model") and names[-1] == "majority answer"
