@@ -230,15 +230,19 @@ def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
 
 def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[float, float]], list[str]]:
     """(created at, USD) of each version whose lineage records its run cost; a note for the others."""
-    costs, missing = [], []
+    costs, missing, sourced = [], [], []
     for s in students:
         cost = s.details.upfront_cost_usd
         if cost is not None:
             costs.append((s.created_at, cost))
+            sources = s.details.cost_sources or {}
+            parts = [f"{what} {sources[what]}" for what in ("training", "evaluation") if sources.get(what)]
+            if parts:
+                sourced.append(f"v{s.version} upfront ${cost:.6f}: " + "; ".join(parts))
         else:
             missing.append(f"v{s.version}")
     notes = [f"training cost not recorded for {', '.join(missing)} (counted as 0)"] if missing else []
-    return costs, notes
+    return costs, notes + sourced
 
 
 def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[StudentVersion], *,

@@ -67,6 +67,8 @@ def traffic(now: float) -> tuple[list[Exchange], list[StudentVersion]]:
         task="tickets", version=1, status="active", model="tickets-v1", created_at=start - 3600,
         updated_at=start - 3600, trainer="local",
         details=StudentDetails(training_cost_usd=1.2, evaluation_cost_usd=0.3,  # upfront 1.5
+                               cost_sources={"training": "measured 43200.0 s on cpu × cpu_hour_usd 0.1, configured",
+                                             "evaluation": "measured 10800.0 s × cpu_hour_usd 0.1, configured"},
                                gate=GateResult(min_parity=0.9), evaluation={
             "split": "test", "student": {"name": "tickets-v1", "score": {"mean": 0.93}}}))
     rejected = StudentVersion(task="tickets", version=2, status="rejected", model="tickets-v2",
@@ -97,6 +99,8 @@ def check_tickets(task: dict[str, Any], *, requests: int) -> None:
     assert (task["version"], task["parity"], task["gate"]) == (1, 0.93, 0.9)
     assert (task["live_parity"], task["live_comparisons"]) == (pytest.approx(0.5), 3)
     assert any("not recorded for v2" in note for note in task["notes"])
+    assert "v1 upfront $1.500000: training measured 43200.0 s on cpu × cpu_hour_usd 0.1, configured; evaluation " \
+           "measured 10800.0 s × cpu_hour_usd 0.1, configured" in task["notes"]  # each input with its source
 
 
 def test_savings_and_breakeven_of_known_traffic() -> None:
