@@ -55,6 +55,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 MAX_NESTING = 64
 
 
+async def read_json_object(request: Request, state: GatewayState) -> dict[str, Any]:
+    """The request's body as a JSON object, within the gateway's size limit and body deadline."""
+    return parse_json_object(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
+
+
 def parse_json_object(raw: bytes, *, max_nesting: int = MAX_NESTING) -> dict[str, Any]:
     if not raw:
         raise BadRequestError("request body is empty; expected a JSON object")

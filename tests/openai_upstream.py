@@ -70,6 +70,12 @@ class ScriptedUpstream:
         self._server.shutdown()
         self._server.server_close()
 
+    def __enter__(self) -> ScriptedUpstream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def last(self, path_prefix: str) -> Received:
         return next(r for r in reversed(self.received) if r.path.startswith(path_prefix))
 

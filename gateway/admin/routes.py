@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from gateway import students as students_ops
 from gateway.admin_auth import require_admin
 from gateway.http_errors import dialect_route
-from gateway.http_utils import parse_json_object, read_body, validate
+from gateway.http_utils import read_json_object, validate
 from gateway.openai.errors import OPENAI
 from gateway.state import GatewayState
 from gateway.store import StudentVersion
@@ -22,10 +22,6 @@ async def _state(request: Request) -> GatewayState:
     token = state.settings.admin_token
     require_admin(None if token is None else token.get_secret_value(), request.headers.get("authorization"))
     return state
-
-
-async def _body(request: Request, state: GatewayState) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_s))
 
 
 def build_admin_router() -> APIRouter:
@@ -57,7 +53,7 @@ def build_admin_router() -> APIRouter:
     @router.put("/tasks/{task}/rollout")
     async def set_rollout(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
-        update = validate(RolloutUpdate, await _body(request, state))
+        update = validate(RolloutUpdate, await read_json_object(request, state))
         await students_ops.set_rollout(state.store, task, update.percent)
         await routing_changed(state)
         return {"task": task, "rollout_percent": update.percent}
@@ -65,7 +61,7 @@ def build_admin_router() -> APIRouter:
     @router.post("/tasks/{task}/promote")
     async def promote(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
-        wanted = validate(PromoteRequest, await _body(request, state))
+        wanted = validate(PromoteRequest, await read_json_object(request, state))
         await students_ops.promote(state.store, task, wanted.version,
                                    student_api_base=state.settings.student_api_base,
                                    student_api_key=state.settings.student_key)
@@ -82,7 +78,7 @@ def build_admin_router() -> APIRouter:
     @router.put("/tasks/{task}/threshold")
     async def set_threshold(task: str, request: Request) -> dict[str, Any]:
         state = await _state(request)
-        update = validate(ThresholdUpdate, await _body(request, state))
+        update = validate(ThresholdUpdate, await read_json_object(request, state))
         version = await students_ops.set_threshold(state.store, task, update.version, update.threshold)
         await routing_changed(state)
         return {"task": task, "version": version, "threshold": update.threshold}

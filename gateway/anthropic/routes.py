@@ -18,7 +18,7 @@ from gateway.chat.service import ChatService
 from gateway.chat.types import ChatRequest, RouteInfo
 from gateway.errors import AuthenticationError
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
+from gateway.http_utils import SSEResponse, gateway_state, read_json_object
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -45,8 +45,7 @@ def build_anthropic_router() -> APIRouter:
         state = gateway_state(request)
         client = await _client(state, request)
         state.service.limiter.admit(client)
-        raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
-                                                state.settings.body_timeout_s))
+        raw = await read_json_object(request, state)
         parsed = parse_request(raw)
         req = build_chat_request(to_openai(parsed), request.headers, client=client, user=parsed.user_id,
                                  skip_tasks=state.settings.capture.skip_tasks)
@@ -69,8 +68,7 @@ def build_anthropic_router() -> APIRouter:
         state = gateway_state(request)
         client = await _client(state, request)
         state.service.limiter.admit(client)
-        raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
-                                                state.settings.body_timeout_s))
+        raw = await read_json_object(request, state)
         body = to_openai(parse_request({"max_tokens": 1, **raw}))  # a count needs no max_tokens
         teacher = state.service.teachers.select(body["model"])
         tokens = await asyncio.to_thread(count_input_tokens, teacher.config.model, body)

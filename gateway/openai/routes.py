@@ -11,7 +11,7 @@ from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body, validate
+from gateway.http_utils import SSEResponse, gateway_state, read_json_object, validate
 from gateway.openai.errors import OPENAI
 from gateway.openai.stream import openai_events
 from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
@@ -50,8 +50,7 @@ def build_openai_router() -> APIRouter:
         state = gateway_state(request)
         client = await state.keys.check(_bearer(request))
         state.service.limiter.admit(client)
-        body = parse_json_object(await read_body(request, state.settings.max_body_bytes,
-                                                 state.settings.body_timeout_s))
+        body = await read_json_object(request, state)
         parsed = validate(ChatCompletionRequest, body)
         check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
         req = build_chat_request(body, request.headers, client=client, user=parsed.user,

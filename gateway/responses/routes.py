@@ -15,7 +15,7 @@ from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
+from gateway.http_utils import SSEResponse, gateway_state, read_json_object
 from gateway.openai.errors import OPENAI
 from gateway.protocol import check_fields
 from gateway.responses import conversation
@@ -51,8 +51,7 @@ def build_responses_router() -> APIRouter:
         state = gateway_state(request)
         client = await state.keys.check(_bearer(request))
         state.service.limiter.admit(client)
-        raw = parse_json_object(await read_body(request, state.settings.max_body_bytes,
-                                                state.settings.body_timeout_s))
+        raw = await read_json_object(request, state)
         check_fields(raw, RESPONSES_FIELDS)  # names a provider-steering field as such, before pydantic does
         parsed = parse_request(raw)
         before = (await conversation.history(state.store, parsed.previous_response_id, client)

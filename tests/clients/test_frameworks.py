@@ -27,9 +27,8 @@ NODE_CLIENTS = Path(__file__).parent / "node"
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    server = ScriptedUpstream()
-    yield server
-    server.close()
+    with ScriptedUpstream() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

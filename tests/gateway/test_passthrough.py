@@ -21,9 +21,8 @@ UPSTREAM_KEY = "sk-upstream-secret-123456"
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[ScriptedUpstream]:
-    server = ScriptedUpstream()
-    yield server
-    server.close()
+    with ScriptedUpstream() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

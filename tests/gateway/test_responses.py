@@ -143,9 +143,8 @@ class City(BaseModel):
 
 @pytest.fixture
 def scripted() -> Iterator[ScriptedUpstream]:
-    upstream = ScriptedUpstream()
-    yield upstream
-    upstream.close()
+    with ScriptedUpstream() as upstream:
+        yield upstream
 
 
 def test_json_schema_format_with_the_sdks_parse(scripted: ScriptedUpstream, tmp_path: Path) -> None:
