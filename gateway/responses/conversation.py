@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from gateway.errors import NotFoundError, StoreError
-from gateway.responses.translate import assistant_message
+from gateway.responses.response import assistant_message
 from gateway.store import Store, StoredResponse
 
 log = logging.getLogger("protege.responses")

@@ -19,15 +19,9 @@ from gateway.http_utils import SSEResponse, gateway_state, read_json_object
 from gateway.openai.errors import OPENAI
 from gateway.protocol import check_fields
 from gateway.responses import conversation
+from gateway.responses.response import from_chat, response_id
 from gateway.responses.stream import ResponsesStreamTranslator, responses_events
-from gateway.responses.translate import (
-    ResponsesRequest,
-    from_chat,
-    input_items,
-    parse_request,
-    response_id,
-    to_chat,
-)
+from gateway.responses.translate import ResponsesRequest, input_items, parse_request, to_chat
 from gateway.store import StoredResponse
 
 RESPONSES_PATH = "/v1/responses"

@@ -20,14 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.http_utils import sse_event
-from gateway.responses.translate import (
-    ResponsesRequest,
-    function_call_item,
-    incomplete_reason,
-    item_id,
-    message_item,
-    response_object,
-)
+from gateway.responses.response import function_call_item, incomplete_reason, item_id, message_item, response_object
+from gateway.responses.translate import ResponsesRequest
 
 
 @dataclass
