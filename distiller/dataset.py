@@ -57,6 +57,7 @@ DROP_REASONS: tuple[str, ...] = (
     filters.REFUSAL, OTHER_SYSTEM_PROMPT, filters.PII, filters.TOO_LONG, "duplicate", "near_duplicate", LANGUAGE_CAP)
 FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 FORMAT = "protege-dataset/1"
+SYSTEM_PROMPT_FILE = "system_prompt.txt"  # the prompt distilled away, for the base model asked with it
 _SYSTEM_ROLES = ("system", "developer")
 _PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 
@@ -167,6 +168,8 @@ class CuratedDataset:
     dataset_hash: str
     dropped: tuple[tuple[str, str], ...]
     """(request_id, reason) of every exchange left out, oldest first."""
+    system_prompt: str | None = None
+    """The system prompt distilled away (redacted as the examples are): the base-model baseline is asked with it."""
 
     def split(self, name: Split) -> tuple[CuratedExample, ...]:
         examples: tuple[CuratedExample, ...] = getattr(self, name)
@@ -269,9 +272,13 @@ def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, 
     examples = [example for name in SPLITS for example in splits[name]]
     report = _report(cfg, ordered, examples, dropped, redacted, distilled, system_hash, prompt_counts,
                      count_tokens is not None)
+    prompt = distilled
+    if prompt is not None and cfg.pii_mode == "redact":
+        prompt = message_text(redact_messages([{"role": "system", "content": prompt}])[0]["content"])
     return CuratedDataset(config=cfg, train=tuple(splits["train"]), validation=tuple(splits["validation"]),
                           test=tuple(splits["test"]), system_prompt_hash=system_hash, report=report,
-                          dataset_hash=dataset_hash(examples, cfg, system_hash), dropped=tuple(dropped))
+                          dataset_hash=dataset_hash(examples, cfg, system_hash), dropped=tuple(dropped),
+                          system_prompt=prompt)
 
 
 def _not_forgotten(ordered: list[Exchange], forgotten: set[str], dropped: list[tuple[str, str]]) -> list[Exchange]:
@@ -475,6 +482,9 @@ def write_dataset(dataset: CuratedDataset, out_dir: str | Path) -> dict[str, Any
     for name in SPLITS:
         data = "".join(_canonical(example.record()) + "\n" for example in dataset.split(name)).encode("utf-8")
         files[FILES[name]] = {"examples": len(dataset.split(name)), "sha256": _write_atomic(out / FILES[name], data)}
+    if dataset.system_prompt is not None:
+        files[SYSTEM_PROMPT_FILE] = {"sha256": _write_atomic(out / SYSTEM_PROMPT_FILE,
+                                                             dataset.system_prompt.encode("utf-8"))}
     report = (json.dumps(dataset.report, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
     files["report.json"] = {"sha256": _write_atomic(out / "report.json", report)}
     manifest = {"format": FORMAT, "dataset_hash": dataset.dataset_hash, "counts": dataset.counts,

@@ -10,6 +10,7 @@ scored the same way, so a parity figure never stands without its baselines.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import statistics
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
+from distiller.dataset import SYSTEM_PROMPT_FILE
 from gateway.router import token_logprobs
 from gateway.scoring import agreement, normalise_text
 from gateway.students import student_client
@@ -232,7 +234,16 @@ async def evaluate(api_base: str, *, student_model: str, base_model: str | None,
     report = EvaluationReport(split=split, student=model_report(f"student ({student_model})", student_answers,
                                                                  examples))
     if base_model is not None:
+        # first, as the student is asked (what training must beat: the gate compares with it) ...
+        prompt_file = dataset_dir / SYSTEM_PROMPT_FILE
         base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens, api_key=api_key)
-        report.baselines.append(model_report(f"base model ({base_model})", base_answers, examples))
+        name = f"base model ({base_model})" + (" without the task's system prompt" if prompt_file.is_file() else "")
+        report.baselines.append(model_report(name, base_answers, examples))
+        if prompt_file.is_file():  # ... then, for a prompt-distilled task, with the prompt it was trained without
+            system = {"role": "system", "content": prompt_file.read_text(encoding="utf-8")}
+            prompted = [dataclasses.replace(e, messages=[system, *e.messages]) for e in examples]
+            answers = await ask_model(api_base, base_model, prompted, max_tokens=max_tokens, api_key=api_key)
+            report.baselines.append(model_report(f"base model ({base_model}) with the task's system prompt",
+                                                 answers, examples))
     report.baselines.append(majority_report(train, examples))
     return report, student_answers

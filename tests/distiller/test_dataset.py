@@ -260,8 +260,9 @@ def test_write_dataset_files_and_manifest(tmp_path: Path) -> None:
     dataset = curate(synthetic(40))
     manifest = write_dataset(dataset, tmp_path / "out")
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.json", "test.jsonl", "train.jsonl",
-                                                     "validation.jsonl"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.json", "system_prompt.txt", "test.jsonl",
+                                                     "train.jsonl", "validation.jsonl"]  # no temporary files left
+    assert (out / "system_prompt.txt").read_text() == PROMPT  # the prompt distilled away, for the baseline
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["dataset_hash"] == dataset.dataset_hash and manifest["system_prompt_hash"] == text_hash(PROMPT)
     assert manifest["counts"] == dataset.counts and manifest["config"] == CurationConfig().to_dict()

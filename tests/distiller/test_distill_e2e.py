@@ -85,11 +85,14 @@ def test_capture_then_distill_registers_an_evaluated_student(
     report = json.loads((run_dir / "report.json").read_text())
     names = [b["name"] for b in report["evaluation"]["baselines"]]
     assert names[-1] == "majority answer" and names[0].startswith("base model")
+    # prompt-distilled: the base model as the student is asked (without the prompt), then with the prompt
+    assert names[0].endswith("without the task's system prompt") and names[1].endswith("with the task's system prompt")
     assert report["evaluation"]["student"]["score"]["n"] > 0
     manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
     assert manifest["system_prompt_hash"] is not None  # one shared system prompt: prompt-distilled
     train = (run_dir / "dataset" / "train.jsonl").read_text()
     assert SYSTEM not in train and "Ticket" in train
+    assert (run_dir / "dataset" / "system_prompt.txt").read_text() == SYSTEM
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
     second = distill(store, tiny_model, tmp_path / "runs")

@@ -97,8 +97,10 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     parity = evaluation["student"]["score"]
     assert parity["n"] > 0 and parity["ci_low"] <= parity["mean"] <= parity["ci_high"]
     assert evaluation["student"]["errors"] == 0 and evaluation["student"]["completion_tokens_mean"] > 0
-    base, majority = evaluation["baselines"]
-    assert base["name"] == f"base model ({DEFAULT_SERVED_NAME})" and base["score"]["n"] == parity["n"]
+    base, prompted, majority = evaluation["baselines"]
+    assert base["name"] == f"base model ({DEFAULT_SERVED_NAME}) without the task's system prompt"
+    assert prompted["name"] == f"base model ({DEFAULT_SERVED_NAME}) with the task's system prompt"
+    assert base["score"]["n"] == prompted["score"]["n"] == parity["n"]
     assert majority["name"] == "majority answer" and majority["score"]["n"] == parity["n"]
     markdown = (run_dir / "report.md").read_text()
     assert f"| student ({TASK}-v1) |" in markdown and "| majority answer |" in markdown and "base model" in markdown
