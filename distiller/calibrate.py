@@ -52,6 +52,7 @@ class Calibration:
     area_under_deferral_curve: dict[str, float]
     apgr: float
     curve: list[CurvePoint]
+    student_cost: float = 0.05  # the curve's assumed cost of a student request, as a fraction of a teacher's
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "curve": [asdict(p) for p in self.curve], "point": asdict(self.point)}
@@ -116,4 +117,4 @@ def calibrate(observations: Sequence[Observation], *, target_parity: float = 0.9
     if threshold == -math.inf:  # keeping the failed ones too: live, the cascade defers them whatever the threshold
         threshold = min(p.threshold for p in curve if math.isfinite(p.threshold))
     return Calibration(method=method, threshold=threshold, point=best, target_parity=target_parity,  # type: ignore[arg-type]
-                       area_under_deferral_curve=areas, apgr=apgr(curve), curve=curve)
+                       area_under_deferral_curve=areas, apgr=apgr(curve), curve=curve, student_cost=student_cost)

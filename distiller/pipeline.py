@@ -247,11 +247,16 @@ def write_reports(outcome: DistillOutcome) -> None:
     if outcome.calibration is not None:
         c = outcome.calibration
         lines += ["## Calibration (validation split)", "",
-                  f"- method: {c.method}; threshold: {c.threshold}; target served parity: {c.target_parity}",
+                  f"- method: {c.method}; threshold: "
+                  + (f"{c.threshold}" if c.threshold is not None else "none (the version serves no routed traffic)")
+                  + f"; target served parity: {c.target_parity}",
                   f"- at the threshold: student share {c.point.student_share:.2f}, parity {c.point.parity:.3f}, "
                   f"cost {c.point.cost_per_request:.3f}× teacher-only; APGR {c.apgr:.3f}",
-                  f"- area under the deferral curve: {c.area_under_deferral_curve}", "",
-                  "| threshold | student share | parity | cost (× teacher) |", "|---|---|---|---|"]
+                  f"- area under the deferral curve: {c.area_under_deferral_curve}",
+                  f"- cost column: relative to teacher-only, *assuming* a student request costs {c.student_cost:g} of "
+                  "a teacher's (not measured)", "",
+                  "| threshold | student share | parity | cost (× teacher, assumed student cost) |",
+                  "|---|---|---|---|"]
         lines += [f"| {p.threshold:.4f} | {p.student_share:.2f} | {p.parity:.3f} | {p.cost_per_request:.3f} |"
                   for p in c.curve[1:]]
     (outcome.run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

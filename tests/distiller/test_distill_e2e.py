@@ -93,6 +93,8 @@ def test_capture_then_distill_registers_an_evaluated_student(
     train = (run_dir / "dataset" / "train.jsonl").read_text()
     assert SYSTEM not in train and "Ticket" in train
     assert (run_dir / "dataset" / "system_prompt.txt").read_text() == SYSTEM
+    markdown = (run_dir / "report.md").read_text()
+    assert "*assuming* a student request costs 0.05 of a teacher's (not measured)" in markdown
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
     second = distill(store, tiny_model, tmp_path / "runs")
