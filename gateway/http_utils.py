@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth import bearer_token
 from gateway.errors import BadRequestError, PayloadTooLargeError, RequestTimeoutError, invalid_field
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # JSON nested deeper than this is refused: the gateway must be able to forward, capture (which wraps
 # the body one level deeper) and export whatever it accepts, and orjson stops at 254 levels.
 MAX_NESTING = 64
+
+
+async def bearer_client(request: Request, state: GatewayState) -> str:
+    """The client the request's `Authorization: Bearer` key identifies (a 401 when it must and does not)."""
+    return await state.keys.check(bearer_token(request.headers.get("authorization")))
 
 
 async def read_json_object(request: Request, state: GatewayState) -> dict[str, Any]:

@@ -7,11 +7,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, read_json_object, validate
+from gateway.http_utils import SSEResponse, bearer_client, gateway_state, read_json_object, validate
 from gateway.openai.errors import OPENAI
 from gateway.openai.stream import openai_events
 from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
@@ -48,7 +47,7 @@ def build_openai_router() -> APIRouter:
     @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
     async def chat_completions(request: Request) -> Response:
         state = gateway_state(request)
-        client = await state.keys.check(_bearer(request))
+        client = await bearer_client(request, state)
         state.service.limiter.admit(client)
         body = await read_json_object(request, state)
         parsed = validate(ChatCompletionRequest, body)
@@ -66,7 +65,7 @@ def build_openai_router() -> APIRouter:
     @router.get("/v1/models", response_model=ModelList)
     async def list_models(request: Request) -> ModelList:
         state = gateway_state(request)
-        await state.keys.check(_bearer(request))
+        await bearer_client(request, state)
         created = int(state.started_at)
         cards = [ModelCard(id=t.config.served_name, created=created, owned_by=t.config.provider,
                            protege_role="teacher") for t in state.service.teachers.all]
@@ -80,6 +79,3 @@ def build_openai_router() -> APIRouter:
 
     return router
 
-
-def _bearer(request: Request) -> str | None:
-    return bearer_token(request.headers.get("authorization"))

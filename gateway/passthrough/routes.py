@@ -18,11 +18,10 @@ import httpx
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from gateway.auth import bearer_token
 from gateway.chat.types import Teacher
 from gateway.errors import NotServedError
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, parse_json_object, read_body
+from gateway.http_utils import SSEResponse, bearer_client, gateway_state, parse_json_object, read_body
 from gateway.metrics import Metrics
 from gateway.openai.errors import OPENAI
 from gateway.passthrough.forward import (
@@ -35,7 +34,7 @@ from gateway.passthrough.forward import (
     upstream_path,
     usage_cost,
 )
-from gateway.protocol import PROVIDER_CONTROL_FIELDS, check_fields
+from gateway.protocol import check_fields
 from gateway.providers.openai_compat import OpenAICompatibleProvider
 from gateway.ratelimit import RateLimiter
 
@@ -66,7 +65,7 @@ def build_passthrough_router() -> APIRouter:
 
 async def passthrough(request: Request) -> Response:
     state = gateway_state(request)
-    client = await state.keys.check(bearer_token(request.headers.get("authorization")))
+    client = await bearer_client(request, state)
     api = api_of(request.url.path)
     upstream_path(request.url.path)  # refused before anything is spent on it
     if not state.settings.passthrough:
@@ -116,7 +115,7 @@ async def _send(teacher: Teacher, request: Request, body: bytes) -> httpx.Respon
 async def _embed(teacher: Teacher, raw: bytes, tally: Tally) -> Response:
     """Embeddings through litellm: the JSON body as keyword arguments (never the provider-steering ones)."""
     body = parse_json_object(raw)
-    check_fields(body, frozenset(body) - PROVIDER_CONTROL_FIELDS)
+    check_fields(body, frozenset(body))  # any field may go to litellm but those that steer its client
     embed: Callable[[dict[str, Any]], Any] = teacher.provider.embed  # type: ignore[attr-defined]
     result: dict[str, Any] = await teacher.breaker.call(lambda: embed(body))
     tally.done(200, result)

@@ -11,11 +11,10 @@ from typing import Any, Literal
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.http_errors import dialect_route
-from gateway.http_utils import SSEResponse, gateway_state, read_json_object
+from gateway.http_utils import SSEResponse, bearer_client, gateway_state, read_json_object
 from gateway.openai.errors import OPENAI
 from gateway.protocol import check_fields
 from gateway.responses import conversation
@@ -43,7 +42,7 @@ def build_responses_router() -> APIRouter:
     @router.post(RESPONSES_PATH, openapi_extra=responses_openapi(), response_model=None)
     async def create_response(request: Request) -> Response:
         state = gateway_state(request)
-        client = await state.keys.check(_bearer(request))
+        client = await bearer_client(request, state)
         state.service.limiter.admit(client)
         raw = await read_json_object(request, state)
         check_fields(raw, RESPONSES_FIELDS)  # names a provider-steering field as such, before pydantic does
@@ -54,22 +53,21 @@ def build_responses_router() -> APIRouter:
         req = build_chat_request(body, request.headers, client=client, user=parsed.sticky_user,
                                  skip_tasks=state.settings.capture.skip_tasks)
         resp_id = response_id(req.request_id)
-        items = input_items(parsed.input)
 
         def kept(response: dict[str, Any]) -> StoredResponse:
             return conversation.record(response, task=req.task, client=client, user=req.user,
-                                       created_at=req.created_at, input_items=items, before=before, turn=turn)
+                                       created_at=req.created_at, input_items=input_items(parsed.input),
+                                       before=before, turn=turn)
 
         service: ChatService = state.service
         if req.stream:
             chunks, info = await service.open_stream(req)
             translator = ResponsesStreamTranslator(parsed, resp_id, created_at=req.created_at)
 
-            async def on_done(response: dict[str, Any]) -> None:
-                if parsed.stored:
-                    await conversation.keep(state.store, kept(response))
+            async def keep(response: dict[str, Any]) -> None:
+                await conversation.keep(state.store, kept(response))
 
-            return SSEResponse(responses_events(chunks, translator, on_done),
+            return SSEResponse(responses_events(chunks, translator, keep if parsed.stored else None),
                                headers={**route_headers(req, info), "cache-control": "no-cache"})
         result, info = await service.complete(req)
         response = from_chat(result, parsed, resp_id=resp_id, created_at=req.created_at)
@@ -80,14 +78,14 @@ def build_responses_router() -> APIRouter:
     @router.get(RESPONSES_PATH + "/{response_id}", response_model=None)
     async def retrieve_response(request: Request, response_id: str) -> Response:
         state = gateway_state(request)
-        client = await state.keys.check(_bearer(request))
+        client = await bearer_client(request, state)
         stored = await conversation.find(state.store, response_id, client)
         return _json(stored.response)
 
     @router.delete(RESPONSES_PATH + "/{response_id}", response_model=None)
     async def delete_response(request: Request, response_id: str) -> Response:
         state = gateway_state(request)
-        client = await state.keys.check(_bearer(request))
+        client = await bearer_client(request, state)
         await conversation.find(state.store, response_id, client)
         if not await state.store.delete_response(response_id):
             raise conversation.not_found(response_id)  # deleted by another request in between
@@ -98,7 +96,7 @@ def build_responses_router() -> APIRouter:
                                limit: int = Query(default=20, ge=1, le=100),
                                order: Literal["asc", "desc"] = "desc", after: str | None = None) -> Response:
         state = gateway_state(request)
-        client = await state.keys.check(_bearer(request))
+        client = await bearer_client(request, state)
         items = (await conversation.find(state.store, response_id, client)).input_items
         if order == "desc":
             items = items[::-1]
@@ -111,6 +109,3 @@ def build_responses_router() -> APIRouter:
 
     return router
 
-
-def _bearer(request: Request) -> str | None:
-    return bearer_token(request.headers.get("authorization"))
