@@ -52,7 +52,8 @@ class Calibration:
     area_under_deferral_curve: dict[str, float]
     apgr: float
     curve: list[CurvePoint]
-    student_cost: float = 0.05  # the curve's assumed cost of a student request, as a fraction of a teacher's
+    student_cost: float = 0.05  # the curve's cost of a student request, as a fraction of a teacher's
+    student_cost_source: str = "assumed"  # measured (from prices and the student's tokens) or assumed
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "curve": [asdict(p) for p in self.curve], "point": asdict(self.point)}
@@ -100,7 +101,7 @@ def apgr(points: Sequence[CurvePoint]) -> float:
 
 
 def calibrate(observations: Sequence[Observation], *, target_parity: float = 0.95,
-              student_cost: float = 0.05) -> Calibration:
+              student_cost: float = 0.05, student_cost_source: str = "assumed") -> Calibration:
     if not any(o.usable for o in observations):
         raise ValueError("no observations with logprobs to calibrate on")
     agreements = [o.agreement if o.usable else 0.0 for o in observations]
@@ -117,4 +118,5 @@ def calibrate(observations: Sequence[Observation], *, target_parity: float = 0.9
     if threshold == -math.inf:  # keeping the failed ones too: live, the cascade defers them whatever the threshold
         threshold = min(p.threshold for p in curve if math.isfinite(p.threshold))
     return Calibration(method=method, threshold=threshold, point=best, target_parity=target_parity,  # type: ignore[arg-type]
-                       area_under_deferral_curve=areas, apgr=apgr(curve), curve=curve, student_cost=student_cost)
+                       area_under_deferral_curve=areas, apgr=apgr(curve), curve=curve, student_cost=student_cost,
+                       student_cost_source=student_cost_source)

@@ -70,7 +70,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
                           target_parity=args.target_parity, promote=args.promote,
                           curation=CurationConfig(keep_truncated=args.keep_truncated),
                           minimums=Minimums(args.min_train, args.min_validation, args.min_test),
-                          compute=settings.compute,
+                          compute=settings.compute, cascade=settings.cascade,
                           max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
 
 
@@ -294,7 +294,11 @@ def add_demo(sub: Subparsers) -> None:
     p.add_argument("--teacher-price", type=float, nargs=2, metavar=("IN", "OUT"), help="teacher USD per million "
                    "input and output tokens (default: the price map, or gpt-4o-mini's 0.15 0.60 offline)")
     p.add_argument("--student-price", type=float, nargs=2, metavar=("IN", "OUT"), help="student USD per million "
-                   "input and output tokens (default: a tenth of the teacher's)")
+                   "input and output tokens (default: priced by compute, compute.cpu_hour_usd's 0.10 USD an "
+                   "hour over the throughput the model server measures)")
+    p.add_argument("--unusual", type=float, default=0.25, metavar="FRACTION", help="share of held-out tickets "
+                   "unlike any training ticket (another language, no order, several orders, garbled): what the "
+                   "cascade should hand to the teacher (default 0.25)")
     p.add_argument("--model", metavar="PATH", help="local model folder for the model server and the student "
                    "(default SmolLM2-135M-Instruct)")
     p.add_argument("--runs-dir", default="runs/demo", help="where run folders go (default runs/demo)")

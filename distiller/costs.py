@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ComputeConfig
+from gateway.pricing import Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +59,29 @@ def run_costs(*, trainer: str, metrics: dict[str, Any], training_s: float, evalu
         evaluation = None
         sources["evaluation"] = "not priced: the provider bills the evaluation's tokens"
     return RunCosts(data, training, evaluation, sources)
+
+
+@dataclass(frozen=True, slots=True)
+class RelativeCost:
+    """A student request's cost as a fraction of a teacher's, for the deferral curve's cost column."""
+
+    fraction: float
+    source: str
+
+
+ASSUMED_STUDENT_COST = 0.05  # used only when either side has no price, and labelled so
+
+
+def relative_student_cost(student_tokens: list[tuple[int, int]], teacher_costs: list[float | None],
+                          student_price: Price | None, price_source: str) -> RelativeCost:
+    """Measured where it can be: the student's own (prompt, completion) tokens on the validation split at its
+    price, over the teacher's served cost of the same requests (the captured rows' `cost_usd`)."""
+    known = [c for c in teacher_costs if c is not None]
+    if student_price is None or not student_tokens or not known or sum(known) <= 0:
+        missing = "the student has no price" if student_price is None else "the teacher's answers have no price"
+        return RelativeCost(ASSUMED_STUDENT_COST, f"assumed {ASSUMED_STUDENT_COST:g} ({missing})")
+    student_each = sum(student_price.cost(p, c) for p, c in student_tokens) / len(student_tokens)
+    teacher_each = sum(known) / len(known)
+    return RelativeCost(student_each / teacher_each,
+                        f"measured: the student's validation tokens at {price_source}, over the teacher's served "
+                        f"cost of {len(known)} of the same requests")

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from distiller.calibrate import Calibration, Observation, calibrate
-from distiller.costs import run_costs
+from distiller.costs import RelativeCost, relative_student_cost, run_costs
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
@@ -27,8 +29,10 @@ from distiller.sufficiency import Minimums, shortfall
 from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
-from gateway.config import ComputeConfig, EmbeddedConfig
+from gateway.compute_price import ComputePricing, read_throughput
+from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
+from gateway.pricing import Price
 from gateway.router import validate_output
 from gateway.store import GateResult, Store, StudentDetails, StudentVersion
 
@@ -59,6 +63,7 @@ class DistillOptions:
     force: bool = False
     minimums: Minimums = field(default_factory=Minimums)
     compute: ComputeConfig = field(default_factory=ComputeConfig)  # prices the run's training and evaluation
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)  # how the gateway prices the student
     max_eval_tokens: int = 256
     poll_interval_s: float = 1.0
 
@@ -136,15 +141,21 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
                                    dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens,
                                    api_key=api_key)
         evaluation_s = time.monotonic() - evaluation_started
+        student_price, price_source = await _student_price(options, api_base, api_key)
 
-    calibration = _calibrate(val_answers, dataset_dir, options.target_parity)
+    rows = {e.request_id: e for e in await store.list_exchanges(task=task)}
+    relative = relative_student_cost(
+        [(a.prompt_tokens, a.completion_tokens) for a in val_answers if a.error is None],
+        [rows[e.request_id].cost_usd if e.request_id in rows else None for e in dataset.validation],
+        student_price, price_source)
+    calibration = _calibrate(val_answers, dataset_dir, options.target_parity, relative)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
     score = report.student.score
     passed, gate_message = options.gate.check(score.mean, score.ci_low, score.ci_high, base_parity)
     examples = {e.request_id for split in (dataset.train, dataset.validation, dataset.test) for e in split}
     costs = run_costs(trainer=options.trainer, metrics=result.metrics, training_s=training_s, evaluation_s=evaluation_s,
-                      data_costs=[e.cost_usd for e in await store.list_exchanges(task=task)
-                                  if e.request_id in examples], compute=options.compute)
+                      data_costs=[e.cost_usd for e in rows.values() if e.request_id in examples],
+                      compute=options.compute)
     details = StudentDetails(
         evaluation=report.to_dict(), calibration=calibration.to_dict() if calibration else None,
         gate=GateResult(passed=passed, message=gate_message, min_parity=options.gate.min_parity),
@@ -219,14 +230,36 @@ async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, mode
     return job, status.result
 
 
-def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float) -> Calibration | None:
+async def _student_price(options: DistillOptions, api_base: str, api_key: str | None) -> tuple[Price | None, str]:
+    """The student's price per token as the gateway will bill it: the configured per-token price, else (a local
+    student) compute time over the student server's throughput."""
+    cascade = options.cascade
+    if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None:
+        return (Price(cascade.input_cost_per_token, cascade.output_cost_per_token),
+                "the configured per-token price (cascade.input_cost_per_token, output_cost_per_token)")
+    if options.trainer != "local":
+        return None, "a hosted student with no configured price"
+    pricing = ComputePricing(api_base, options.compute, cascade.hardware, cascade.tokens_per_s, api_key)
+    measured = None
+    if pricing.needs_measurement:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            measured = await read_throughput(client, pricing.server_root)
+    return pricing.price(measured)
+
+
+def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float,
+               relative: RelativeCost) -> Calibration | None:
     """The threshold from the validation split. Every request counts, the failed ones (an error, no logprobs,
     an answer the cascade's validators reject) as deferred; None when no answer can be calibrated on."""
     examples = load_split(dataset_dir, "validation")
     scores = score_answers(answers, examples)
     observations = [Observation(a.logprobs, s, failed=_failed(a, e))
                     for a, e, s in zip(answers, examples, scores, strict=True)]
-    return calibrate(observations, target_parity=target) if any(o.usable for o in observations) else None
+    if not any(o.usable for o in observations):
+        return None
+    return calibrate(observations, target_parity=target, student_cost=relative.fraction,
+                     student_cost_source=relative.source)
 
 
 def _failed(answer: ModelAnswer, example: EvalExample) -> bool:
@@ -253,9 +286,9 @@ def write_reports(outcome: DistillOutcome) -> None:
                   f"- at the threshold: student share {c.point.student_share:.2f}, parity {c.point.parity:.3f}, "
                   f"cost {c.point.cost_per_request:.3f}× teacher-only; APGR {c.apgr:.3f}",
                   f"- area under the deferral curve: {c.area_under_deferral_curve}",
-                  f"- cost column: relative to teacher-only, *assuming* a student request costs {c.student_cost:g} of "
-                  "a teacher's (not measured)", "",
-                  "| threshold | student share | parity | cost (× teacher, assumed student cost) |",
+                  f"- cost column: relative to teacher-only, a student request costing {c.student_cost:.4g} of a "
+                  f"teacher's ({c.student_cost_source})", "",
+                  "| threshold | student share | parity | cost (× teacher-only) |",
                   "|---|---|---|---|"]
         lines += [f"| {p.threshold:.4f} | {p.student_share:.2f} | {p.parity:.3f} | {p.cost_per_request:.3f} |"
                   for p in c.curve[1:]]

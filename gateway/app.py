@@ -22,6 +22,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
 from gateway.chat.service import ChatService
 from gateway.chat.types import Students, Teacher, TeacherSet
+from gateway.compute_price import ComputePricer, ComputePricing
 from gateway.config import Settings
 from gateway.console.errors import CONSOLE
 from gateway.console.pages import PREFIX as CONSOLE_PREFIX
@@ -84,8 +85,6 @@ def build_students(settings: Settings, store: Store) -> Students | None:
                                         redact=redactor(secrets_of(settings)))
     price = (Price(cascade.input_cost_per_token, cascade.output_cost_per_token)
              if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None else None)
-    if price is None and cascade.gpu_hour_cost_usd is not None and cascade.gpu_tokens_per_s is not None:
-        price = Price.per_gpu_hour(cascade.gpu_hour_cost_usd, cascade.gpu_tokens_per_s)
     api_base = settings.student_api_base
 
     async def load(student: StudentVersion) -> None:
@@ -94,6 +93,16 @@ def build_students(settings: Settings, store: Store) -> Students | None:
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
                     degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate,
                     breaker=build_breaker("student", settings))
+
+
+def student_pricing(settings: Settings) -> ComputePricing | None:
+    """How the student is priced by compute, when no per-token price is configured."""
+    cascade = settings.cascade
+    if settings.student_api_base is None or (
+            cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None):
+        return None
+    return ComputePricing(settings.student_api_base, settings.compute, cascade.hardware, cascade.tokens_per_s,
+                          settings.student_key)
 
 
 def build_breaker(name: str, settings: Settings) -> CircuitBreaker:
@@ -146,6 +155,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         students = build_students(settings, the_store)
         if students is not None:
             await students.table.refresh(force=True)
+        pricing = student_pricing(settings)
+        pricer = ComputePricer([(students, pricing)] if students is not None and pricing is not None else [],
+                               settings.compute.price_refresh_s)
+        await pricer.start()
         limits = settings.rate_limits
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
                               RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits)
@@ -154,6 +167,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         try:
             yield
         finally:
+            await pricer.aclose()
             await service.drain()
             await teacher_set.aclose()
             if students is not None:

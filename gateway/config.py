@@ -115,10 +115,12 @@ class CascadeConfig(_Strict):
     refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student input token")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student output token")
-    gpu_hour_cost_usd: float | None = Field(default=None, gt=0, description="self-hosted students: the GPU's "
-                                            "hourly cost, spread over gpu_tokens_per_s (when no per-token price)")
-    gpu_tokens_per_s: float | None = Field(default=None, gt=0, description="measured throughput of the student "
-                                           "server, input and output tokens per second (see bench/model_server)")
+    hardware: Literal["cpu", "gpu"] | None = Field(default=None, description="without a per-token price, the "
+                                                    "student is priced by compute: compute.cpu_hour_usd or "
+                                                    "gpu_hour_usd; None: the hardware its server reports")
+    tokens_per_s: float | None = Field(default=None, gt=0, description="the student server's throughput, input "
+                                       "and output tokens per second, that the compute price is spread over; "
+                                       "None: as Protégé's model server measures it (GET /throughput)")
 
 
 class ComputeConfig(_Strict):
@@ -132,6 +134,8 @@ class ComputeConfig(_Strict):
     hosted_training_usd_per_million_tokens: float = Field(default=3.00, ge=0, description="a hosted fine-tuning "
                                                           "job's price per million trained tokens (default: "
                                                           "OpenAI's for gpt-4o-mini)")
+    price_refresh_s: float = Field(default=60, gt=0, description="how often a compute-priced model's measured "
+                                   "throughput is read again")
 
     def source(self, name: str) -> str:
         return "configured" if name in self.model_fields_set else "assumed (default)"

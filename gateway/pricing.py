@@ -23,9 +23,9 @@ class Price:
                 + completion_tokens * self.output_per_token)
 
     @classmethod
-    def per_gpu_hour(cls, usd_per_hour: float, tokens_per_s: float) -> Price:
-        """A self-hosted model's price: its GPU's hourly cost spread over the tokens it serves per second
-        at measured throughput (input and output alike)."""
+    def per_compute_hour(cls, usd_per_hour: float, tokens_per_s: float) -> Price:
+        """A self-hosted model's price: its machine's (or GPU's) hourly cost spread over the tokens it serves
+        per second (input and output alike)."""
         per_token = usd_per_hour / 3600.0 / tokens_per_s
         return cls(per_token, per_token)
 

@@ -92,6 +92,11 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
             return _json({"status": "starting"}, status=503)
         return _json({"status": "ok", "model": served_model_name, "engine": engine.stats()})
 
+    @app.get("/throughput")
+    async def throughput() -> Response:
+        # what the gateway prices a self-hosted model by: compute time spread over the tokens it serves
+        return _json(engine.throughput())
+
     @app.get("/v1/models")
     async def list_models() -> Response:
         created = app.state.created

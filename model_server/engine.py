@@ -105,7 +105,10 @@ class Engine:
         self._batch: BatchState | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.counters = {"steps": 0, "peak_batch": 0, "finished": 0, "cancelled": 0, "failed": 0}
+        self.counters = {"steps": 0, "peak_batch": 0, "finished": 0, "cancelled": 0, "failed": 0,
+                         "prompt_tokens": 0, "generated_tokens": 0}
+        self.device = "gpu" if next(loaded.model.parameters()).device.type == "cuda" else "cpu"
+        self.busy_s = 0.0  # time the engine thread spent on prefill and decode steps (its throughput's denominator)
 
     # ---------------------------------------------------------------- public, any thread
     def start(self) -> None:
@@ -126,6 +129,15 @@ class Engine:
     def stats(self) -> dict[str, int]:
         """Counters for /readyz: rows decoding now, requests waiting, and totals since start."""
         return {"running": len(self._rows), "waiting": len(self._waiting) + self._inbox.qsize(), **self.counters}
+
+    def throughput(self) -> dict[str, float | str | None]:
+        """Tokens (prompt and generated) per second of busy engine time since start: what a self-hosted model's
+        compute price is spread over. None before the first step."""
+        tokens = self.counters["prompt_tokens"] + self.counters["generated_tokens"]
+        busy = self.busy_s
+        return {"device": self.device, "prompt_tokens": self.counters["prompt_tokens"],
+                "generated_tokens": self.counters["generated_tokens"], "busy_s": round(busy, 3),
+                "tokens_per_s": round(tokens / busy, 2) if busy > 0 and tokens else None}
 
     def submit(self, seq: Sequence) -> None:
         self._inbox.put(seq)
@@ -185,10 +197,12 @@ class Engine:
         self._collect()
         self._run_ops()
         self._drop_cancelled()
+        started = time.perf_counter()
         if self._waiting and len(self._rows) < self.max_batch:
             self._admit()
         if self._rows:
             self._decode_step()
+        self.busy_s += time.perf_counter() - started
 
     def _collect(self) -> None:
         """Move inbox items into `_waiting` / `_ops`; block when there is nothing to do."""
@@ -282,6 +296,7 @@ class Engine:
             self._batch = state
         else:
             self._batch.merge(state)
+        self.counters["prompt_tokens"] += sum(len(s.prompt_ids) for s in admitted)
         first = len(self._rows)
         self._rows.extend(rows)
         self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self._rows))
@@ -297,6 +312,7 @@ class Engine:
         """Sample for rows `first:` from their logits, emit text, finish rows, set pending tokens."""
         rows = self._rows[first:]
         tokens, entries = sample_batch(logits, [r.sampler for r in rows])
+        self.counters["generated_tokens"] += len(rows)
         finished: set[int] = set()
         for offset, (row, token, entry) in enumerate(zip(rows, tokens, entries, strict=True)):
             row.generated += 1

@@ -27,6 +27,7 @@ class ScriptedUpstream:
     chat_content: str | None = None  # None: echo the last user message
     logprob: float = -0.05  # of every token, when a request asks for logprobs (as a student server is asked)
     fail_next: bool = False  # the next request gets a 500 whose text names an internal address
+    throughput: dict[str, Any] | None = None  # GET /throughput, as Protégé's model server answers it (None: 404)
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -87,6 +88,8 @@ class ScriptedUpstream:
         data: Any = json.loads(body) if body and not route.startswith(("/v1/audio", "/v1/files")) else {}
         if route == "/v1/chat/completions":
             return self._chat(data)
+        if route == "/throughput" and self.throughput is not None:
+            return _json(self.throughput)
         if route == "/v1/embeddings":
             inputs = data["input"] if isinstance(data["input"], list) else [data["input"]]
             return _json({"object": "list", "model": data["model"],

@@ -9,15 +9,17 @@ exchange — and are checked against the `protege_cost_usd_total` deltas of the 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from distiller.calibrate import deferral_curve
 from distiller.demo.workload import Workload, expected_fields
 from distiller.evaluate import EvalExample, ScoreSummary, bootstrap_ci, completion_of, majority_answer
 from distiller.pipeline import DistillOutcome
@@ -111,12 +113,14 @@ class DemoReport:
     field_accuracy: dict[str, float | None]
     charts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    _curve: list[dict[str, float]] = field(default_factory=list, repr=False)
+    _curve: list[dict[str, float]] = field(default_factory=list, repr=False)  # the validation split's (calibration)
+    _held_out_curve: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the replay's, not calibrated on
     _cumulative: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["curve"] = data.pop("_curve")
+        data["held_out_curve"] = data.pop("_held_out_curve")
         data["cumulative_cost_usd"] = data.pop("_cumulative")
         return data
 
@@ -169,6 +173,20 @@ def student_message(row: Exchange | None) -> str | None:
     return str(content) if content is not None else None
 
 
+def _by_kind(workload: Workload, pairs: Sequence[tuple[Answer, Answer]],
+             row: Callable[[Answer], Exchange | None]) -> dict[str, dict[str, Any]]:
+    """Per ticket kind (regular, or an unusual one): routes, and parity served and of the student alone."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in dict.fromkeys(workload.tickets[a.index].kind for _, a in pairs):
+        mine = [(r, a) for r, a in pairs if workload.tickets[a.index].kind == kind]
+        routed = [(r, a) for r, a in mine if a.route in ("student", "fallback")]
+        alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content) for r, a in routed]
+        out[kind] = {"n": len(mine), "routes": dict(Counter(a.route or "error" for _, a in mine)),
+                     "served_parity": _mean(agree(a.content, r.content) for r, a in mine),
+                     "student_alone_parity": _mean(alone)}
+    return out
+
+
 # --- the report ------------------------------------------------------------------------------------------
 
 def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: DistillOutcome, promoted: bool,
@@ -181,8 +199,11 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
     refs = {a.index: a for a in reference}
     pairs = [(refs[a.index], a) for a in replayed if a.index in refs and refs[a.index].error is None]
     served = [agree(a.content if a.error is None else None, r.content) for r, a in pairs]
-    alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content)
-             for r, a in pairs if a.route in ("student", "fallback")]
+    routed_pairs = [(r, a) for r, a in pairs if a.route in ("student", "fallback")]
+    alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content) for r, a in routed_pairs]
+    # the deferral curve measured on the replay: held-out traffic, which calibration never saw
+    held_out_curve = deferral_curve([a.confidence if a.confidence is not None else -math.inf for _, a in routed_pairs],
+                                    alone)
     majority = majority_answer([EvalExample([], {"role": "assistant", "content": text})
                                 for text in [a.content for a in captured if a.error is None and a.content is not None]])
     majority_scores = [agree(str(majority.get("content") or ""), r.content) for r, _ in pairs]
@@ -198,6 +219,10 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
 
     teacher_cost, protege_cost = _cost(teacher_rows), _cost(replay_rows)
     student_rows = [r for r in replay_rows if r.route == "student"]
+    # the student answering everything routed to it: its served answers and its rejected attempts
+    attempts = [r.extra.student.cost_usd or 0.0 for r in replay_rows if r.route == "fallback" and r.extra.student]
+    student_only_cost = _cost(student_rows) + sum(attempts)
+    student_only_n = len(student_rows) + len(attempts)
     student_cost_each = _cost(student_rows) / len(student_rows) if student_rows else 0.0
     teacher_cost_each = teacher_cost / len(teacher_rows) if teacher_rows else 0.0
     m_teacher = metrics["teacher_pass"].total("protege_cost_usd_total")
@@ -244,6 +269,7 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
             "target_parity": calibration.target_parity, "student_share": round(calibration.point.student_share, 4),
             "parity": round(calibration.point.parity, 4), "apgr": round(calibration.apgr, 4)},
         held_out={"n": n, "routes": dict(routes), "fallback_reasons": dict(reasons),
+                  "by_kind": _by_kind(workload, pairs, row),
                   "errors": sum(1 for a in replayed if a.error is not None),
                   "reference_errors": sum(1 for a in reference if a.error is not None),
                   "student_share": round(routes["student"] / n, 4) if n else 0.0,
@@ -258,6 +284,7 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
         cost={"teacher_only_usd": teacher_cost, "protege_usd": protege_cost,
               "teacher_only_per_request_usd": teacher_cost / len(teacher_rows) if teacher_rows else None,
               "protege_per_request_usd": protege_cost / len(replay_rows) if replay_rows else None,
+              "student_only_per_request_usd": student_only_cost / student_only_n if student_only_n else None,
               "saving": round(1 - protege_cost / teacher_cost, 4) if teacher_cost else None,
               "student_to_teacher_cost_ratio": round(student_cost_each / teacher_cost_each, 4)
               if teacher_cost_each and student_rows else None,
@@ -275,6 +302,8 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
         notes=notes,
         _curve=[{"student_share": p.student_share, "parity": p.parity, "threshold": p.threshold}
                 for p in (calibration.curve if calibration else [])],
+        _held_out_curve=[{"student_share": p.student_share, "parity": p.parity,
+                          "threshold": p.threshold if math.isfinite(p.threshold) else None} for p in held_out_curve],
         _cumulative=cumulative)
     return report
 
@@ -293,46 +322,57 @@ def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def summary_rows(report: DemoReport) -> list[tuple[str, str, str]]:
-    """(metric, teacher only, Protégé) rows for the final table and report.md."""
+def summary_rows(report: DemoReport) -> list[tuple[str, str, str, str]]:
+    """(metric, teacher only, student alone, Protégé) rows for the final table and report.md. *Student alone* is
+    the student answering every request routed to it, its rejected answers included; Protégé is the cascade."""
     c, t, h, lat = report.cost, report.tokens, report.held_out, report.latency_p50_s
     evaluation = report.distill_evaluation or {}
     base = next((b for b in evaluation.get("baselines", []) if str(b.get("name", "")).startswith("base")), None)
     student_eval = evaluation.get("student")
     saving = c.get("saving")
+    routed = h["routes"].get("student", 0) + h["routes"].get("fallback", 0)
     rows = [
-        ("cost per request", _usd(c["teacher_only_per_request_usd"]), _usd(c["protege_per_request_usd"])
-         + ("" if saving is None else f" ({saving:.0%} less)")),
-        ("input tokens per request", _num(t["teacher_only_input_per_request"]),
-         f"{_num(t['protege_input_per_request'])} (student-served: {_num(t['student_input_per_request'])})"),
-        ("latency p50 (s)", _num(lat["teacher_only"], 2),
+        ("cost per request", _usd(c["teacher_only_per_request_usd"]), _usd(c.get("student_only_per_request_usd")),
+         _usd(c["protege_per_request_usd"]) + ("" if saving is None else f" ({saving:.0%} less)")),
+        ("input tokens per request", _num(t["teacher_only_input_per_request"]), _num(t["student_input_per_request"]),
+         _num(t["protege_input_per_request"])),
+        ("latency p50 (s)", _num(lat["teacher_only"], 2), "",
          " / ".join(f"{r} {_num(lat[r], 2)}" for r in ROUTES if lat.get(r) is not None) or "—"),
-        ("parity with the teacher (held-out, 95% CI)", "1 (reference)", _score(report.parity["served"])),
-        ("student alone on routed requests", "", _score(report.parity["student_alone"])),
-        ("majority-answer baseline", "", _score(report.parity["majority_answer"])),
-        ("student share / fallback rate", "0%", f"{h['student_share']:.0%} / "
-         + ("—" if h["fallback_rate"] is None else f"{h['fallback_rate']:.0%}")),
-        ("fields right (vs the ticket)", _num(report.field_accuracy["teacher"], 3),
+        ("parity with the teacher (held-out, 95% CI)", "1 (reference)", _score(report.parity["student_alone"]),
+         _score(report.parity["served"])),
+        ("majority-answer baseline", "", "", _score(report.parity["majority_answer"])),
+        ("student share / fallback rate", "0% / —", "100% / 0%" if routed else "—",
+         f"{h['student_share']:.0%} / " + ("—" if h["fallback_rate"] is None else f"{h['fallback_rate']:.0%}")),
+        ("fields right (vs the ticket)", _num(report.field_accuracy["teacher"], 3), "",
          _num(report.field_accuracy["protege"], 3)),
     ]
     if student_eval is not None:
         s = student_eval["score"]
         rows.append(("distiller test split: student parity", "", f"{s['mean']:.3f} [{s['ci_low']:.3f}–"
-                     f"{s['ci_high']:.3f}] (n={s['n']})"))
+                     f"{s['ci_high']:.3f}] (n={s['n']})", ""))
     if base is not None:
         s = base["score"]
-        rows.append(("distiller test split: base model parity", "", f"{s['mean']:.3f} (n={s['n']})"))
+        rows.append(("distiller test split: base model parity", "", f"{s['mean']:.3f} (n={s['n']})", ""))
     return rows
 
 
 def summary_table(report: DemoReport) -> Table:
     table = Table(title=f"Protégé demo — task {report.task}: teacher {report.teacher} → student {report.student} "
                   f"({report.student_status})")
-    for column in ("metric", "teacher only", "Protégé"):
+    for column in ("metric", "teacher only", "student alone", "Protégé (cascade)"):
         table.add_column(column)
     for row in summary_rows(report):
         table.add_row(*row)
     return table
+
+
+def kind_rows(report: DemoReport) -> list[str]:
+    """report.md's lines on each ticket kind: where the cascade sent it and what that did to parity."""
+    lines = ["| tickets | n | routes | student alone | served (cascade) |", "|---|---|---|---|---|"]
+    for kind, k in (report.held_out.get("by_kind") or {}).items():
+        lines.append(f"| {kind} | {k['n']} | {k['routes']} | {_num(k['student_alone_parity'], 2)} | "
+                     f"{_num(k['served_parity'], 2)} |")
+    return lines
 
 
 def to_markdown(report: DemoReport) -> str:
@@ -347,12 +387,15 @@ def to_markdown(report: DemoReport) -> str:
              f"{report.prices['student']['input_usd_per_m']}/{report.prices['student']['output_usd_per_m']} "
              f"({report.prices['student'].get('source', 'given')}). Token counts are measured; costs are those "
              "tokens at these prices.",
-             "", "| metric | teacher only | Protégé |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in summary_rows(report)]
+             "", "| metric | teacher only | student alone | Protégé (cascade) |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(report)]
     lines += ["", "Parity is agreement with the teacher's answer to the same held-out request (JSON field by field); "
               "the majority-answer baseline answers every request with the field-by-field majority of the teacher's "
-              "JSON answers in the train part. *Student alone* scores the student's own answers on the requests "
-              "routed to it, including those the cascade rejected.", ""]
+              "JSON answers in the train part. *Student alone* scores (and prices) the student's own answers on the "
+              "requests routed to it, including those the cascade rejected: what serving it without a threshold "
+              "would give.", "", "### By kind of ticket", "",
+              f"A share of the held-out tickets ({report.settings.get('unusual_fraction', 0):.0%}) is unlike any "
+              "training ticket; the cascade should hand those to the teacher.", "", *kind_rows(report), ""]
     c = report.curation
     if c.get("splits"):
         lines.append(f"Curated from {c.get('input')} captured exchanges: {c['splits']} "
@@ -367,9 +410,11 @@ def to_markdown(report: DemoReport) -> str:
               f"{_usd(report.cost['protege_usd'], 6)} (store rows; /metrics says "
               f"{_usd(report.cost['metrics_teacher_only_usd'], 6)} and {_usd(report.cost['metrics_protege_usd'], 6)})"]
     if report.calibration:
-        c = report.calibration
+        c, served = report.calibration, report.parity["served"] or {}
         lines.append(f"- calibration (validation split): {c['method']}, threshold {c['threshold']}, expected student "
-                     f"share {c['student_share']:.2f} at parity {c['parity']:.3f} (target {c['target_parity']})")
+                     f"share {c['student_share']:.2f} at parity {c['parity']:.3f} (target {c['target_parity']}); "
+                     "measured on the held-out replay, which calibration never saw: student share "
+                     f"{report.held_out['student_share']:.2f} at parity {_num(served.get('mean'), 3)}")
     lines += ["", "## Time", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k.removesuffix('_s')} | {v} |" for k, v in report.timings_s.items()]
     if report.distill_evaluation:
@@ -402,13 +447,18 @@ def write_charts(report: DemoReport) -> list[str]:
     if report._curve:
         shares = [p["student_share"] for p in report._curve]
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.plot(shares, [p["parity"] for p in report._curve], marker=".", label="served parity (validation)")
+        ax.plot(shares, [p["parity"] for p in report._curve], marker=".",
+                label="served parity (validation: calibrated on)")
+        if report._held_out_curve:
+            ax.plot([p["student_share"] for p in report._held_out_curve],
+                    [p["parity"] for p in report._held_out_curve], marker=".", color="tab:purple",
+                    label="served parity (held-out replay: not calibrated on)")
         ax.set_xlabel("student share")
         ax.set_ylabel("parity with the teacher")
         ax.set_ylim(0, 1.05)
         cost_ax = ax.twinx()
         cost_ax.plot(shares, [ratio + 1 - s for s in shares], color="tab:orange", linestyle="--",
-                     label=f"cost × teacher-only (student = {ratio:.2f}× teacher)")
+                     label=f"cost × teacher-only (student = {ratio:.2f}× teacher, from the replay's rows)")
         cost_ax.set_ylabel("cost relative to teacher only")
         cost_ax.set_ylim(0, 1.2)
         if report.calibration:

@@ -52,16 +52,18 @@ from distiller.registry import Gate
 from distiller.sufficiency import Minimums
 from distiller.trainers.base import TrainingJob
 from distiller.trainers.local import LocalLoRATrainer, process_alive
+from gateway.compute_price import ComputePricing, read_throughput
+from gateway.config import ComputeConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, free_port
 from gateway.pricing import lookup_price
 from gateway.store import Exchange, Store, open_store
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-# what the offline teacher costs: gpt-4o-mini's list price, so the figures mean something
+# what the offline teacher costs: gpt-4o-mini's list price, standing in for the hosted teacher a real app pays
 DEFAULT_TEACHER_PRICE = Prices.per_million(
     0.15, 0.60, "assumed for the simulation: gpt-4o-mini's list price; the local teacher runs on this machine")
-STUDENT_PRICE_FACTOR = 0.1  # the student costs a tenth of the teacher unless told otherwise
+PRICE_REFRESH_S = 10  # how often the gateway re-reads the student server's measured throughput
 
 
 class DemoError(RuntimeError):
@@ -85,7 +87,8 @@ class DemoOptions:
     teacher: str | None = None  # litellm model string of a hosted teacher; None: the local model server
     teacher_api_base: str | None = None
     teacher_price: Prices | None = None  # None: the price map (hosted) or gpt-4o-mini's price (local)
-    student_price: Prices | None = None  # None: a tenth of the teacher's
+    student_price: Prices | None = None  # None: priced by compute (cpu_hour_usd over the measured throughput)
+    unusual_fraction: float = 0.25  # of the held-out tickets: unlike any training ticket (see the workload)
     base_model: str | None = None  # local model folder for the model server and the student; None: SmolLM2
     gate: float = 0.90
     target_parity: float = 0.95
@@ -201,19 +204,29 @@ class DemoRun:
     def teacher_model(self) -> str:
         return self.options.teacher or f"openai/{self.served_name}"
 
-    def prices(self) -> tuple[Prices, Prices]:
+    def teacher_price(self) -> Prices:
         teacher = self.options.teacher_price
         if teacher is None and not self.options.local_teacher:
             known = lookup_price(self.teacher_model())
             teacher = Prices(known.input_per_token, known.output_per_token, "list price (litellm's price map)") \
                 if known else None
-        teacher = teacher or DEFAULT_TEACHER_PRICE
-        student = self.options.student_price or teacher.scaled(
-            STUDENT_PRICE_FACTOR, f"assumed for the simulation: a tenth of the teacher's ({teacher.source})")
-        return teacher, student
+        return teacher or DEFAULT_TEACHER_PRICE
+
+    async def student_price(self) -> Prices:
+        """The given price, else the one the gateway bills: compute time over the model server's throughput."""
+        if self.options.student_price is not None:
+            return self.options.student_price
+        pricing = ComputePricing(self.model_api_base, ComputeConfig())
+        async with httpx.AsyncClient(timeout=10) as client:
+            measured = await read_throughput(client, pricing.server_root)
+        price, source = pricing.price(measured)
+        if price is None:
+            return Prices(0.0, 0.0, source)
+        return Prices(price.input_per_token, price.output_per_token,
+                      f"{source}, as at the end of the replay (the gateway re-reads it every {PRICE_REFRESH_S} s)")
 
     def gateway_config(self) -> dict[str, Any]:
-        teacher_price, student_price = self.prices()
+        teacher_price = self.teacher_price()
         teacher: dict[str, Any] = {"model": self.teacher_model(), "input_cost_per_token": teacher_price.input_per_token,
                                    "output_cost_per_token": teacher_price.output_per_token}
         settings: dict[str, Any] = {}
@@ -224,12 +237,14 @@ class DemoRun:
             settings["timeout_s"] = 600
         elif self.options.teacher_api_base:
             teacher["api_base"] = self.options.teacher_api_base
+        given = self.options.student_price
+        student_price = {} if given is None else {"input_cost_per_token": given.input_per_token,
+                                                  "output_cost_per_token": given.output_per_token}
         return {
             "host": HOST, "port": self.gateway_port, "store": self.store_url, "teachers": [teacher], **settings,
             "student_api_base": self.model_api_base, "log_level": "warning",
-            "cascade": {"refresh_s": 0.5, "shadow_rate": 0.0, "timeout_s": 60,
-                        "input_cost_per_token": student_price.input_per_token,
-                        "output_cost_per_token": student_price.output_per_token},
+            "cascade": {"refresh_s": 0.5, "shadow_rate": 0.0, "timeout_s": 60, **student_price},
+            "compute": {"price_refresh_s": PRICE_REFRESH_S},
         }
 
     # --- processes ---
@@ -398,9 +413,9 @@ async def _run_phases(run: DemoRun, progress: Progress) -> DemoReport:
             after_replay = await run.metrics()
         ids = {a.request_id for a in (*reference, *replayed) if a.request_id}
         rows = {**capture_rows, **await wait_for_rows(store, ids)}
+        teacher_price, student_price = run.teacher_price(), await run.student_price()
     finally:
         await store.close()
-    teacher_price, student_price = run.prices()
     return build_report(
         run_dir=run.run_dir, workload=workload, teacher=run.teacher_model(), outcome=outcome, promoted=promoted,
         captured=captured, reference=reference, replayed=replayed, rows=rows,
@@ -412,7 +427,8 @@ async def _run_phases(run: DemoRun, progress: Progress) -> DemoReport:
                   "max_steps": options.max_steps, "validation_fraction": options.validation_fraction,
                   "max_tokens": options.max_tokens, "concurrency": options.concurrency, "seed": options.seed,
                   "stop": options.stop_sequences(), "base_model": options.base_model or "SmolLM2-135M-Instruct",
-                  "gate": options.gate, "target_parity": options.target_parity})
+                  "gate": options.gate, "target_parity": options.target_parity,
+                  "unusual_fraction": options.unusual_fraction})
 
 
 async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOutcome:
@@ -440,7 +456,8 @@ async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOut
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoReport:
     """Run the demo end to end and write its report into a new folder under `options.runs_dir`."""
     console = console or Console(stderr=True)
-    workload = build_workload(options.requests, train_fraction=options.train_fraction, seed=options.seed)
+    workload = build_workload(options.requests, train_fraction=options.train_fraction, seed=options.seed,
+                              unusual_fraction=options.unusual_fraction)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = options.runs_dir / stamp
     for n in range(2, 100):
@@ -479,8 +496,8 @@ def cmd_demo(args: Any) -> int:
         teacher_api_base=args.teacher_api_base,
         teacher_price=Prices.per_million(*args.teacher_price) if args.teacher_price else None,
         student_price=Prices.per_million(*args.student_price) if args.student_price else None,
-        base_model=args.model, gate=args.gate, target_parity=args.target_parity, seed=args.seed,
-        threads=args.threads, charts=not args.no_charts)
+        unusual_fraction=args.unusual, base_model=args.model, gate=args.gate, target_parity=args.target_parity,
+        seed=args.seed, threads=args.threads, charts=not args.no_charts)
     # SIGTERM (and SIGINT, which a shell ignores in background jobs) unwind through run_demo's cleanup
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupted)

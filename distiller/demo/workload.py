@@ -6,6 +6,11 @@ cities × products × issue phrasings × order ids × greetings in a few languag
 fields are copied verbatim and the fourth is a keyword the message contains, which is what a small
 teacher such as SmolLM2-135M can do reliably. The tickets are split by index into a train part (sent
 through the gateway before distillation) and a held-out part (replayed after it).
+
+A share of the held-out part (`unusual_fraction`, a quarter by default) is traffic no training ticket looks
+like — a ticket written wholly in another language, a question with no order, several orders at once, a
+garbled or cut-off message — the requests a student should hand back to the teacher, so that the cascade's
+threshold has something to decide.
 """
 
 from __future__ import annotations
@@ -69,10 +74,26 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 
+# tickets unlike any in training, by kind (see `unusual_ticket`)
+UNUSUAL_KINDS: tuple[str, ...] = ("other-language", "no-order", "several-orders", "garbled")
+FOREIGN: tuple[str, ...] = (
+    "Hola, mi pedido {order_id} para {city} llegó roto y nadie me contesta.",
+    "Guten Tag, meine Bestellung {order_id} nach {city} ist beschädigt angekommen.",
+    "Bonjour, ma commande {order_id} pour {city} est arrivée en retard, encore.",
+    "Olá, a minha encomenda {order_id} para {city} nunca chegou.",
+)
+QUESTIONS: tuple[str, ...] = (
+    "Hi, do you ship a {product} to {city}? I have not ordered anything yet.",
+    "Hello, what does a {product} cost if I pick it up in {city}?",
+    "Hey there, can I pay for a {product} in instalments? I live in {city}.",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     message: str
     fields: dict[str, str]  # what a perfect extraction gives (for information; parity is vs the teacher)
+    kind: str = "regular"  # or one of UNUSUAL_KINDS: held-out traffic unlike the training tickets
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +125,40 @@ class Workload:
                 {"role": "user", "content": USER_FORMAT.format(ticket=ticket.message)}]
 
 
-def build_workload(requests: int = 240, *, train_fraction: float = 0.8, seed: int = 0) -> Workload:
-    """`requests` distinct tickets; the first `train_fraction` of them (by index) are the train part."""
+def unusual_ticket(kind: str, rng: random.Random, order_id: str) -> Ticket:
+    """One held-out ticket of an unusual kind. Its `fields` hold what can be read from it (for information)."""
+    city, product = rng.choice(CITIES), rng.choice(PRODUCTS)
+    if kind == "other-language":
+        message = rng.choice(FOREIGN).format(order_id=order_id, city=city)
+        return Ticket(message, {"order_id": order_id, "city": city}, kind)
+    if kind == "no-order":
+        return Ticket(rng.choice(QUESTIONS).format(product=product, city=city), {"city": city, "product": product},
+                      kind)
+    if kind == "several-orders":
+        other_city, other_product = rng.choice(CITIES), rng.choice(PRODUCTS)
+        other_id = str(rng.randrange(10_000, 100_000))
+        message = (f"{rng.choice(GREETINGS)} two problems: order {order_id}, the {product} to {city}, is late, and "
+                   f"order {other_id}, the {other_product} to {other_city}, arrived damaged.")
+        return Ticket(message[0].upper() + message[1:], {}, kind)
+    if kind == "garbled":
+        text = rng.choice(TEMPLATES).format(greeting=rng.choice(GREETINGS), phrase=rng.choice(PHRASINGS["late"]),
+                                            order_id=order_id, city=city, product=product)
+        cut = text[:rng.randrange(12, 24)]  # cut off mid-sentence, keys pressed at random
+        noise = "".join(rng.choice("qxzj#@%&*0123456789 ") for _ in range(rng.randrange(8, 16)))
+        return Ticket(f"{cut}{noise}", {}, kind)
+    raise ValueError(f"unknown ticket kind {kind!r}; expected one of {', '.join(UNUSUAL_KINDS)}")
+
+
+def build_workload(requests: int = 240, *, train_fraction: float = 0.8, seed: int = 0,
+                   unusual_fraction: float = 0.25) -> Workload:
+    """`requests` distinct tickets; the first `train_fraction` of them (by index) are the train part, and
+    `unusual_fraction` of the held-out part are unusual tickets (kinds in turn, at random places)."""
     if requests < 2:
         raise ValueError("requests must be at least 2 (one to train on, one held out)")
     if not 0 < train_fraction < 1:
         raise ValueError("train_fraction must be in (0, 1)")
+    if not 0 <= unusual_fraction < 1:
+        raise ValueError("unusual_fraction must be in [0, 1)")
     rng = random.Random(seed)
     tickets: list[Ticket] = []
     seen_messages: set[str] = set()
@@ -129,6 +178,12 @@ def build_workload(requests: int = 240, *, train_fraction: float = 0.8, seed: in
         seen_messages.add(message)
         tickets.append(Ticket(message, fields))
     train_count = min(requests - 1, max(1, round(requests * train_fraction)))
+    held_out = len(tickets) - train_count
+    unusual = round(held_out * unusual_fraction)
+    # a random generator of its own: the regular tickets stay the same whatever the unusual share
+    place = random.Random(f"{seed}-unusual")
+    for n, index in enumerate(sorted(place.sample(range(train_count, len(tickets)), unusual))):
+        tickets[index] = unusual_ticket(UNUSUAL_KINDS[n % len(UNUSUAL_KINDS)], place, tickets[index].fields["order_id"])
     return Workload(TASK, SYSTEM_PROMPT, tuple(tickets), train_count)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.capture import CaptureWriter, normalise_request, normalise_response
-from gateway.chat.types import ROUTE_SHADOW, ROUTE_STUDENT, ChatRequest, RouteInfo, StudentAttempt, Teacher
+from gateway.chat.types import ROUTE_SHADOW, ROUTE_STUDENT, ChatRequest, RouteInfo, StudentAttempt, Students, Teacher
 from gateway.metrics import Metrics
 from gateway.pricing import Price, counterfactual_prompt_tokens
 from gateway.ratelimit import RateLimiter
@@ -55,11 +55,11 @@ class StudentOutcome:
 
 class Accounting:
     def __init__(self, capture: CaptureWriter, metrics: Metrics, limiter: RateLimiter,
-                 student_price: Price | None) -> None:
+                 students: Students | None) -> None:
         self.capture = capture
         self.metrics = metrics
         self.limiter = limiter
-        self.student_price = student_price
+        self.students = students  # its price is read per request: a compute price follows measured throughput
 
     def teacher_served(self, o: TeacherOutcome) -> None:
         req, teacher = o.req, o.teacher
@@ -106,7 +106,7 @@ class Accounting:
         if attempt.completion is None:
             return None  # the student failed before answering: nothing to bill
         self._count_tokens(req, attempt.student.model, attempt.completion)
-        cost = priced(self.student_price, attempt.completion)
+        cost = priced(self.students.price if self.students else None, attempt.completion)
         if cost is None:
             self.metrics.unknown_price.labels(attempt.student.model).inc()
         return cost

@@ -56,7 +56,7 @@ class ChatService:
         self.metrics = metrics
         self.retry = retry
         self.students = students
-        self.accounting = Accounting(capture, metrics, self.limiter, students.price if students else None)
+        self.accounting = Accounting(capture, metrics, self.limiter, students)
         self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting)
 
     async def drain(self) -> None:

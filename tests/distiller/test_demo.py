@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import io
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rich.console import Console
 
 from distiller.demo.report import Prices
 from distiller.demo.run import DemoOptions, run_demo
-from distiller.demo.workload import SYSTEM_PROMPT, TASK, build_workload, expected_fields
+from distiller.demo.workload import SYSTEM_PROMPT, TASK, UNUSUAL_KINDS, build_workload, expected_fields, unusual_ticket
 from distiller.sufficiency import Minimums
 from gateway.store import Exchange, open_store
 from tests.servers import Server
@@ -34,16 +35,28 @@ def test_workload_is_deterministic_varied_and_mostly_copying() -> None:
     assert build_workload(300, seed=1).tickets != workload.tickets
     assert (len(workload.train), len(workload.held_out)) == (240, 60)
     assert len({t.message for t in workload.tickets}) == 300
-    assert len({t.fields["order_id"] for t in workload.tickets}) == 300
+    regular_tickets = [t for t in workload.tickets if t.kind == "regular"]
+    assert len({t.fields["order_id"] for t in regular_tickets}) == len(regular_tickets) == 285
     assert len(build_workload().held_out) == 48  # the default size: 240 tickets
     assert 250 <= len(SYSTEM_PROMPT) / 4 <= 400  # about 250-400 tokens
-    for ticket in workload.tickets:
+    # a quarter of the held-out part is unlike anything in training, every unusual kind in turn
+    assert {t.kind for t in workload.train} == {"regular"}
+    unusual = Counter(t.kind for t in workload.held_out if t.kind != "regular")
+    assert sum(unusual.values()) == 15 and set(unusual) == set(UNUSUAL_KINDS)  # 15 of 60, kinds in turn
+    assert min(unusual.values()) == 3
+    regular = build_workload(300, seed=0, unusual_fraction=0)
+    assert [t for t in regular.held_out if t in workload.held_out] == [t for t in workload.held_out
+                                                                       if t.kind == "regular"]
+    with pytest.raises(ValueError, match="unknown ticket kind"):
+        unusual_ticket("poetry", random.Random(0), "12345")
+    for ticket in (t for t in workload.tickets if t.kind == "regular"):
         assert expected_fields(ticket.message) == ticket.fields
         content = workload.messages(ticket)[1]["content"]
         assert expected_fields(content) == ticket.fields
         assert all(value.casefold() in content.casefold() for value in ticket.fields.values())
-    assert len(Counter(t.fields["city"] for t in workload.held_out)) >= 8  # a majority answer stays weak
-    assert len(Counter(t.fields["product"] for t in workload.held_out)) >= 8
+    held_regular = [t for t in workload.held_out if t.kind == "regular"]
+    assert len(Counter(t.fields["city"] for t in held_regular)) >= 8  # a majority answer stays weak
+    assert len(Counter(t.fields["product"] for t in held_regular)) >= 8
 
 
 async def _rows(store_url: str) -> list[Exchange]:
@@ -69,10 +82,17 @@ def test_demo_runs_the_whole_loop_and_reports_what_the_store_says(katan: Server,
     assert (run_dir / "report.md").read_text().startswith("# Protégé demo")
     saved = json.loads((run_dir / "report.json").read_text())
     assert saved["sizes"] == {"requests": 24, "train": 19, "held_out": 5, "captured_ok": 19}
-    # every price says where it comes from: the teacher's was given, the student's assumed
+    # every price says where it comes from: the teacher's was given, the student's is compute time over the
+    # throughput its server measured
     assert saved["prices"]["teacher"]["source"] == "given"
-    assert saved["prices"]["student"]["source"].startswith("assumed for the simulation: a tenth of the teacher's")
-    assert "(assumed for the simulation" in (run_dir / "report.md").read_text()
+    student_source = saved["prices"]["student"]["source"]
+    assert student_source.startswith("compute: cpu_hour_usd 0.1 (assumed (default)) over ")
+    assert "tokens/s (measured by the model server)" in student_source
+    assert "(compute: cpu_hour_usd 0.1" in (run_dir / "report.md").read_text()
+    # one of the five held-out tickets is unusual, and the report breaks the replay down by kind
+    kinds = saved["held_out"]["by_kind"]
+    assert sum(k["n"] for k in kinds.values()) == 5 and set(kinds) == {"regular", UNUSUAL_KINDS[0]}
+    assert kinds[UNUSUAL_KINDS[0]]["n"] == 1
     assert saved["distill_evaluation"]["student"]["score"]["n"] > 0
     names = [b["name"] for b in saved["distill_evaluation"]["baselines"]]
     assert names[0].startswith("base model") and names[-1] == "majority answer"

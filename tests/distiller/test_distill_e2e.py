@@ -94,7 +94,14 @@ def test_capture_then_distill_registers_an_evaluated_student(
     assert SYSTEM not in train and "Ticket" in train
     assert (run_dir / "dataset" / "system_prompt.txt").read_text() == SYSTEM
     markdown = (run_dir / "report.md").read_text()
-    assert "*assuming* a student request costs 0.05 of a teacher's (not measured)" in markdown
+    # the curve's cost column: the student's own tokens at its compute price (its server's measured throughput)
+    # over what the teacher's answers to the same requests cost
+    calibration = report["calibration"]
+    assert calibration["student_cost_source"].startswith(
+        "measured: the student's validation tokens at compute: cpu_hour_usd 0.1 (assumed (default)) over ")
+    assert "tokens/s (measured by the model server)" in calibration["student_cost_source"]
+    assert 0 < calibration["student_cost"] < 1
+    assert f"a student request costing {calibration['student_cost']:.4g} of a teacher's (measured" in markdown
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
     second = distill(store, tiny_model, tmp_path / "runs")

@@ -430,6 +430,22 @@ def test_a_fallback_pays_for_the_teacher_and_the_student_attempt(
     assert gateway.metric("protege_tokens_total", model="tiny", kind="input") > 0  # the attempt's tokens count
 
 
+def test_a_student_without_a_token_price_is_priced_by_compute_over_its_measured_throughput(
+        cascade: Callable[..., tuple[InProcessGateway, Path]], student_server: Server) -> None:
+    # one answer first, so that the server has measured something when the gateway reads it at start
+    httpx.post(f"{student_server.url}/v1/chat/completions", timeout=60, json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    gateway, _ = cascade(percent=100)
+    measured = httpx.get(f"{student_server.url}/throughput").json()
+    assert measured["device"] == "cpu" and measured["tokens_per_s"] > 0
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    [row] = gateway.rows()
+    assert row.prompt_tokens is not None and row.completion_tokens is not None
+    per_token = 0.10 / 3600 / measured["tokens_per_s"]  # compute.cpu_hour_usd's default over the measured rate
+    assert row.cost_usd == pytest.approx((row.prompt_tokens + row.completion_tokens) * per_token)
+    assert gateway.metric("protege_unknown_price_requests_total") == 0
+
+
 def test_a_student_answer_records_what_the_teacher_would_have_cost(
         cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
     gateway, _ = cascade(percent=100, distilled=True, student_prices=STUDENT_PRICE)

@@ -34,8 +34,8 @@ def test_cached_prompt_tokens_cost_less_when_priced() -> None:
     assert Price(1e-6, 4e-6).cost(1000, 100, cached_tokens=800) == pytest.approx(1000e-6 + 400e-6)
 
 
-def test_gpu_hour_price_at_measured_throughput() -> None:
-    price = Price.per_gpu_hour(usd_per_hour=2.0, tokens_per_s=1000)  # $2/h at 1000 tok/s
+def test_compute_hour_price_at_measured_throughput() -> None:
+    price = Price.per_compute_hour(usd_per_hour=2.0, tokens_per_s=1000)  # $2/h at 1000 tok/s
     assert price.input_per_token == price.output_per_token == pytest.approx(2.0 / 3.6e6)
     assert price.cost(3_600_000, 0) == pytest.approx(2.0)  # an hour of tokens costs the hour
 
@@ -46,12 +46,15 @@ def test_counterfactual_prompt_puts_the_distilled_system_prompt_back() -> None:
     assert counterfactual_prompt_tokens(50, full_chars=100, sent_chars=0) == 50
 
 
-def test_a_self_hosted_student_priced_per_gpu_hour_from_config(tmp_path: object) -> None:
-    from gateway.app import build_students
+def test_a_self_hosted_student_is_priced_by_compute_unless_a_token_price_is_configured() -> None:
+    from gateway.app import student_pricing
     from gateway.config import load_settings
-    from gateway.store import open_store
 
     settings = load_settings(None, overrides={"student_api_base": "http://127.0.0.1:9/v1",
-                                              "cascade": {"gpu_hour_cost_usd": 1.8, "gpu_tokens_per_s": 500}})
-    students = build_students(settings, open_store(f"sqlite:///{tmp_path}/s.db"))
-    assert students is not None and students.price == Price.per_gpu_hour(1.8, 500)
+                                              "cascade": {"hardware": "gpu", "tokens_per_s": 500},
+                                              "compute": {"gpu_hour_usd": 1.8}})
+    pricing = student_pricing(settings)
+    assert pricing is not None and pricing.price(None)[0] == Price.per_compute_hour(1.8, 500)
+    priced = load_settings(None, overrides={"student_api_base": "http://127.0.0.1:9/v1",
+                                            "cascade": {"input_cost_per_token": 1e-8, "output_cost_per_token": 2e-8}})
+    assert student_pricing(priced) is None

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import torch
 
 from tests.model_server.conftest import TINY_NAME
@@ -196,3 +197,17 @@ def test_n_choices_streamed(tiny_server: Server) -> None:
     assert texts == [c.message.content for c in plain.choices]
     assert texts[0] == texts[1]  # greedy
     assert finishes == ["length", "length"]
+
+
+def test_throughput_counts_the_tokens_it_served_over_its_busy_time(tiny_server: Server) -> None:
+    before = httpx.get(f"{tiny_server.url}/throughput").json()
+    response = client(tiny_server).chat.completions.create(model=TINY_NAME, messages=user("Count to five."),
+                                                           max_tokens=12, temperature=0)
+    after = httpx.get(f"{tiny_server.url}/throughput").json()
+    assert response.usage is not None
+    assert after["device"] == "cpu"
+    assert after["prompt_tokens"] - before["prompt_tokens"] == response.usage.prompt_tokens
+    assert after["generated_tokens"] - before["generated_tokens"] == response.usage.completion_tokens
+    assert after["busy_s"] > before["busy_s"]
+    served = after["prompt_tokens"] + after["generated_tokens"]
+    assert after["tokens_per_s"] == pytest.approx(served / after["busy_s"], rel=0.01)
