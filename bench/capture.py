@@ -11,7 +11,7 @@ For SQLite (a file in a temporary folder) and PostgreSQL (a fresh schema, droppe
   the submit cost per request (µs, the only part on a request's path), drops, the deepest queue and the
   lag from the last submit to an empty queue; then one full queue at once: how fast the writer drains it.
 
-Results: a table, and bench/results/capture.json. End-to-end latency with capture on and off through a
+Results: a table, and bench/results/capture-<date>-<commit>.json. End-to-end latency with capture on and off through a
 real gateway is `bench.overhead`'s business (targets `protege` and `protege-nocapture`).
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import secrets
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.table import Table
 
+from bench.results import write_result
 from gateway.capture import CaptureWriter
 from gateway.config import CaptureConfig
 from gateway.metrics import Metrics
@@ -53,7 +53,7 @@ def exchange(i: int, run: str) -> Exchange:
             {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
                   "usage": {"prompt_tokens": 380, "completion_tokens": 30}},
         user=f"u{i % 50}", prompt_tokens=380, completion_tokens=30, latency_ms=12.5, cost_usd=7.5e-5,
-        finish_reason="stop", system_hash="abc123", extra={})
+        finish_reason="stop", system_hash="abc123")
 
 
 async def store_throughput(store: Store, total: int, batch: int) -> float:
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['paced_dropped']:.0f}", f"{r['max_queue_depth']}", f"{r['lag_s']:.2f}",
                       f"{r['drain_per_s']:,.0f}", f"{r['submit_p50_us']:.1f}", f"{r['submit_p99_us']:.1f}")
     console.print(table)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    out = REPO / "bench" / "results" / "capture.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.node(), "commit": commit.stdout.strip(),
-                               "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}, indent=2))
+    out = write_result("capture", {"exchanges": args.exchanges, "rate": args.rate, "stores": results})
     console.print(f"written {out}")
     return 0
 

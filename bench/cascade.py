@@ -163,7 +163,8 @@ def summarise(run: DemoRun, student: dict[str, Any], reference: Sequence[Answer]
             content, student_cost, valid = a.content, _cost(r), True
         else:  # fallback: the validators (or an error) rejected the student's answer; the row keeps it
             content = student_message(r)
-            student_cost = float(((r.extra if r else {}).get("student") or {}).get("cost_usd") or 0.0)
+            note = r.extra.student if r is not None else None
+            student_cost = float(note.cost_usd or 0.0) if note is not None else 0.0
             valid = False
         samples.append(Sample(a.index, _cost(row(ref)), student_cost, a.confidence, valid,
                               agree(content, ref.content) if content is not None else 0.0))

@@ -13,14 +13,13 @@ The three are interleaved, round by round (raw, 1 client, 8 clients, raw, ...), 
 other processes on a shared machine hits all of them alike. Every request generates exactly
 `--max-tokens` tokens (`min_new_tokens` for raw, vLLM's `ignore_eos` for the server). The server's
 peak RSS is read from /proc/<pid>/status (VmHWM). Results are printed as a table and written to
-bench/results/model_server.json.
+bench/results/model_server-<date>-<commit>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -37,8 +36,9 @@ import openai
 from rich.console import Console
 from rich.table import Table
 
+from bench.results import write_result
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "model_server.json"
 SERVED = "smollm2-135m-instruct"
 PROMPTS = [
     "Write a long story about a dragon who learns to cook.",
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of (raw, 1 client, 8 clients) (default 4)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads, raw and server alike (default: all cores)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results file (default: "
+                        "bench/results/model_server-<date>-<commit>.json)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -208,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_1_client_vs_raw": ratio_1, "ratio_8_vs_1_client": ratio_8, "server_memory": memory,
         "engine": stats, "targets_met": {"1_client_ge_0.9x_raw": ratio_1 >= 0.9, "8_clients_ge_3x": ratio_8 >= 3.0},
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.output}")
+    console.print(f"wrote {write_result('model_server', result, args.output)}")
     return 0
 
 

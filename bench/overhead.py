@@ -5,8 +5,14 @@ For every target (``direct`` = load straight at the upstream, ``protege``, ``pro
 (``bench.loadgen``, in its own process) and records latency percentiles; *added* latency is the
 target's percentile minus the direct percentile at the same rate and mode.  A rate is *sustainable*
 when errors < 0.1 % and added p99 < 50 ms; optionally a search (doubling, then bisection) refines the
-highest sustainable rate beyond the grid.  Results: a rich table, ``bench/results/overhead.json`` and a
-markdown table for bench/RESULTS.md.  See bench/README.md.
+highest sustainable rate beyond the grid.  Results: a rich table, ``bench/results/overhead-<date>-<commit>.json``
+(committed beside bench/RESULTS.md, which quotes it) and a markdown table.  See bench/README.md.
+
+Fair by construction: both gateways check a bearer key on every request (Protégé a gateway key, LiteLLM its
+master key) and neither writes an access log (Protégé never does; LiteLLM's uvicorn access logger is switched
+off by a logging config). A comparison with a peer that fails requests is not scored: the check reports the
+peer's error rate instead. Differences between Protégé with capture on and off inside the noise band — how far
+two runs of the same direct load differ — are "no difference".
 
 Run: ``python -m bench.overhead [--rates 50,100,200,400] [--duration 10] [--delay-ms 50] [--quick]``.
 """
@@ -39,6 +45,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.results import run_record
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 TARGETS = ("direct", "protege", "protege-nocapture", "litellm")
@@ -63,10 +71,27 @@ litellm_settings:
   request_timeout: 30
   telemetry: false
 general_settings:
-  master_key: os.environ/LITELLM_MASTER_KEY   # random per run; the proxy refuses to start without one
+  master_key: os.environ/LITELLM_MASTER_KEY   # random per run, checked per request as Protégé checks its key
   disable_spend_logs: true
   disable_error_logs: true
 """
+# uvicorn's loggers for the LiteLLM proxy (`--log_config`): warnings only, no access log (Protégé writes none)
+LITELLM_LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "uvicorn": {"handlers": ["stderr"], "level": "WARNING"},
+        "uvicorn.error": {"level": "WARNING"},
+        "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+    },
+}
+FAIRNESS = {
+    "keys": "both gateways check a bearer key on every request (Protégé: PROTEGE_GATEWAY_KEYS; LiteLLM: master_key)",
+    "access_log": "off on both (Protégé never writes one; LiteLLM: uvicorn.access disabled by --log_config)",
+    "workers": "one process each",
+}
+NOISE_FLOOR_MS = 0.05  # the band is never narrower than this
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -325,7 +350,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     p.add_argument(
         "--litellm-bin", default=default_litellm_bin(), help="litellm CLI of a litellm[proxy] install"
     )
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "overhead.json", help="JSON result file")
+    p.add_argument("--out", type=Path, default=None, help="JSON result file (default: "
+                   "bench/results/overhead-<date>-<commit>.json, to be committed with the figures it backs)")
     p.add_argument("--ready-timeout", type=float, default=90.0, help="seconds a server may take to start")
     p.add_argument(
         "--quick", action="store_true", help="smoke run: rates 50,100,200, 3 s runs, 1 s warm-up, no search"
@@ -351,7 +377,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         protege_cmd=a.protege_cmd.split() if a.protege_cmd else default_protege_cmd(),
         protege_args=a.protege_arg,
         litellm_bin=a.litellm_bin,
-        out=a.out,
+        out=a.out or RESULTS_DIR / f"overhead-{dt.date.today().isoformat()}-{git_head() or 'nocommit'}.json",
         ready_timeout=a.ready_timeout,
         quick=a.quick,
         retries=a.retries,
@@ -500,10 +526,14 @@ class Bench:
             f"{self.upstream.url}/v1",
             "--teacher-api-key",
             "sk-bench",
+            "--log-level",
+            "warning",
             *([] if capture else ["--no-capture"]),
             *self.s.protege_args,
         ]
-        return argv, {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, "/healthz", "sk-anything"
+        key = f"sk-bench-{secrets.token_hex(16)}"  # a gateway key, checked per request as LiteLLM checks its own
+        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PROTEGE_GATEWAY_KEYS": key}
+        return argv, env, "/healthz", key
 
     def _litellm(self, port: int) -> tuple[list[str], dict[str, str], str, str]:
         if not self.s.litellm_bin:
@@ -514,7 +544,10 @@ class Bench:
         config.write_text(LITELLM_CONFIG.format(model=MODEL, api_base=f"{self.upstream.url}/v1"))
         key = f"sk-bench-{secrets.token_hex(16)}"
         env = {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-        argv = [self.s.litellm_bin, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        log_config = self.workdir / "litellm-logging.json"
+        log_config.write_text(json.dumps(LITELLM_LOG_CONFIG))
+        argv = [self.s.litellm_bin, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                "--log_config", str(log_config)]
         return [*argv, "--num_workers", "1"], env, "/health/liveliness", key
 
     # measuring
@@ -526,6 +559,11 @@ class Bench:
             self.runs.append(Run("direct", mode, rate, "grid" if rate in self.s.rates else "search", result))
             self._show("direct", mode, rate, result, None)
         return self.baselines[key]
+
+    def repeat_baseline(self, mode: str, rate: float, duration: float) -> None:
+        result = self.load("direct", self.upstream, mode, rate, duration)
+        self.runs.append(Run("direct", mode, rate, "repeat", result))
+        self._show("direct", mode, rate, result, None)
 
     def measure(self, target: str, endpoint: Endpoint, mode: str, rate: float, phase: str) -> Run:
         duration = self.s.duration if phase == "grid" else self.s.search_duration
@@ -717,6 +755,7 @@ class Check:
     measured: str
     litellm: str
     passed: bool | None
+    verdict: str | None = None  # instead of PASS / FAIL / n/a: "no difference", "not scored: …"
 
 
 def ran(runs: Sequence[Run], target: str, mode: str) -> bool:
@@ -743,14 +782,33 @@ def _cmp(value: float | None, limit: float | None) -> bool | None:
 
 def _ratio_check(runs: Sequence[Run], mode: str, rate: float, p: str) -> Check:
     mine, theirs = _added(runs, "protege", mode, rate, p), _added(runs, "litellm", mode, rate, p)
+    goal = f"added {p} at {rate:g} req/s ≤ 0.5× LiteLLM's"
+    peer = find(runs, "litellm", mode, rate)
+    if peer is not None and peer.result["error_rate"] > MAX_ERROR_RATE:
+        # a peer that fails requests answers fast or not at all: its latency is no yardstick
+        failing = f"failing {100 * peer.result['error_rate']:.1f} % of requests"
+        return Check(goal, mode, _num(mine), failing, None, f"not scored: LiteLLM {failing}")
     limit = None if theirs is None else 0.5 * theirs
-    return Check(
-        f"added {p} at {rate:g} req/s ≤ 0.5× LiteLLM's",
-        mode,
-        _num(mine),
-        f"{_num(theirs)} (limit {_num(limit)})",
-        _cmp(mine, limit),
-    )
+    return Check(goal, mode, _num(mine), f"{_num(theirs)} (limit {_num(limit)})", _cmp(mine, limit))
+
+
+def noise_band(runs: Sequence[Run], mode: str, rate: float, p: str) -> float | None:
+    """How far two runs of the same direct load differ at percentile `p` (the grid's and the repeat's)."""
+    pair = [r for r in runs if r.target == "direct" and r.mode == mode and r.rate == rate]
+    values = [pct(r.result, "latency_ms", p) for r in pair]
+    known = [v for v in values if v is not None]
+    return max(NOISE_FLOOR_MS, max(known) - min(known)) if len(known) >= 2 else None
+
+
+def _capture_check(runs: Sequence[Run], mode: str, rate: float) -> Check:
+    on, off = _latency(runs, "protege", mode, rate, "p50"), _latency(runs, "protege-nocapture", mode, rate, "p50")
+    cost = None if on is None or off is None else on - off
+    band = noise_band(runs, mode, rate, "p50")
+    goal = f"capture cost (p50 on − off) at {rate:g} req/s ≤ 0.5 ms"
+    measured = _num(cost) + ("" if band is None else f" (noise band ±{band:.2f} ms)")
+    if cost is not None and band is not None and abs(cost) <= band:
+        return Check(goal, mode, measured, "—", True, "no difference (inside the noise band)")
+    return Check(goal, mode, measured, "—", _cmp(cost, 0.5))
 
 
 def target_checks(runs: Sequence[Run], modes: Sequence[str], searched: bool = True) -> list[Check]:
@@ -761,14 +819,7 @@ def target_checks(runs: Sequence[Run], modes: Sequence[str], searched: bool = Tr
         ll50, ll99 = _added(runs, "litellm", mode, 100, "p50"), _added(runs, "litellm", mode, 100, "p99")
         checks.append(Check("added p50 at 100 req/s ≤ 2 ms", mode, _num(p50), _num(ll50), _cmp(p50, 2.0)))
         checks.append(Check("added p99 at 100 req/s ≤ 10 ms", mode, _num(p99), _num(ll99), _cmp(p99, 10.0)))
-        on, off = (
-            _latency(runs, "protege", mode, 100, "p50"),
-            _latency(runs, "protege-nocapture", mode, 100, "p50"),
-        )
-        cost = None if on is None or off is None else on - off
-        checks.append(
-            Check("capture cost (p50 on − off) at 100 req/s ≤ 0.5 ms", mode, _num(cost), "—", _cmp(cost, 0.5))
-        )
+        checks.append(_capture_check(runs, mode, 100))
         checks += [_ratio_check(runs, mode, rate, p) for rate in COMPARE_RATES for p in ("p50", "p99")]
         mine, theirs = max_sustainable(runs, "protege", mode), max_sustainable(runs, "litellm", mode)
         has_ll = ran(runs, "litellm", mode) and ran(runs, "protege", mode)
@@ -798,8 +849,8 @@ def target_checks(runs: Sequence[Run], modes: Sequence[str], searched: bool = Tr
     return checks
 
 
-def _verdict(passed: bool | None) -> str:
-    return {True: "PASS", False: "FAIL", None: "n/a"}[passed]
+def _verdict(check: Check) -> str:
+    return check.verdict or {True: "PASS", False: "FAIL", None: "n/a"}[check.passed]
 
 
 def runs_table(runs: Sequence[Run], mode: str) -> tuple[list[str], list[list[str]]]:
@@ -812,7 +863,7 @@ def runs_table(runs: Sequence[Run], mode: str) -> tuple[list[str], list[list[str
     for r in ordered:
         res, lat = r.result, r.result.get("latency_ms") or {}
         row = [
-            r.target + ("" if r.phase == "grid" else " (search)"),
+            r.target + ("" if r.phase == "grid" else f" ({r.phase})"),
             f"{r.rate:g}",
             f"{res['ok']}/{res['sent']}",
             f"{100 * res['error_rate']:.2f}",
@@ -855,7 +906,7 @@ def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]])
 
 def check_rows(checks: Sequence[Check]) -> tuple[list[str], list[list[str]]]:
     header = ["target (Protégé)", "mode", "Protégé", "LiteLLM", "verdict"]
-    return header, [[c.goal, c.mode, c.measured, c.litellm, _verdict(c.passed)] for c in checks]
+    return header, [[c.goal, c.mode, c.measured, c.litellm, _verdict(c)] for c in checks]
 
 
 def report(console: Console, s: Settings, runs: Sequence[Run], meta: dict[str, Any]) -> str:
@@ -989,6 +1040,9 @@ def execute(s: Settings, console: Console, log_dir: Path) -> dict[str, Any]:
         for mode in s.modes:  # every baseline first, while no gateway runs
             for rate in s.rates:
                 bench.baseline(mode, rate, s.duration)
+            for rate in COMPARE_RATES:  # the same load again: how far two identical runs differ
+                if rate in s.rates:
+                    bench.repeat_baseline(mode, rate, s.duration)
         for target in s.targets:
             if target != "direct":
                 bench.gateway(target)
@@ -1000,6 +1054,9 @@ def execute(s: Settings, console: Console, log_dir: Path) -> dict[str, Any]:
     meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     meta["commands"] = bench.commands
     meta["litellm_config"] = LITELLM_CONFIG
+    meta["litellm_log_config"] = LITELLM_LOG_CONFIG
+    meta["fairness"] = FAIRNESS
+    meta["run"] = run_record()
     md = report(console, s, bench.runs, meta)
     summary = {t: {m: max_sustainable(bench.runs, t, m) for m in s.modes} for t in GATEWAYS}
     checks = [c.__dict__ for c in target_checks(bench.runs, s.modes, s.search)]

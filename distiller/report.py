@@ -57,6 +57,12 @@ def _notes(report: Report) -> list[str]:
             lines.append(f"{t.task}: student since {_day(t.student_since)}: {t.student_requests:,} requests over "
                          f"{_num(t.student_days, 2)} days, saving {_usd(t.savings_per_request)} per request and "
                          f"{_usd(t.savings_per_day)} per day")
+        lines.append(f"{t.task}: cost per request {_usd(t.teacher_only_per_request)} teacher only → "
+                     f"{_usd(t.actual_per_request)} actual; at the observed volume "
+                     f"{_usd(t.monthly_savings)} saved a month, first-year net {_usd(t.first_year_net)}")
+        if t.rows:
+            lines.append(f"{t.task}: prices — " + "; ".join(f"{n:,} rows at {source}"
+                                                           for source, n in t.price_sources.items()))
     return lines
 
 

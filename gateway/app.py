@@ -3,6 +3,7 @@ and live on `app.state.protege`; there are no module-level globals. Tests may pa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,11 +69,16 @@ def build_teachers(settings: Settings) -> TeacherSet:
     redact = redactor(secrets_of(settings))
     return TeacherSet([
         Teacher(config=t, provider=build_provider(t, settings, redact),
-                price=resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token,
-                                    t.cached_input_cost_per_token),
+                price=priced_as_noted(resolve_price(t.model, t.input_cost_per_token, t.output_cost_per_token,
+                                                    t.cached_input_cost_per_token), t.price_note),
                 breaker=build_breaker(f"teacher:{t.served_name}", settings))
         for t in settings.teachers
     ])
+
+
+def priced_as_noted(price: Price | None, note: str | None) -> Price | None:
+    """A teacher's price whose config says more about it (the embedded teacher's is simulated)."""
+    return price if price is None or note is None else dataclasses.replace(price, source=f"{price.source}: {note}")
 
 
 def build_students(settings: Settings, store: Store) -> Students | None:

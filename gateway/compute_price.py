@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -67,9 +68,9 @@ class ComputePricing:
         name = f"{hardware}_hour_usd"
         hour_usd: float = getattr(self.compute, name)
         speed = ("configured" if self.tokens_per_s else "measured by the model server")
-        return (Price.per_compute_hour(hour_usd, tokens_per_s),
-                f"compute: {name} {hour_usd:g} ({self.compute.source(name)}) over {tokens_per_s:g} tokens/s "
-                f"({speed})")
+        source = (f"compute: {name} {hour_usd:g} ({self.compute.source(name)}) over {tokens_per_s:g} tokens/s "
+                  f"({speed})")
+        return dataclasses.replace(Price.per_compute_hour(hour_usd, tokens_per_s), source=source), source
 
 
 def _hardware(device: str) -> Hardware | None:

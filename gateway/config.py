@@ -34,6 +34,8 @@ class TeacherConfig(_Strict):
         default="auto", description="auto: direct httpx for OpenAI-compatible upstreams, litellm otherwise")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD; overrides the price map")
+    price_note: str | None = Field(default=None, description="shown beside this teacher's costs in the console, "
+                                   "e.g. that its price is simulated")
     cached_input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per prompt token "
                                                       "read from the provider's cache (with the two above)")
 
@@ -159,9 +161,11 @@ class EmbeddedConfig(_Strict):
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     threads: int | None = Field(default=None, ge=1)
     startup_timeout_s: float = Field(default=180, gt=0)
-    # priced like a small hosted model so cost figures mean something offline
-    input_cost_per_token: float = Field(default=0.15e-6, ge=0)
-    output_cost_per_token: float = Field(default=0.60e-6, ge=0)
+    # billed at gpt-4o-mini's list price for simulation: offline cost figures stand in for a hosted teacher's
+    input_cost_per_token: float = Field(default=0.15e-6, ge=0, description="USD per input token, for simulation "
+                                        "(default: gpt-4o-mini's list price; the model runs on this machine)")
+    output_cost_per_token: float = Field(default=0.60e-6, ge=0, description="USD per output token, for "
+                                         "simulation (default: gpt-4o-mini's list price)")
 
 
 class Settings(_Strict):

@@ -107,7 +107,10 @@ class EmbeddedModelServer:
             self.process.wait()
 
     def teacher(self) -> TeacherConfig:
+        per_million = f"{self.config.input_cost_per_token * 1e6:g} / {self.config.output_cost_per_token * 1e6:g}"
         return TeacherConfig(model=f"openai/{EMBEDDED_MODEL_NAME}", api_base=self.api_base,
                              api_key=SecretStr(self.api_key),
                              input_cost_per_token=self.config.input_cost_per_token,
-                             output_cost_per_token=self.config.output_cost_per_token)
+                             output_cost_per_token=self.config.output_cost_per_token,
+                             price_note=f"{EMBEDDED_MODEL_NAME} runs on this machine: its price ({per_million} USD "
+                             "per million input / output tokens) is for simulation, not a bill")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ class Price:
     input_per_token: float
     output_per_token: float
     cached_input_per_token: float | None = None  # prompt tokens served from the provider's cache
+    # where the price comes from ("configured", "list price …", "compute: …"), recorded on each priced row
+    source: str = field(default="configured", compare=False)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         cached = min(cached_tokens, prompt_tokens) if self.cached_input_per_token is not None else 0
@@ -27,7 +29,7 @@ class Price:
         """A self-hosted model's price: its machine's (or GPU's) hourly cost spread over the tokens it serves
         per second (input and output alike)."""
         per_token = usd_per_hour / 3600.0 / tokens_per_s
-        return cls(per_token, per_token)
+        return cls(per_token, per_token, source="compute")
 
 
 def counterfactual_prompt_tokens(sent_prompt_tokens: int, full_chars: int, sent_chars: int) -> int:
@@ -66,12 +68,13 @@ def lookup_price(model: str) -> Price | None:
         if isinstance(entry, dict) and "input_cost_per_token" in entry and "output_cost_per_token" in entry:
             cached = entry.get("cache_read_input_token_cost")
             return Price(float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"]),
-                         float(cached) if isinstance(cached, int | float) else None)
+                         float(cached) if isinstance(cached, int | float) else None,
+                         source=f"list price ({key} in litellm's bundled price map)")
     return None
 
 
 def resolve_price(model: str, input_per_token: float | None, output_per_token: float | None,
                   cached_input_per_token: float | None = None) -> Price | None:
     if input_per_token is not None and output_per_token is not None:
-        return Price(input_per_token, output_per_token, cached_input_per_token)
+        return Price(input_per_token, output_per_token, cached_input_per_token, source="configured")
     return lookup_price(model)

@@ -17,7 +17,10 @@ How each figure is made:
   compute price, or a hosted job's billed tokens; `details.cost_sources` says which), 0 with a note where a
   version recorded none (registered by hand, or by a distiller before costs were recorded).
 - break-even: upfront / savings per request and per day, both measured from the first request routed
-  to a student (before it, savings are 0 by construction and would dilute the rate).
+  to a student (before it, savings are 0 by construction and would dilute the rate); a month's saving
+  (30 days) and the first year's net (365 days of saving minus upfront) at that observed daily rate.
+- sources: each priced row records where its price came from (`extra.price_source`: configured, a list
+  price, compute over measured throughput, or simulated); the report counts the rows of each.
 """
 
 
@@ -51,8 +54,11 @@ METHOD_NOTES = (
     "cost per request; shadow calls 0",
     "upfront: each version's training and evaluation cost from its lineage (details.upfront_cost_usd, with its "
     "sources); teacher data was already paid as served traffic",
-    "break-even: upfront / savings per request and per day, measured from the first request routed to a student",
+    "break-even: upfront / savings per request and per day, measured from the first request routed to a student; "
+    "monthly saving = 30 days and first-year net = 365 days of saving − upfront, at the observed daily rate",
 )
+MONTH_DAYS = 30
+YEAR_DAYS = 365
 
 
 def parse_duration(text: str) -> float:
@@ -72,6 +78,7 @@ class Row:
     cost_usd: float  # 0 when unpriced
     counterfactual_usd: float | None  # None: unknown (unpriced teacher, or no teacher row to estimate from)
     estimated: bool = False  # counterfactual from the task's mean teacher cost
+    price_source: str | None = None  # where the row's price came from (None: unpriced, or recorded before)
 
 
 @dataclass(slots=True)
@@ -121,6 +128,31 @@ class TaskReport:
     def breakeven_days(self) -> float | None:
         return _breakeven(self.upfront_usd, self.savings_per_day)
 
+    @property
+    def teacher_only_per_request(self) -> float | None:
+        return self.counterfactual_usd / self.requests if self.requests else None
+
+    @property
+    def actual_per_request(self) -> float | None:
+        return self.actual_usd / self.requests if self.requests else None
+
+    @property
+    def monthly_savings(self) -> float | None:
+        return None if self.savings_per_day is None else self.savings_per_day * MONTH_DAYS
+
+    @property
+    def first_year_net(self) -> float | None:
+        return None if self.savings_per_day is None else self.savings_per_day * YEAR_DAYS - self.upfront_usd
+
+    @property
+    def price_sources(self) -> dict[str, int]:
+        """Rows by where their price came from ("unrecorded": unpriced, or captured before sources were kept)."""
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            key = r.price_source or "no price recorded"
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task, "requests": self.requests, "routes": self.routes,
@@ -129,7 +161,10 @@ class TaskReport:
             "student_since": self.student_since, "student_requests": self.student_requests,
             "student_days": self.student_days, "savings_per_request_usd": self.savings_per_request,
             "savings_per_day_usd": self.savings_per_day, "breakeven_requests": self.breakeven_requests,
-            "breakeven_days": self.breakeven_days, "estimated_rows": self.estimated_rows,
+            "breakeven_days": self.breakeven_days, "teacher_only_per_request_usd": self.teacher_only_per_request,
+            "actual_per_request_usd": self.actual_per_request, "monthly_savings_usd": self.monthly_savings,
+            "first_year_net_usd": self.first_year_net, "price_sources": self.price_sources,
+            "estimated_rows": self.estimated_rows,
             "unpriced_rows": self.unpriced_rows, "version": self.version, "parity": self.parity,
             "gate": self.gate, "live_parity": self.live_parity, "live_comparisons": self.live_comparisons,
             "notes": self.notes,
@@ -213,18 +248,20 @@ def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
         if ex.cost_usd is None and ex.status == "ok":
             unpriced += 1
         cost = ex.cost_usd or 0.0
+        source = ex.extra.price_source
         if ex.route == SHADOW:
-            rows.append(Row(ex.created_at, ex.route, cost, 0.0))
+            rows.append(Row(ex.created_at, ex.route, cost, 0.0, price_source=source))
         elif ex.route == "student":
             recorded = ex.extra.counterfactual_cost_usd
             if recorded is not None:
-                rows.append(Row(ex.created_at, ex.route, cost, recorded))
+                rows.append(Row(ex.created_at, ex.route, cost, recorded, price_source=source))
             else:  # captured before the gateway recorded its estimate
-                rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=teacher_mean is not None))
+                rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=teacher_mean is not None,
+                                price_source=source))
         elif ex.cost_usd is None and ex.status != "ok":
             rows.append(Row(ex.created_at, ex.route, cost, 0.0))  # a failed call: the teacher alone fails too
         else:  # teacher or fallback: what the teacher charged (an interrupted stream too)
-            rows.append(Row(ex.created_at, ex.route, cost, _teacher_cost(ex)))
+            rows.append(Row(ex.created_at, ex.route, cost, _teacher_cost(ex), price_source=source))
     return rows, unpriced
 
 

@@ -75,8 +75,12 @@ def serve(settings: Settings, *, workers: int = 1) -> int:
     active_keys = asyncio.run(_preflight(settings))
     with ExitStack() as stack:
         if not settings.teachers:
+            e = settings.embedded
             print("No teacher configured: starting the embedded model server (SmolLM2-135M-Instruct) as the "
-                  "teacher. Pass --teacher provider/model to use a hosted model.", flush=True)
+                  "teacher. Pass --teacher provider/model to use a hosted model. It is billed for simulation at "
+                  f"{e.input_cost_per_token * 1e6:g} / {e.output_cost_per_token * 1e6:g} USD per million input / "
+                  "output tokens (gpt-4o-mini's list price unless embedded.*_cost_per_token says otherwise): its "
+                  "cost and savings figures stand in for a hosted teacher's.", flush=True)
             embedded = EmbeddedModelServer(settings.embedded)
             stack.callback(embedded.stop)
             embedded.start()

@@ -94,7 +94,7 @@ def settings_for(upstream: Server | None, store: str | Path, *, config: dict[str
     flat = {k: v for k, v in (flat | overrides).items() if v is not None}  # an override None: not set
     settings = load_settings(None, env={}, overrides=flat)
     if config:
-        settings = Settings.model_validate(_merged(settings.model_dump(), config))
+        settings = Settings.model_validate(_merged(settings.model_dump(exclude_unset=True), config))
     return settings
 
 

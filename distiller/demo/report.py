@@ -370,7 +370,8 @@ def kind_rows(report: DemoReport) -> list[str]:
     """report.md's lines on each ticket kind: where the cascade sent it and what that did to parity."""
     lines = ["| tickets | n | routes | student alone | served (cascade) |", "|---|---|---|---|---|"]
     for kind, k in (report.held_out.get("by_kind") or {}).items():
-        lines.append(f"| {kind} | {k['n']} | {k['routes']} | {_num(k['student_alone_parity'], 2)} | "
+        routes = ", ".join(f"{route} {count}" for route, count in k["routes"].items())
+        lines.append(f"| {kind} | {k['n']} | {routes} | {_num(k['student_alone_parity'], 2)} | "
                      f"{_num(k['served_parity'], 2)} |")
     return lines
 

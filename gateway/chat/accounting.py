@@ -63,7 +63,7 @@ class Accounting:
 
     def teacher_served(self, o: TeacherOutcome) -> None:
         req, teacher = o.req, o.teacher
-        extra = o.extra
+        extra = o.extra if teacher.price is None else dataclasses.replace(o.extra, price_source=teacher.price.source)
         teacher_cost = priced(teacher.price, o.completion)
         if teacher_cost is None and o.status == "ok":
             self.metrics.unknown_price.labels(teacher.config.served_name).inc()
@@ -97,7 +97,9 @@ class Accounting:
             return
         extra = ExchangeExtra(student=StudentNote(version=attempt.student.version, confidence=attempt.confidence,
                                                   reason=o.info.fallback_reason),
-                              counterfactual_cost_usd=counterfactual, teacher_error=o.teacher_error)
+                              counterfactual_cost_usd=counterfactual, teacher_error=o.teacher_error,
+                              price_source=self.students.price.source if self.students and self.students.price
+                              else None)
         self.capture.submit(exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
                                      stream=o.stream, extra=extra, cost=cost))
 

@@ -360,8 +360,9 @@ def build_console_router() -> APIRouter:
         names = sorted(set(summaries) | {s.task for s in students} | set(rollouts))
         rows = [task_row(name, summaries.get(name), [s for s in students if s.task == name], rollouts.get(name, 0.0),
                          reports.get(name), live) for name in names]
+        price_notes = [t.price_note for t in session.state.settings.teachers if t.price_note]
         return render("overview.html", session=session, rows=rows, total=report.total, window=window,
-                      windows=WINDOWS)
+                      windows=WINDOWS, price_notes=price_notes)
 
     @router.get("/tasks/{task}")
     async def task_page(task: str, request: Request) -> Response:

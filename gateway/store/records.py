@@ -88,11 +88,13 @@ class ExchangeExtra:
     shadow: ShadowNote | None = None
     counterfactual_cost_usd: float | None = None  # student rows: what the teacher would have charged
     teacher_error: str | None = None  # degraded mode: why the teacher could not answer
+    price_source: str | None = None  # where the price of the row's answer comes from (configured, list, compute)
 
     def to_json(self) -> dict[str, Any]:
         return _set(student=self.student.to_json() if self.student else None,
                     shadow=self.shadow.to_json() if self.shadow else None,
-                    counterfactual_cost_usd=self.counterfactual_cost_usd, teacher_error=self.teacher_error)
+                    counterfactual_cost_usd=self.counterfactual_cost_usd, teacher_error=self.teacher_error,
+                    price_source=self.price_source)
 
     @classmethod
     def from_json(cls, data: object) -> ExchangeExtra:
@@ -100,7 +102,7 @@ class ExchangeExtra:
             return cls()
         return cls(student=StudentNote.from_json(data.get("student")), shadow=ShadowNote.from_json(data.get("shadow")),
                    counterfactual_cost_usd=_float(data.get("counterfactual_cost_usd")),
-                   teacher_error=_str(data.get("teacher_error")))
+                   teacher_error=_str(data.get("teacher_error")), price_source=_str(data.get("price_source")))
 
 
 NO_EXTRA = ExchangeExtra()

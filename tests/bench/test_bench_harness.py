@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import LoadConfig, percentile, run_load, schedule
-from bench.overhead import Run, added_latency, bracket, is_sustainable
+from bench.overhead import Run, added_latency, bracket, check_rows, is_sustainable, noise_band, target_checks
 
 REPO = Path(__file__).resolve().parents[2]
 DELAY_MS = 30.0
@@ -95,3 +95,32 @@ def test_added_latency_and_sustainable_rate() -> None:
     assert bracket(runs, "protege", "non-stream") == (100, 200)  # a lucky pass above a failure does not count
     assert bracket(runs[:2], "protege", "non-stream") == (100, None)
     assert bracket([], "protege", "non-stream") == (0, None)
+
+
+def test_a_peer_failing_requests_is_not_scored_and_its_error_rate_is_reported() -> None:
+    base = _result(50.0, 52.0)
+    mine, theirs = _result(51.0, 54.0), _result(400.0, 2000.0, error_rate=0.43)
+    runs = [Run("direct", "non-stream", 200, "grid", base),
+            Run("protege", "non-stream", 200, "grid", mine, added_latency(mine, base), True),
+            Run("litellm", "non-stream", 200, "grid", theirs, added_latency(theirs, base), False)]
+    [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal == "added p50 at 200 req/s ≤ 0.5× LiteLLM's"]
+    assert check.passed is None and check.litellm == "failing 43.0 % of requests"
+    assert check_rows([check])[1][0][-1] == "not scored: LiteLLM failing 43.0 % of requests"
+    healthy = _result(60.0, 70.0)
+    runs[2] = Run("litellm", "non-stream", 200, "grid", healthy, added_latency(healthy, base), True)
+    [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal == "added p50 at 200 req/s ≤ 0.5× LiteLLM's"]
+    assert check.passed is True  # 1 ms added against LiteLLM's 10
+
+
+def test_capture_on_and_off_inside_the_noise_band_is_no_difference() -> None:
+    # two runs of the same direct load differ by 0.3 ms at p50: the band
+    runs = [Run("direct", "non-stream", 100, "grid", _result(50.0, 52.0)),
+            Run("direct", "non-stream", 100, "repeat", _result(50.3, 52.5)),
+            Run("protege", "non-stream", 100, "grid", _result(51.0, 53.0)),
+            Run("protege-nocapture", "non-stream", 100, "grid", _result(51.2, 53.0))]
+    assert noise_band(runs, "non-stream", 100, "p50") == pytest.approx(0.3)
+    [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal.startswith("capture cost")]
+    assert check.verdict == "no difference (inside the noise band)" and "±0.30 ms" in check.measured
+    runs[2] = Run("protege", "non-stream", 100, "grid", _result(52.0, 53.0))  # +0.8 ms: outside, and over 0.5
+    [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal.startswith("capture cost")]
+    assert check.verdict is None and check.passed is False

@@ -29,6 +29,8 @@ from tests.cli import run_cli
 DAY = 86400.0
 TEACHER = 0.002  # USD per teacher answer
 STUDENT = 0.0001  # USD per student answer
+LIST = "list price (gpt-4o-mini in litellm's bundled price map)"
+COMPUTE = "compute: cpu_hour_usd 0.1 (configured) over 250 tokens/s (measured by the model server)"
 
 
 def exchange(i: int, at: float, route: str, cost: float | None, *, task: str = "tickets",
@@ -43,11 +45,13 @@ def exchange(i: int, at: float, route: str, cost: float | None, *, task: str = "
 def traffic(now: float) -> tuple[list[Exchange], list[StudentVersion]]:
     """Ten days of a task: teacher only for six, then a student (v1, trained for $1.50) for four."""
     start = now - 4 * DAY  # the first request routed to the student
-    rows = [exchange(i, now - (10 - i * 0.5) * DAY, "teacher", TEACHER) for i in range(10)]  # days -10 to -5.5
+    rows = [exchange(i, now - (10 - i * 0.5) * DAY, "teacher", TEACHER, extra=ExchangeExtra(price_source=LIST))
+            for i in range(10)]  # days -10 to -5.5
     n = len(rows)
     # 30 student answers with the gateway's recorded teacher-only estimate
     rows += [exchange(n + i, start + i * 0.1 * DAY, "student", STUDENT,
-                      extra=ExchangeExtra(StudentNote(version=1), counterfactual_cost_usd=TEACHER)) for i in range(30)]
+                      extra=ExchangeExtra(StudentNote(version=1), counterfactual_cost_usd=TEACHER,
+                                          price_source=COMPUTE)) for i in range(30)]
     n = len(rows)
     # 5 fallbacks: the teacher's answer plus the student's rejected attempt
     rows += [exchange(n + i, start + 0.05 * DAY + i * 0.1 * DAY, "fallback", TEACHER + STUDENT,
@@ -111,6 +115,13 @@ def test_savings_and_breakeven_of_known_traffic() -> None:
     check_tickets(tickets, requests=50)
     assert tickets["savings_per_day_usd"] == pytest.approx(0.015) and tickets["breakeven_days"] == pytest.approx(100)
     assert tickets["breakeven_requests"] == pytest.approx(1000)
+    # the source article's break-even: cost per request before and after, a month, the first year
+    assert tickets["teacher_only_per_request_usd"] == pytest.approx(TEACHER_ONLY / 50)  # 0.002
+    assert tickets["actual_per_request_usd"] == pytest.approx(ACTUAL / 50)
+    assert tickets["monthly_savings_usd"] == pytest.approx(0.015 * 30)  # 0.45
+    assert tickets["first_year_net_usd"] == pytest.approx(0.015 * 365 - 1.5)  # 3.975
+    # every input with its source: the rows' prices (the rest were recorded without one)
+    assert tickets["price_sources"] == {COMPUTE: 30, "no price recorded": 13, LIST: 10}
     assert other["task"] == "other" and other["savings_usd"] == 0 and other["breakeven_days"] is None
     assert other["notes"] == ["no student version: teacher only"]
     total = report["total"]

@@ -424,6 +424,7 @@ def test_a_fallback_pays_for_the_teacher_and_the_student_attempt(
     student_cost = row.extra.student.cost_usd
     assert student_cost is not None and student_cost > 0
     assert row.cost_usd == pytest.approx(teacher_cost + student_cost)
+    assert row.extra.price_source is not None and row.extra.price_source.startswith("list price (gpt-4o-mini")
     assert gateway.metric("protege_cost_usd_total", route="fallback") == pytest.approx(teacher_cost + student_cost)
     # the teacher alone would have paid its own answer only
     assert gateway.metric("protege_counterfactual_cost_usd_total", route="fallback") == pytest.approx(teacher_cost)
@@ -443,6 +444,8 @@ def test_a_student_without_a_token_price_is_priced_by_compute_over_its_measured_
     assert row.prompt_tokens is not None and row.completion_tokens is not None
     per_token = 0.10 / 3600 / measured["tokens_per_s"]  # compute.cpu_hour_usd's default over the measured rate
     assert row.cost_usd == pytest.approx((row.prompt_tokens + row.completion_tokens) * per_token)
+    assert row.extra.price_source == (f"compute: cpu_hour_usd 0.1 (assumed (default)) over "
+                                      f"{measured['tokens_per_s']:g} tokens/s (measured by the model server)")
     assert gateway.metric("protege_unknown_price_requests_total") == 0
 
 

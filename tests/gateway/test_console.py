@@ -387,6 +387,22 @@ def test_console_is_disabled_without_an_admin_token(katan: Server, tmp_path: Pat
         assert response.status_code == 403 and "Console disabled" in response.text
 
 
+def test_a_teachers_price_note_is_shown_beside_the_costs(katan: Server, tmp_path: Path) -> None:
+    from gateway.config import EmbeddedConfig
+    from gateway.embedded import EmbeddedModelServer
+    from tests.inprocess import TEST_ADMIN_TOKEN, inprocess_gateway, settings_for
+
+    # the embedded teacher's config as `protege serve` builds it, pointed at llm-katan instead
+    embedded = EmbeddedModelServer(EmbeddedConfig()).teacher()
+    teacher = embedded.model_copy(update={"api_base": f"{katan.url}/v1"}).model_dump(mode="json")
+    teacher["api_key"] = "sk-t"
+    with inprocess_gateway(settings_for(None, tmp_path / "store.db", config={"teachers": [teacher]})) as gateway:
+        page = gateway.client.get("/admin/ui", headers={"authorization": f"Bearer {TEST_ADMIN_TOKEN}"})
+    assert page.status_code == 200
+    assert ("Prices: smollm2-135m-instruct runs on this machine: its price (0.15 / 0.6 USD per million input / "
+            "output tokens) is for simulation, not a bill.") in page.text
+
+
 # --- colours ------------------------------------------------------------------------------------
 
 def luminance(hex_colour: str) -> float:
