@@ -12,6 +12,9 @@ import orjson
 from rich.console import Console
 
 from distiller.sufficiency import Minimums
+from distiller.trainers import BACKENDS
+from distiller.trainers.flags import TrainerFlagError, add_trainer_flags
+from distiller.trainers.flags import trainer_config as trainer_config_of
 from gateway.cli import json_flag, positive_int, settings_from, store_flags, with_store
 from gateway.config import Settings
 from gateway.store import Store
@@ -61,10 +64,7 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
     from distiller.pipeline import DistillOptions
     from distiller.registry import Gate
 
-    trainer_config: dict[str, Any] = {}
-    for key in ("epochs", "learning_rate", "r", "max_steps", "batch_size"):
-        if getattr(args, key) is not None:
-            trainer_config[key] = getattr(args, key)
+    trainer_config = trainer_config_of(args, args.trainer, BACKENDS)
     return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
                           base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
                           target_parity=args.target_parity, promote=args.promote,
@@ -76,14 +76,10 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
     store_flags(p)
-    p.add_argument("--trainer", choices=["local", "openai"], default="local")
+    p.add_argument("--trainer", choices=sorted(BACKENDS), default="local",
+                   help="where the student is trained: local LoRA, or a hosted fine-tuning service (default local); "
+                   "each trainer's options are listed below")
     p.add_argument("--base-model", metavar="PATH", help="local model folder (default SmolLM2-135M-Instruct)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--r", type=int, help="LoRA rank")
-    p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per optimizer step "
-                   "(default: the trainer's, 8 for local LoRA)")
     p.add_argument("--gate", type=float, default=0.90, help="minimum parity with the teacher (default 0.90)")
     p.add_argument("--target-parity", type=float, default=0.95, help="served parity the threshold is "
                    "calibrated for (default 0.95)")
@@ -102,13 +98,18 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default ./runs)")
     p.add_argument("--student-api-base", metavar="URL", help="student server to evaluate through and load "
                    "promoted adapters into (default: start the embedded model server for the run)")
+    add_trainer_flags(p, BACKENDS)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from distiller.pipeline import DistillError, NotEnoughDataError, distill
 
     settings = settings_from(args, student_api_base=args.student_api_base)
-    options = _distill_options(args, settings)
+    try:
+        options = _distill_options(args, settings)
+    except TrainerFlagError as exc:
+        print(f"protege distill: {exc}", file=sys.stderr)
+        return 2
     console = Console(stderr=True)
 
     def progress(message: str, fraction: float | None) -> None:
@@ -160,7 +161,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from distiller.scheduler import RetrainPolicy, apply_retention, run_forever, run_once
 
     settings = settings_from(args, student_api_base=args.student_api_base)
-    options = _distill_options(args, settings)
+    try:
+        options = _distill_options(args, settings)
+    except TrainerFlagError as exc:
+        print(f"protege scheduler: {exc}", file=sys.stderr)
+        return 2
     policy = RetrainPolicy(min_new_examples=args.min_new_examples,
                            max_age_s=None if args.max_age_days is None else args.max_age_days * 86400,
                            parity_floor=args.parity_floor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -120,9 +121,13 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     started = time.monotonic()
     job, result = await _train(options, dataset_dir, run_dir / "training", model, progress, job)
     training_s = time.monotonic() - started
+    if options.trainer != "local":
+        model = result.model_name  # a hosted job names its model (`ft:…`): evaluated and served under that name
 
     async with AsyncExitStack() as stack:
         api_base, api_key = student_api_base, student_api_key
+        if api_base is None and options.trainer != "local":
+            api_base, api_key = _hosted_endpoint(job)  # the service that trained it serves it
         if api_base is None:
             progress("starting a model server for evaluation", None)
             server = EmbeddedModelServer(EmbeddedConfig(model=options.base_model))
@@ -131,7 +136,9 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
             api_base, api_key = server.api_base, server.api_key
         if options.trainer == "local":
             await students_ops.load_adapter(api_base, model, result.artifact, api_key=api_key)
-        base = await students_ops.base_model_name(api_base, api_key=api_key) if options.trainer == "local" else None
+        # the base model the student was trained from, asked the same way (a hosted one by its service's name)
+        base = (await students_ops.base_model_name(api_base, api_key=api_key) if options.trainer == "local"
+                else result.base_model)
         evaluation_started = time.monotonic()
         progress("evaluating on the validation split (calibration)", None)
         _, val_answers = await evaluate(api_base, student_model=model, base_model=None, dataset_dir=dataset_dir,
@@ -177,6 +184,13 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
                              evaluation=report, calibration=calibration, training_s=training_s)
     write_reports(outcome)
     return outcome
+
+
+def _hosted_endpoint(job: TrainingJob) -> tuple[str | None, str | None]:
+    """A hosted job's OpenAI-compatible base URL and the key from the environment variable its config names."""
+    base_url = job.details.get("base_url")
+    key_env = (job.details.get("config") or {}).get("api_key_env")
+    return (str(base_url) if base_url else None), (os.environ.get(str(key_env)) if key_env else None)
 
 
 def _run_key(options: DistillOptions, dataset_hash: str) -> dict[str, Any]:

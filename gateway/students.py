@@ -88,7 +88,7 @@ def student_client(api_base: str, api_key: str | None, timeout_s: float) -> http
 async def load_student(api_base: str, student: StudentVersion, timeout_s: float = 120, *,
                        api_key: str | None = None) -> bool:
     """Load a LoRA student into its server; False when it is not a local adapter (a hosted model id)."""
-    if not student.artifact or student.trainer == "openai":
+    if not student.artifact or student.trainer != "local":
         return False
     await load_adapter(api_base, student.model, student.artifact, timeout_s, api_key=api_key)
     return True

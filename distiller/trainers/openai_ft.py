@@ -47,7 +47,8 @@ class OpenAIFineTuningConfig:
     """A supervised fine-tuning job on OpenAI's API (or a compatible service at `base_url`)."""
 
     model: str = field(default="gpt-4o-mini-2024-07-18", metadata=_help("the base model to fine-tune"))
-    n_epochs: int | None = field(default=None, metadata=_help("epochs; None: the service picks ('auto')"))
+    epochs: int | None = field(default=None, metadata=_help(
+        "passes over the training file (sent as n_epochs); None: the service picks ('auto')"))
     batch_size: int | None = field(default=None, metadata=_help("batch size; None: 'auto'"))
     learning_rate_multiplier: float | None = field(default=None, metadata=_help(
         "scales the service's base learning rate; None: 'auto'"))
@@ -62,7 +63,7 @@ class OpenAIFineTuningConfig:
     max_retries: int = field(default=2, metadata=_help("SDK retries on connection errors, 429 and 5xx"))
 
     def __post_init__(self) -> None:
-        for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
+        for name in ("epochs", "batch_size", "learning_rate_multiplier"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None")
@@ -74,6 +75,8 @@ class OpenAIFineTuningConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpenAIFineTuningConfig:
+        if "n_epochs" in data:  # the service's name for it, as configs before 2026-12 spelled it
+            data = {**{k: v for k, v in data.items() if k != "n_epochs"}, "epochs": data["n_epochs"]}
         return config_from_dict(cls, data)
 
     @classmethod
@@ -81,7 +84,7 @@ class OpenAIFineTuningConfig:
         return config_help(cls)
 
     def hyperparameters(self) -> dict[str, Any]:
-        values = {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
+        values = {"n_epochs": self.epochs, "batch_size": self.batch_size,
                   "learning_rate_multiplier": self.learning_rate_multiplier}
         return {key: value for key, value in values.items() if value is not None}
 

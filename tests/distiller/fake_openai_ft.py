@@ -5,13 +5,16 @@
 Routes (bearer auth on all of /v1): POST /v1/files (multipart), GET /v1/files/{id}, GET
 /v1/files/{id}/content, POST /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id}, GET
 /v1/fine_tuning/jobs/{id}/events (newest first, `after`/`limit` paging), POST
-/v1/fine_tuning/jobs/{id}/cancel; /healthz without auth.
+/v1/fine_tuning/jobs/{id}/cancel, POST /v1/chat/completions (a fine-tuned model only); /healthz without auth.
 
 A job moves with the clock: validating_files → queued → running (a metrics event per step) →
 succeeded with `fine_tuned_model: "ft:<model>:protege:<suffix>:<id>"`. Files are checked the way the
 service does when validation ends: JSON lines, only the documented keys at the top level and in
 messages (so a curation `metadata` key fails the job), known roles, an assistant message per example,
 a minimum example count. Everything else is faked only at the HTTP level, in memory.
+
+A succeeded job's `ft:` model answers chat completions as `tests.distiller.fake_tuned_model` describes, so that
+the distiller can evaluate it through the service's own endpoint under its real name.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from tests.distiller.fake_tuned_model import BASE_ANSWER, chat_completion, trained_answers
 from tests.servers import REPO, Server, free_port, stop, wait_http
 
 EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
@@ -250,6 +254,22 @@ def create_app(api_key: str, timing: Timing | None = None) -> FastAPI:
             newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
         page = newest_first[:limit]
         return JSONResponse({"object": "list", "data": page, "has_more": len(newest_first) > limit})
+
+    def _tuned(model: str) -> tuple[dict[str, str], str] | None:
+        """What this model was trained on: a succeeded job's `ft:` model, or a base model (trained on nothing)."""
+        job = next((j for j in jobs.values() if j.fine_tuned_model == model), None)
+        if job is None:
+            return None if all(j.body["model"] != model for j in jobs.values()) else ({}, BASE_ANSWER)
+        return trained_answers(files[job.body["training_file"]][1])
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        tuned = _tuned(str(body.get("model")))
+        if tuned is None:
+            return _error(404, f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                          code="model_not_found", param="model")
+        return JSONResponse(chat_completion(body, *tuned))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> Response:

@@ -44,7 +44,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(service: Server, **overrides: object) -> OpenAIFineTuningConfig:
-    values: dict[str, object] = {"model": MODEL, "n_epochs": 2, "suffix": "spell", "base_url": f"{service.url}/v1",
+    values: dict[str, object] = {"model": MODEL, "epochs": 2, "suffix": "spell", "base_url": f"{service.url}/v1",
                                  "api_key_env": KEY_ENV, **overrides}
     return OpenAIFineTuningConfig.from_dict(values)
 
@@ -59,7 +59,7 @@ def client(service: Server) -> Iterator[openai.OpenAI]:
 def test_config() -> None:
     help_text = OpenAIFineTuningConfig.help()
     assert set(help_text) == set(OpenAIFineTuningConfig.__dataclass_fields__) and all(help_text.values())
-    assert OpenAIFineTuningConfig(n_epochs=3).hyperparameters() == {"n_epochs": 3}
+    assert OpenAIFineTuningConfig(epochs=3).hyperparameters() == {"n_epochs": 3}
     with pytest.raises(ValueError, match="suffix"):
         OpenAIFineTuningConfig(suffix="x" * 65)
     with pytest.raises(ValueError, match="unknown"):
