@@ -138,6 +138,7 @@ def student_view(s: StudentVersion) -> dict[str, Any]:
     return {"version": s.version, "status": s.status, "model": s.model, "base_model": s.base_model,
             "trainer": s.trainer, "threshold": s.threshold, "confidence_method": s.confidence_method,
             "prompt_distilled": s.prompt_distilled, "dataset_hash": s.dataset_hash, "created_at": s.created_at,
+            "artifact": s.artifact, "job": {k: (s.details.job or {}).get(k) for k in ("backend", "job_id")},
             "evaluation": s.details.evaluation,
             "costs": {"training_usd": s.details.training_cost_usd, "evaluation_usd": s.details.evaluation_cost_usd,
                       "data_usd": s.details.data_cost_usd, "sources": s.details.cost_sources}}
