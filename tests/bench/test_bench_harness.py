@@ -124,3 +124,13 @@ def test_capture_on_and_off_inside_the_noise_band_is_no_difference() -> None:
     runs[2] = Run("protege", "non-stream", 100, "grid", _result(52.0, 53.0))  # +0.8 ms: outside, and over 0.5
     [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal.startswith("capture cost")]
     assert check.verdict is None and check.passed is False
+
+
+def test_a_peer_that_sustains_no_tested_rate_is_not_a_multiple_to_beat() -> None:
+    base = _result(50.0, 52.0)
+    mine, theirs = _result(51.0, 54.0), _result(4000.0, 7000.0)
+    runs = [Run("direct", "stream", 50, "grid", base),
+            Run("protege", "stream", 50, "grid", mine, added_latency(mine, base), True),
+            Run("litellm", "stream", 50, "grid", theirs, added_latency(theirs, base), False)]
+    [check] = [c for c in target_checks(runs, ["stream"]) if c.goal.startswith("max sustainable")]
+    assert check.passed is None and check.verdict == "not scored: LiteLLM sustains none of the tested rates"
