@@ -8,15 +8,33 @@
   (a hosted student's evaluation tokens are not priced: its provider bills them, and no price is known here).
 
 Compute prices are configured (`compute.*`) or the documented defaults, and the sources say which.
+
+A hosted student's serving price (`hosted_list_price`) is its provider's list price in litellm's bundled
+map: OpenAI's for the fine-tuned snapshot (`ft:<base>`); Together's and Fireworks' for the base model, since
+both bill a serverless LoRA at its base model's price (by name, else by the size tier its parameter count in
+the name falls in).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ComputeConfig
-from gateway.pricing import Price
+from gateway.pricing import Price, lookup_price
+
+# litellm's names for a hosted model, and its per-size price tiers (upper bound in billions of parameters)
+_PROVIDER_PREFIX = {"openai": "ft:", "together": "together_ai/", "fireworks": "fireworks_ai/"}
+_SIZE_TIERS: dict[str, list[tuple[float, str]]] = {
+    "together": [(4, "together-ai-up-to-4b"), (8, "together-ai-4.1b-8b"), (21, "together-ai-8.1b-21b"),
+                 (41, "together-ai-21.1b-41b"), (80, "together-ai-41.1b-80b"), (110, "together-ai-81.1b-110b")],
+    "fireworks": [(4, "fireworks-ai-up-to-4b"), (16, "fireworks-ai-4.1b-to-16b"),
+                  (math.inf, "fireworks-ai-above-16b")],
+}
+_BILLIONS = re.compile(r"(?<![\d.])(\d+(?:[.p]\d+)?)b(?![a-z])", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +103,27 @@ def relative_student_cost(student_tokens: list[tuple[int, int]], teacher_costs: 
     return RelativeCost(student_each / teacher_each,
                         f"measured: the student's validation tokens at {price_source}, over the teacher's served "
                         f"cost of {len(known)} of the same requests")
+
+
+def hosted_list_price(trainer: str, base_model: str) -> Price | None:
+    """What a student fine-tuned by hosted `trainer` from `base_model` costs per token at its provider, from
+    litellm's bundled price map; None when the map does not say (then configure the price)."""
+    prefix = _PROVIDER_PREFIX.get(trainer)
+    if prefix is None:
+        return None
+    price = lookup_price(prefix + base_model)
+    if price is not None or trainer == "openai":
+        return price
+    size = _billions(base_model)
+    tier = next((key for bound, key in _SIZE_TIERS.get(trainer, []) if size is not None and size <= bound), None)
+    tiered = lookup_price(tier) if tier else None
+    if tiered is None:
+        return None
+    return dataclasses.replace(tiered, source=f"{tiered.source}: the size tier of {base_model}, whose serverless "
+                                               "LoRA is billed at the base model's price")
+
+
+def _billions(model: str) -> float | None:
+    """The parameter count a model's name gives, in billions (`llama-v3p1-8b-instruct` → 8.0)."""
+    match = _BILLIONS.search(model.rsplit("/", 1)[-1])
+    return float(match.group(1).replace("p", ".")) if match else None

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from distiller.calibrate import Calibration, Observation, calibrate
-from distiller.costs import RelativeCost, relative_student_cost, run_costs
+from distiller.costs import RelativeCost, hosted_list_price, relative_student_cost, run_costs
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
 from distiller.registry import Gate, find_trained, next_version, register, served_name
@@ -35,7 +35,7 @@ from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
 from gateway.pricing import Price
 from gateway.router import validate_output
-from gateway.store import GateResult, Store, StudentDetails, StudentVersion
+from gateway.store import GateResult, ServingPrice, Store, StudentDetails, StudentVersion
 
 
 class DistillError(RuntimeError):
@@ -148,7 +148,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
                                    dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens,
                                    api_key=api_key)
         evaluation_s = time.monotonic() - evaluation_started
-        student_price, price_source = await _student_price(options, api_base, api_key)
+        student_price, price_source = await _student_price(options, api_base, api_key, result.base_model)
 
     rows = {e.request_id: e for e in await store.list_exchanges(task=task)}
     relative = relative_student_cost(
@@ -169,7 +169,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         trainer_config=job.details.get("config", options.trainer_config), job=job.to_dict(),
         training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report,
         training_cost_usd=costs.training_usd, evaluation_cost_usd=costs.evaluation_usd, data_cost_usd=costs.data_usd,
-        cost_sources=costs.sources)
+        cost_sources=costs.sources, serving_price=_serving_price(options, result.base_model))
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,
@@ -244,15 +244,28 @@ async def _train(options: DistillOptions, dataset_dir: Path, run_dir: Path, mode
     return job, status.result
 
 
-async def _student_price(options: DistillOptions, api_base: str, api_key: str | None) -> tuple[Price | None, str]:
-    """The student's price per token as the gateway will bill it: the configured per-token price, else (a local
-    student) compute time over the student server's throughput."""
+def _serving_price(options: DistillOptions, base_model: str) -> ServingPrice | None:
+    """A hosted version's list price at its provider, recorded with it: the gateway bills its answers at it
+    (unless a price is configured)."""
+    listed = hosted_list_price(options.trainer, base_model) if options.trainer != "local" else None
+    return None if listed is None else ServingPrice(listed.input_per_token, listed.output_per_token, listed.source)
+
+
+async def _student_price(options: DistillOptions, api_base: str, api_key: str | None,
+                         base_model: str) -> tuple[Price | None, str]:
+    """The student's price per token as the gateway will bill it: the configured per-token price, else a hosted
+    student's list price at its provider, else (a local student) compute time over the student server's
+    throughput."""
     cascade = options.cascade
     if cascade.input_cost_per_token is not None and cascade.output_cost_per_token is not None:
         return (Price(cascade.input_cost_per_token, cascade.output_cost_per_token),
                 "the configured per-token price (cascade.input_cost_per_token, output_cost_per_token)")
     if options.trainer != "local":
-        return None, "a hosted student with no configured price"
+        listed = hosted_list_price(options.trainer, base_model)
+        if listed is None:
+            return None, (f"unpriced: no list price of {options.trainer}'s {base_model} in litellm's map (configure "
+                          "cascade.input_cost_per_token and output_cost_per_token)")
+        return listed, listed.source
     pricing = ComputePricing(api_base, options.compute, cascade.hardware, cascade.tokens_per_s, api_key)
     measured = None
     if pricing.needs_measurement:

@@ -97,6 +97,7 @@ def build_students(settings: Settings, store: Store) -> Students | None:
         await load_student(api_base, student, api_key=settings.student_key)
 
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
+                    price_configured=price is not None,
                     degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate,
                     breaker=build_breaker("student", settings))
 

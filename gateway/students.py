@@ -141,7 +141,8 @@ def student_view(s: StudentVersion) -> dict[str, Any]:
             "artifact": s.artifact, "job": {k: (s.details.job or {}).get(k) for k in ("backend", "job_id")},
             "evaluation": s.details.evaluation,
             "costs": {"training_usd": s.details.training_cost_usd, "evaluation_usd": s.details.evaluation_cost_usd,
-                      "data_usd": s.details.data_cost_usd, "sources": s.details.cost_sources}}
+                      "data_usd": s.details.data_cost_usd, "sources": s.details.cost_sources},
+            "serving_price": s.details.serving_price.to_json() if s.details.serving_price else None}
 
 
 async def routing_changed(state: GatewayState) -> None:

@@ -1,6 +1,6 @@
 """Trainers: a config dataclass plus a backend implementing `Trainer` (launch → job handle, poll → status).
 
-    trainer = get_trainer("local", {"epochs": 3})        # or "openai", "together"
+    trainer = get_trainer("local", {"epochs": 3})        # or "openai", "together", "fireworks"
     job = trainer.launch(dataset_dir, run_dir)            # returns at once
     store(job.to_dict())                                  # plain JSON: poll it after a restart
     status = get_trainer(job.backend, config).poll(TrainingJob.from_dict(saved))
@@ -22,26 +22,28 @@ from distiller.trainers.base import (
     TrainingJob,
     TrainingResult,
 )
+from distiller.trainers.fireworks import FireworksConfig, FireworksTrainer
 from distiller.trainers.local import LocalLoRAConfig, LocalLoRATrainer
 from distiller.trainers.openai_ft import OpenAIFineTuningConfig, OpenAIFineTuningTrainer
 from distiller.trainers.together import TogetherConfig, TogetherTrainer
 
 __all__ = [
-    "BACKENDS", "FINAL_STATES", "JOB_STATES", "JobState", "JobStatus", "LocalLoRAConfig", "LocalLoRATrainer",
-    "OpenAIFineTuningConfig", "OpenAIFineTuningTrainer", "TogetherConfig", "TogetherTrainer", "Trainer", "TrainerError",
-    "TrainingJob", "TrainingResult", "get_trainer",
+    "BACKENDS", "FINAL_STATES", "JOB_STATES", "FireworksConfig", "FireworksTrainer", "JobState", "JobStatus",
+    "LocalLoRAConfig", "LocalLoRATrainer", "OpenAIFineTuningConfig", "OpenAIFineTuningTrainer", "TogetherConfig",
+    "TogetherTrainer", "Trainer", "TrainerError", "TrainingJob", "TrainingResult", "get_trainer",
 ]
 
 BACKENDS: dict[str, tuple[type[Any], type[Any]]] = {
     "local": (LocalLoRAConfig, LocalLoRATrainer),
     "openai": (OpenAIFineTuningConfig, OpenAIFineTuningTrainer),
     "together": (TogetherConfig, TogetherTrainer),
+    "fireworks": (FireworksConfig, FireworksTrainer),
 }
 
 
 def get_trainer(name: str, config: Any = None) -> Trainer:
-    """The trainer of backend `name` ("local", "openai" or "together"). `config` is that backend's config dataclass,
-    a dict of its fields (unknown keys refused), or None for the defaults."""
+    """The trainer of backend `name` ("local", "openai", "together" or "fireworks"). `config` is that backend's
+    config dataclass, a dict of its fields (unknown keys refused), or None for the defaults."""
     try:
         config_cls, trainer_cls = BACKENDS[name]
     except KeyError:

@@ -98,8 +98,7 @@ class Accounting:
         extra = ExchangeExtra(student=StudentNote(version=attempt.student.version, confidence=attempt.confidence,
                                                   reason=o.info.fallback_reason),
                               counterfactual_cost_usd=counterfactual, teacher_error=o.teacher_error,
-                              price_source=self.students.price.source if self.students and self.students.price
-                              else None)
+                              price_source=price.source if (price := self._price(attempt)) else None)
         self.capture.submit(exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
                                      stream=o.stream, extra=extra, cost=cost))
 
@@ -108,10 +107,13 @@ class Accounting:
         if attempt.completion is None:
             return None  # the student failed before answering: nothing to bill
         self._count_tokens(req, attempt.student.model, attempt.completion)
-        cost = priced(self.students.price if self.students else None, attempt.completion)
+        cost = priced(self._price(attempt), attempt.completion)
         if cost is None:
             self.metrics.unknown_price.labels(attempt.student.model).inc()
         return cost
+
+    def _price(self, attempt: StudentAttempt) -> Price | None:
+        return self.students.price_for(attempt.student) if self.students else None
 
     def _bill_client(self, req: ChatRequest, completion: dict[str, Any] | None) -> None:
         """The client's token budget pays for the answer it got (not for rejected student attempts)."""

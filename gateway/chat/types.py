@@ -67,10 +67,19 @@ class Students:
 
     provider: ChatProvider
     table: RoutingTable
-    price: Price | None = None
+    price: Price | None = None  # the configured per-token price, or the compute price the pricer keeps current
+    price_configured: bool = False
     degraded_mode: bool = False
     shadow_rate: float = 0.0
     breaker: CircuitBreaker = field(default_factory=_no_breaker)
+
+    def price_for(self, student: StudentVersion) -> Price | None:
+        """What `student` costs per token: a configured price first, else the price the distiller recorded for a
+        hosted version (its provider's list price), else the compute price of the student server."""
+        serving = student.details.serving_price
+        if self.price_configured or serving is None:
+            return self.price
+        return Price(serving.input_per_token, serving.output_per_token, source=serving.source)
 
 
 @dataclass(slots=True)

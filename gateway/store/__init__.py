@@ -19,12 +19,20 @@ from gateway.store.base import (
     redacted_url,
     user_hash,
 )
-from gateway.store.records import NO_EXTRA, ExchangeExtra, GateResult, ShadowNote, StudentDetails, StudentNote
+from gateway.store.records import (
+    NO_EXTRA,
+    ExchangeExtra,
+    GateResult,
+    ServingPrice,
+    ShadowNote,
+    StudentDetails,
+    StudentNote,
+)
 
 __all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
-           "ExchangeStatus", "GateResult", "ShadowNote", "Store", "StoreError", "StoredResponse", "StudentDetails",
-           "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url", "open_store",
-           "redacted_url", "user_hash"]
+           "ExchangeStatus", "GateResult", "ServingPrice", "ShadowNote", "Store", "StoreError", "StoredResponse",
+           "StudentDetails", "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url",
+           "open_store", "redacted_url", "user_hash"]
 
 StoreFactory = Callable[[str], Store]
 

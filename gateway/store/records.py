@@ -128,6 +128,28 @@ class GateResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ServingPrice:
+    """What one request to a version costs per token where it is served, when the distiller could tell: a hosted
+    student's list price at its provider. A self-hosted student has none (it is priced by compute)."""
+
+    input_per_token: float
+    output_per_token: float
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input_per_token": self.input_per_token, "output_per_token": self.output_per_token,
+                "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: object) -> ServingPrice | None:
+        if not isinstance(data, dict):
+            return None
+        price_in, price_out = _float(data.get("input_per_token")), _float(data.get("output_per_token"))
+        source = _str(data.get("source"))
+        return None if price_in is None or price_out is None or source is None else cls(price_in, price_out, source)
+
+
+@dataclass(frozen=True, slots=True)
 class StudentDetails:
     """A student's lineage as the distiller registered it. The reports are kept as the JSON their producers
     write (`distiller.evaluate.EvaluationReport`, `distiller.calibrate.Calibration`, the trainer's job and
@@ -146,6 +168,7 @@ class StudentDetails:
     evaluation_cost_usd: float | None = None  # the evaluation and calibration runs' compute
     data_cost_usd: float | None = None  # what the teacher answers in the dataset cost when they were served
     cost_sources: dict[str, Any] | None = None  # how each cost was made (measured, configured, assumed)
+    serving_price: ServingPrice | None = None  # a hosted student's per-token price at its provider
 
     @property
     def offline_parity(self) -> float | None:
@@ -170,7 +193,8 @@ class StudentDetails:
                     job=self.job, metrics=self.metrics, curation=self.curation, run_dir=self.run_dir,
                     training_s=self.training_s, training_cost_usd=self.training_cost_usd,
                     evaluation_cost_usd=self.evaluation_cost_usd, data_cost_usd=self.data_cost_usd,
-                    cost_sources=self.cost_sources)
+                    cost_sources=self.cost_sources,
+                    serving_price=self.serving_price.to_json() if self.serving_price else None)
 
     @classmethod
     def from_json(cls, data: object) -> StudentDetails:
@@ -182,4 +206,5 @@ class StudentDetails:
                    curation=_dict(data.get("curation")), run_dir=_str(data.get("run_dir")),
                    training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")),
                    evaluation_cost_usd=_float(data.get("evaluation_cost_usd")),
-                   data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")))
+                   data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")),
+                   serving_price=ServingPrice.from_json(data.get("serving_price")))

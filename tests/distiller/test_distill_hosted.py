@@ -1,7 +1,8 @@
-"""`protege distill --trainer openai` and `--trainer together` end to end against local fakes of those
-services' fine-tuning APIs, which also serve the tuned models: flags derived from the backend's config
-(`--epochs` reaches the service as n_epochs), the distiller killed while the job runs and resumed on the same
-job, the student evaluated through the service under the name it gave the model, registered and promoted."""
+"""`protege distill --trainer openai`, `--trainer together` and `--trainer fireworks` end to end against local
+fakes of those services' fine-tuning APIs, which also serve the tuned models: flags derived from the backend's
+config (`--epochs` reaches the service as its epochs), the distiller killed while the job runs and resumed on the
+same job, the student evaluated through the service under the name it gave the model, registered with its
+provider's list price and promoted."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from distiller.demo.workload import SYSTEM_PROMPT, build_workload
 from gateway.store import Exchange, open_store
+from tests.distiller.fake_fireworks_ft import start_fake_fireworks
 from tests.distiller.fake_openai_ft import start_fake_openai_ft
 from tests.distiller.fake_together_ft import start_fake_together
 from tests.distiller.test_distill_e2e import SMALL_DATA, run_distill
@@ -29,6 +31,10 @@ TASK = "tickets-e2e"
 KEY = "sk-fake-fine-tuning-hosted-0123456789"
 KEY_ENV = "PROTEGE_TEST_HOSTED_FT_KEY"
 ANSWER = "Thank you, we have logged your ticket and will reply within a day."
+ACCOUNT = "acme"
+# the provider's list price of each base model in litellm's map, as the student is registered with it
+LIST_PRICE = {"openai": "ft:gpt-4o-mini-2024-07-18", "together": "together-ai-4.1b-8b",
+              "fireworks": "fireworks_ai/accounts/fireworks/models/llama-v3p1-8b-instruct"}
 
 
 @dataclass
@@ -40,8 +46,12 @@ class Hosted:
     model: str  # the base model to tune
 
     def flags(self) -> tuple[str, ...]:
-        return ("--trainer", self.backend, "--epochs", "3", "--model", self.model, "--suffix", "tickets",
-                "--base-url", f"{self.server.url}/v1", "--api-key-env", KEY_ENV, "--promote", *SMALL_DATA)
+        where: tuple[str, ...] = ("--base-url", f"{self.server.url}/v1")
+        if self.backend == "fireworks":  # a control plane and an inference endpoint, and an account
+            where = ("--base-url", self.server.url, "--inference-url", f"{self.server.url}/inference/v1",
+                     "--account-id", ACCOUNT)
+        return ("--trainer", self.backend, "--epochs", "3", "--model", self.model, "--suffix", "tickets", *where,
+                "--api-key-env", KEY_ENV, "--promote", *SMALL_DATA)
 
     def epochs_received(self, job_id: str) -> object:
         """The epochs the service was asked for, as it names them (n_epochs)."""
@@ -52,17 +62,22 @@ class Hosted:
             assert remote.method.supervised.hyperparameters is not None
             return remote.method.supervised.hyperparameters.n_epochs
         [body] = httpx.get(f"{self.server.url}/fake/received").json()
+        if self.backend == "fireworks":
+            return body["epochs"]
         assert body["training_type"] == {"type": "Lora"}  # a LoRA of an open model
         return body["n_epochs"]
 
 
-@pytest.fixture(scope="module", params=["openai", "together"])
+@pytest.fixture(scope="module", params=["openai", "together", "fireworks"])
 def hosted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosted]:
     folder = tmp_path_factory.mktemp(f"fake-{request.param}")
     if request.param == "openai":
         server, model = start_fake_openai_ft(folder, KEY, run_s=4.0), "gpt-4o-mini-2024-07-18"
-    else:
+    elif request.param == "together":
         server, model = start_fake_together(folder, KEY, run_s=4.0), "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
+    else:
+        server = start_fake_fireworks(folder, KEY, ACCOUNT, run_s=4.0)
+        model = "accounts/fireworks/models/llama-v3p1-8b-instruct"
     yield Hosted(request.param, server, model)
     stop(server.proc)
 
@@ -124,12 +139,18 @@ def test_a_hosted_student_is_trained_resumed_evaluated_under_its_name_and_promot
     assert student["job"]["job_id"] == launched["job_id"]
     assert student["trainer"] == hosted.backend and student["status"] == "active"
     assert student["model"] != "tickets-e2e-v1" and student["model"] == student["artifact"]
-    assert student["model"].startswith("ft:gpt-4o-mini" if hosted.backend == "openai" else "protege/")
+    assert student["model"].startswith({"openai": "ft:gpt-4o-mini", "together": "protege/",
+                                        "fireworks": f"accounts/{ACCOUNT}/models/tickets-"}[hosted.backend])
+    # billed by the gateway at its provider's list price, as the distiller found it
+    assert f"({LIST_PRICE[hosted.backend]} in litellm's bundled price map" in student["serving_price"]["source"]
+    assert student["serving_price"]["input_per_token"] > 0
     evaluation = student["evaluation"]
     assert evaluation["student"]["errors"] == 0 and evaluation["student"]["score"]["mean"] == 1.0
     base = evaluation["baselines"][0]
     assert base["name"].startswith(f"base model ({hosted.model})") and base["score"]["mean"] == 0.0
-    assert student["costs"]["sources"]["training"].startswith("billed ")  # the service's trained tokens, priced
+    # the service's trained tokens, priced; Fireworks' job object does not count them
+    assert student["costs"]["sources"]["training"].startswith(
+        "not reported by the provider" if hosted.backend == "fireworks" else "billed ")
 
 
 def test_a_flag_of_another_trainer_is_a_usage_error(tmp_path: Path) -> None:

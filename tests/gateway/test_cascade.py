@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from gateway.config import Settings
-from gateway.store import StudentDetails, StudentVersion, open_store
+from gateway.store import ServingPrice, StudentDetails, StudentVersion, open_store
 from gateway.tasks import text_hash
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
 from tests.servers import Server
@@ -123,7 +123,7 @@ ACCEPT_ANY = -1000.0
 
 
 def register(store: Path, *, threshold: float | None = ACCEPT_ANY, distilled: bool = False, version: int = 1,
-             model: str = "tiny") -> None:
+             model: str = "tiny", serving_price: ServingPrice | None = None) -> None:
     """An active student version, written to the store through a connection of its own (as the CLI or a
     training run elsewhere writes it)."""
     async def run() -> None:
@@ -133,7 +133,8 @@ def register(store: Path, *, threshold: float | None = ACCEPT_ANY, distilled: bo
         await db.add_student(StudentVersion(
             task=TASK, version=version, status="candidate", model=model, created_at=now, updated_at=now,
             threshold=threshold, prompt_distilled=distilled,
-            system_prompt_hash=text_hash(SYSTEM) if distilled else None))
+            system_prompt_hash=text_hash(SYSTEM) if distilled else None,
+            details=StudentDetails(serving_price=serving_price)))
         await db.set_student_status(TASK, version, "active")
         await db.close()
 
@@ -164,9 +165,10 @@ def cascade(katan: Server, student_server: Server, tmp_path: Path,
         def make(*, threshold: float | None = ACCEPT_ANY, distilled: bool = False, percent: float = 100,
                  teacher: Server | Link | None = None, degraded: bool = False,
                  student: Server | Link | None = None, shadow: float = 0,
-                 student_prices: tuple[float, float] | None = None) -> tuple[InProcessGateway, Path]:
+                 student_prices: tuple[float, float] | None = None,
+                 serving_price: ServingPrice | None = None) -> tuple[InProcessGateway, Path]:
             store = tmp_path / "store.db"
-            register(store, threshold=threshold, distilled=distilled)
+            register(store, threshold=threshold, distilled=distilled, serving_price=serving_price)
             settings = cascade_settings(teacher or katan, student or student_server, store, degraded_mode=degraded,
                                         shadow_rate=shadow,  # None: no student price, as when not configured
                                         input_cost_per_token=student_prices[0] if student_prices else None,
@@ -447,6 +449,31 @@ def test_a_student_without_a_token_price_is_priced_by_compute_over_its_measured_
     assert row.extra.price_source == (f"compute: cpu_hour_usd 0.1 (assumed (default)) over "
                                       f"{measured['tokens_per_s']:g} tokens/s (measured by the model server)")
     assert gateway.metric("protege_unknown_price_requests_total") == 0
+
+
+HOSTED = ServingPrice(0.2e-6, 0.2e-6, "list price (together-ai-4.1b-8b in litellm's bundled price map): the size "
+                      "tier of meta-llama/Meta-Llama-3.1-8B-Instruct-Reference")
+
+
+def test_a_hosted_version_is_billed_at_the_list_price_it_was_registered_with(
+        cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
+    gateway, _ = cascade(percent=100, serving_price=HOSTED)  # no per-token price configured
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    [row] = gateway.rows()
+    assert row.prompt_tokens is not None and row.completion_tokens is not None
+    assert row.cost_usd == pytest.approx((row.prompt_tokens + row.completion_tokens) * 0.2e-6)
+    assert row.extra.price_source == HOSTED.source
+
+
+def test_a_configured_student_price_wins_over_a_versions_list_price(
+        cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
+    gateway, _ = cascade(percent=100, serving_price=HOSTED, student_prices=STUDENT_PRICE)
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    [row] = gateway.rows()
+    assert row.prompt_tokens is not None and row.completion_tokens is not None
+    assert row.cost_usd == pytest.approx(row.prompt_tokens * STUDENT_PRICE[0]
+                                         + row.completion_tokens * STUDENT_PRICE[1])
+    assert row.extra.price_source == "configured"
 
 
 def test_a_student_answer_records_what_the_teacher_would_have_cost(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.store import ExchangeExtra, GateResult, ShadowNote, StudentDetails, StudentNote
+from gateway.store import ExchangeExtra, GateResult, ServingPrice, ShadowNote, StudentDetails, StudentNote
 
 
 def test_the_stored_keys_are_the_field_names_and_unset_ones_are_left_out() -> None:
@@ -25,7 +25,8 @@ def test_records_survive_a_json_round_trip() -> None:
     details = StudentDetails(evaluation={"student": {"score": {"mean": 0.91}}}, calibration={"method": "min_logprob"},
                              gate=GateResult(False, "parity 0.91 below the gate 0.95", 0.95),
                              trainer_config={"r": 8}, job={"job_id": "j"}, metrics={"steps": 4},
-                             curation={"kept": 40}, run_dir="/runs/2", training_s=61.5, training_cost_usd=0.4)
+                             curation={"kept": 40}, run_dir="/runs/2", training_s=61.5, training_cost_usd=0.4,
+                             serving_price=ServingPrice(3e-7, 1.2e-6, "list price (ft:gpt-4o-mini-2024-07-18 …)"))
     assert StudentDetails.from_json(orjson.loads(orjson.dumps(details.to_json()))) == details
     assert details.offline_parity == 0.91 and details.min_parity == 0.95
 
@@ -47,4 +48,8 @@ def test_values_of_another_type_read_as_unset() -> None:
                                         "training_s": False, "training_cost_usd": 2})
     assert details.offline_parity is None and details.gate is None and details.min_parity is None
     assert details.training_s is None and details.training_cost_usd == 2.0
+    # a price without its source (or with a price that is not a number) is no price
+    assert StudentDetails.from_json({"serving_price": {"input_per_token": 1e-7, "output_per_token": 1e-7}}) \
+        == StudentDetails.from_json({"serving_price": {"input_per_token": "1e-7", "output_per_token": 1e-7,
+                                                       "source": "x"}}) == StudentDetails()
     assert StudentDetails.from_json("x") == StudentDetails()
