@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,6 +47,7 @@ from gateway.routing_table import RoutingTable
 from gateway.state import GatewayState
 from gateway.store import Store, StudentVersion, open_store
 from gateway.students import load_student
+from gateway.tracing import build_tracing
 
 log = logging.getLogger("protege.app")
 
@@ -167,8 +169,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                                settings.compute.price_refresh_s)
         await pricer.start()
         limits = settings.rate_limits
+        tracing = build_tracing(settings.tracing, os.environ)
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
-                              RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits)
+                              RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits,
+                              tracing)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service)
         try:
@@ -181,6 +185,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                 await students.provider.aclose()
             await capture.close()
             await the_store.close()
+            tracing.shutdown()  # exports the spans still queued
             metrics.process_exited()
 
     # with an admin port of its own, a route on the wrong socket is as unknown as one that does not exist

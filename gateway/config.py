@@ -151,6 +151,21 @@ class AuthConfig(_Strict):
                                   "open; default: required unless the gateway binds a loopback address only")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of gateway requests, exported over OTLP/HTTP. The standard `OTEL_*` environment
+    variables apply (`OTEL_EXPORTER_OTLP_ENDPOINT`, `…_TRACES_ENDPOINT`, `…_HEADERS`, `OTEL_SERVICE_NAME`,
+    `OTEL_TRACES_SAMPLER`, `OTEL_SDK_DISABLED`); a value set here wins over them."""
+
+    enabled: bool | None = Field(default=None, description="true: export traces; false: never; default: on when "
+                                 "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set")
+    endpoint: str | None = Field(default=None, description="the OTLP/HTTP traces URL (e.g. http://jaeger:4318/v1/"
+                                 "traces); default: from the OTEL_EXPORTER_OTLP_* variables, else localhost:4318")
+    service_name: str | None = Field(default=None, description="default: OTEL_SERVICE_NAME, else protege-gateway")
+    capture_content: bool = Field(default=False, description="put the request's messages and the answer on the "
+                                  "spans (gen_ai.input.messages, gen_ai.output.messages); off: token counts, "
+                                  "models and decisions only")
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -186,6 +201,7 @@ class Settings(_Strict):
     capture: CaptureConfig = CaptureConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     compute: ComputeConfig = ComputeConfig()
+    tracing: TracingConfig = TracingConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
     header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from gateway.capture import CaptureWriter, normalise_request, normalise_response
 from gateway.chat.types import ROUTE_SHADOW, ROUTE_STUDENT, ChatRequest, RouteInfo, StudentAttempt, Students, Teacher
 from gateway.metrics import Metrics
@@ -20,6 +22,7 @@ from gateway.pricing import Price, counterfactual_prompt_tokens
 from gateway.ratelimit import RateLimiter
 from gateway.store import NO_EXTRA, Exchange, ExchangeExtra, ExchangeStatus, StudentNote
 from gateway.tasks import message_text, system_prompt, text_hash
+from gateway.tracing import Tracing, annotate, end, usage_attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +58,12 @@ class StudentOutcome:
 
 class Accounting:
     def __init__(self, capture: CaptureWriter, metrics: Metrics, limiter: RateLimiter,
-                 students: Students | None) -> None:
+                 students: Students | None, tracing: Tracing | None = None) -> None:
         self.capture = capture
         self.metrics = metrics
         self.limiter = limiter
         self.students = students  # its price is read per request: a compute price follows measured throughput
+        self.tracing = tracing or Tracing()
 
     def teacher_served(self, o: TeacherOutcome) -> None:
         req, teacher = o.req, o.teacher
@@ -82,9 +86,10 @@ class Accounting:
         cost = sum(parts) if parts else None
         counterfactual = 0.0 if o.info.route == ROUTE_SHADOW else teacher_cost
         self._observe(req, o.info.route, o.status, o.upstream_s, o.stream, cost, counterfactual)
+        self._trace(req, o.info, o.status, o.completion, cost, counterfactual, extra.price_source, o.error)
         if o.capture and req.capture and self.capture.enabled:
-            self.capture.submit(exchange(req, o.info.route, teacher.config.model, o.status, o.http_status,
-                                         o.completion, error=o.error, stream=o.stream, extra=extra, cost=cost))
+            self._submit(req, exchange(req, o.info.route, teacher.config.model, o.status, o.http_status,
+                                       o.completion, error=o.error, stream=o.stream, extra=extra, cost=cost))
 
     def student_served(self, o: StudentOutcome) -> None:
         req, attempt = o.req, o.attempt
@@ -93,14 +98,45 @@ class Accounting:
         self._bill_client(req, attempt.completion)
         counterfactual = 0.0 if o.teacher is None else teacher_estimate(req, o.teacher, attempt)
         self._observe(req, ROUTE_STUDENT, "ok", 0.0, o.stream, cost, counterfactual)
+        price = self._price(attempt)
+        self._trace(req, o.info, "ok", attempt.completion, cost, counterfactual, price.source if price else None,
+                    None)
         if not req.capture or not self.capture.enabled:
             return
         extra = ExchangeExtra(student=StudentNote(version=attempt.student.version, confidence=attempt.confidence,
                                                   reason=o.info.fallback_reason),
                               counterfactual_cost_usd=counterfactual, teacher_error=o.teacher_error,
-                              price_source=price.source if (price := self._price(attempt)) else None)
-        self.capture.submit(exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
-                                     stream=o.stream, extra=extra, cost=cost))
+                              price_source=price.source if price else None)
+        self._submit(req, exchange(req, ROUTE_STUDENT, attempt.student.model, "ok", 200, attempt.completion,
+                                   stream=o.stream, extra=extra, cost=cost))
+
+    def _submit(self, req: ChatRequest, row: Exchange) -> None:
+        """Hand the row to the capture writer (its own span when traced: the hand-off, not the batched write)."""
+        if req.span is None:
+            self.capture.submit(row)
+            return
+        span = self.tracing.child(req.span, "protege.capture", {"protege.request_id": row.request_id},
+                                  kind=SpanKind.INTERNAL)
+        self.capture.submit(row)
+        end(span)
+
+    def _trace(self, req: ChatRequest, info: RouteInfo, status: ExchangeStatus, completion: dict[str, Any] | None,
+               cost: float | None, counterfactual: float | None, price_source: str | None, error: str | None) -> None:
+        """How the request was served, on its span."""
+        span = req.span
+        if span is None:
+            return
+        student = info.student
+        annotate(span, {**usage_attributes(completion), "protege.route": info.route, "protege.status": status,
+                        "protege.student.version": student.version if student else None,
+                        "protege.student.model": student.model if student else None,
+                        "protege.confidence": info.confidence, "protege.fallback_reason": info.fallback_reason,
+                        "protege.cost_usd": cost, "protege.counterfactual_cost_usd": counterfactual,
+                        "protege.price_source": price_source})
+        self.tracing.content(span, "gen_ai.output.messages",
+                             [c.get("message") for c in (completion or {}).get("choices") or []] or None)
+        if status != "ok":
+            span.set_status(Status(StatusCode.ERROR, (error or status)[:500]))
 
     def _student_cost(self, req: ChatRequest, attempt: StudentAttempt) -> float | None:
         """A student answer's cost (tokens counted under the student's model); None when not priced."""

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.chat.types import ChatRequest, RouteInfo
 from gateway.errors import BadRequestError
 from gateway.tasks import resolve_task
+from gateway.tracing import incoming_context
 
 _CAPTURE_VALUES = {"on": True, "true": True, "1": True, "yes": True,
                    "off": False, "false": False, "0": False, "no": False}
@@ -22,7 +23,8 @@ def build_chat_request(body: dict[str, Any], headers: Mapping[str, str], *, clie
     task, source = resolve_task(headers.get("x-protege-task"), body)
     capture = capture_wanted(headers.get("x-protege-capture")) and task not in skip_tasks
     return ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
-                       user=headers.get("x-protege-user") or user, capture=capture, client=client)
+                       user=headers.get("x-protege-user") or user, capture=capture, client=client,
+                       trace_context=incoming_context(headers))
 
 
 def capture_wanted(header: str | None) -> bool:

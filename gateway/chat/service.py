@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.capture import CaptureWriter, StreamAssembler
 from gateway.chat.accounting import Accounting, StudentOutcome, TeacherOutcome
@@ -34,15 +34,21 @@ from gateway.providers.retry import open_stream, with_retries
 from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, check_request_size
 from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
 from gateway.store import ExchangeStatus, StudentVersion
+from gateway.tracing import Tracing, annotate, current, end, event, request_attributes, usage_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("protege.service")
+STUDENT_SYSTEM = "protege.student"  # gen_ai.provider.name of a student attempt: the task's own trained model
 
 
 class ChatService:
     def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics, retry: RetryConfig,
                  students: Students | None = None, limiter: RateLimiter | None = None,
-                 limits: LimitsConfig | None = None) -> None:
+                 limits: LimitsConfig | None = None, tracing: Tracing | None = None) -> None:
         self.teachers = teachers
+        self.tracing = tracing or Tracing()
         self.limits = limits or LimitsConfig()
         self.concurrency = ConcurrencyLimiter(self.limits.max_concurrent, self.limits.max_concurrent_per_key)
         self.limiter = limiter or RateLimiter(None, None)
@@ -56,8 +62,8 @@ class ChatService:
         self.metrics = metrics
         self.retry = retry
         self.students = students
-        self.accounting = Accounting(capture, metrics, self.limiter, students)
-        self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting)
+        self.accounting = Accounting(capture, metrics, self.limiter, students, self.tracing)
+        self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting, self.tracing)
 
     async def drain(self) -> None:
         """Wait for background shadow calls (graceful shutdown)."""
@@ -93,7 +99,28 @@ class ChatService:
 
     def _on_retry(self, exc: ProtegeError) -> None:
         self.metrics.retries.labels(ROUTE_TEACHER).inc()
+        event("retry", {"error.type": type(exc).__name__, "protege.error": exc.message[:200]})
         log.info("retrying teacher after %s", type(exc).__name__)
+
+    # --- tracing ---------------------------------------------------------------------------
+
+    # off, no span and no attribute dict is made: the hot path pays a `None` check per step
+
+    def _start_span(self, req: ChatRequest) -> None:
+        if not self.tracing.enabled:
+            return
+        req.span = self.tracing.request_span(req.model, req.trace_context, {
+            **request_attributes(req.body), "protege.task": req.task, "protege.request_id": req.request_id,
+            "protege.stream": req.stream})
+        self.tracing.content(req.span, "gen_ai.input.messages", req.body.get("messages"))
+
+    def _teacher_span(self, req: ChatRequest, teacher: Teacher, body: dict[str, Any]) -> Span | None:
+        if req.span is None:
+            return None
+        provider = teacher.config.model.split("/", 1)[0] if "/" in teacher.config.model else "openai"
+        return self.tracing.child(req.span, f"chat {teacher.config.upstream_model}", {
+            **request_attributes(body), "gen_ai.provider.name": provider, "gen_ai.system": provider,
+            "protege.teacher": teacher.config.served_name})
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -118,14 +145,21 @@ class ChatService:
                            messages: list[dict[str, Any]]) -> StudentAttempt:
         assert self.students is not None
         started = time.perf_counter()
+        body, provider = student_body(req.body, student, messages), self.students.provider
+        span = None if req.span is None else self.tracing.child(req.span, f"chat {student.model}", {
+            **request_attributes(body), "gen_ai.provider.name": STUDENT_SYSTEM, "gen_ai.system": STUDENT_SYSTEM,
+            "protege.student.version": student.version})
         try:
-            body, provider = student_body(req.body, student, messages), self.students.provider
-            completion = await self.students.breaker.call(lambda: provider.complete(body))
+            with current(span):
+                completion = await self.students.breaker.call(lambda: provider.complete(body))
         except ProtegeError as exc:
             if exc.status_code == 404:
                 self.students.table.forget_loaded(student)
             reason = "student_timeout" if isinstance(exc, UpstreamTimeoutError) else "student_error"
             log.info("student %s failed (%s): %s", student.model, reason, exc.message)
+            if span is not None:
+                annotate(span, {"protege.accepted": False, "protege.fallback_reason": reason})
+                end(span, error=exc.message)
             return StudentAttempt(student, None, None, Verdict(False, reason, exc.message),  # type: ignore[arg-type]
                                   messages)
         self.metrics.upstream_latency.labels(ROUTE_STUDENT).observe(time.perf_counter() - started)
@@ -133,6 +167,13 @@ class ChatService:
         if score is not None:
             self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
         verdict = judge(score, student.threshold, validate_output(req.body, completion))
+        if span is not None:
+            annotate(span, {**usage_attributes(completion), "protege.confidence": score,
+                            "protege.threshold": student.threshold, "protege.accepted": verdict.accept,
+                            "protege.fallback_reason": verdict.reason,
+                            "protege.fallback_detail": verdict.detail[:200]})
+            self.tracing.content(span, "gen_ai.output.messages", [c.get("message") for c in completion["choices"]])
+            end(span)
         return StudentAttempt(student, completion, score, verdict, messages)
 
     def _fell_back(self, req: ChatRequest, attempt: StudentAttempt) -> RouteInfo:
@@ -163,11 +204,23 @@ class ChatService:
         return self.concurrency.acquire(req.client)
 
     async def complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
-        release = self._admit(req)
+        self._start_span(req)
+        error: str | None = None
         try:
-            return await self._complete(req)
+            release = self._admit(req)
+            try:
+                with current(req.span):  # the shadow call, started inside, is its child
+                    return await self._complete(req)
+            finally:
+                release()
+        except ProtegeError as exc:
+            error = exc.message
+            raise
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
         finally:
-            release()
+            end(req.span, error=error)
 
     async def _complete(self, req: ChatRequest) -> tuple[dict[str, Any], RouteInfo]:
         teacher = self.teachers.select(req.model)
@@ -176,10 +229,13 @@ class ChatService:
             return answer, info
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
+        span = self._teacher_span(req, teacher, body)
         try:
-            result = await teacher.breaker.call(
-                lambda: with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry))
+            with current(span):
+                result = await teacher.breaker.call(
+                    lambda: with_retries(lambda: teacher.provider.complete(body), self.retry, self._on_retry))
         except ProtegeError as exc:
+            end(span, error=exc.message)
             degraded = await self._degraded_answer(req, exc, attempt)
             # a degraded answer has billed the student's attempt already (on the row that is captured)
             self.accounting.teacher_served(TeacherOutcome(
@@ -188,6 +244,9 @@ class ChatService:
             if degraded is None:
                 raise
             return degraded
+        if span is not None:
+            annotate(span, usage_attributes(result))
+            end(span)
         self.accounting.teacher_served(TeacherOutcome(req, teacher, info, "ok", 200, result,
                                                       time.perf_counter() - started, attempt=attempt))
         return result, info
@@ -220,13 +279,20 @@ class ChatService:
         HTTP error); afterwards the iterator yields OpenAI chunk dicts — an `{"error": ...}` dict when the teacher
         fails mid-stream — and records the exchange; each dialect frames them. The request holds its concurrency
         slot until the stream ends."""
-        release = self._admit(req)
+        self._start_span(req)
         try:
-            chunks, info = await self._open_stream(req)
-        except BaseException:
-            release()
+            release = self._admit(req)
+        except ProtegeError as exc:
+            end(req.span, error=exc.message)
             raise
-        return _released_after(chunks, release), info
+        try:
+            with current(req.span):
+                chunks, info = await self._open_stream(req)
+        except BaseException as exc:
+            release()
+            end(req.span, error=exc.message if isinstance(exc, ProtegeError) else type(exc).__name__)
+            raise
+        return _released_after(chunks, release, req.span), info
 
     async def _open_stream(self, req: ChatRequest) -> tuple[AsyncIterator[dict[str, Any]], RouteInfo]:
         teacher = self.teachers.select(req.model)
@@ -235,10 +301,13 @@ class ChatService:
             return self._replay(req, answer), info
         body = upstream_body(req.body, teacher.config.upstream_model)
         started = time.perf_counter()
+        span = self._teacher_span(req, teacher, body)
         try:
-            first, rest = await teacher.breaker.call(
-                lambda: open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry))
+            with current(span):
+                first, rest = await teacher.breaker.call(
+                    lambda: open_stream(lambda: teacher.provider.stream(body), self.retry, self._on_retry))
         except ProtegeError as exc:
+            end(span, error=exc.message)
             degraded = await self._degraded_answer(req, exc, attempt, stream=True)
             self.accounting.teacher_served(TeacherOutcome(
                 req, teacher, info, "failed", exc.status_code, None, time.perf_counter() - started, error=exc.message,
@@ -247,7 +316,7 @@ class ChatService:
                 raise
             return self._replay(req, degraded[0]), degraded[1]
         self.metrics.ttft.labels(info.route).observe(time.perf_counter() - req.received_at)
-        return self._relay(req, teacher, info, first, rest, started, attempt), info
+        return self._relay(req, teacher, info, first, rest, started, attempt, span), info
 
     async def _replay(self, req: ChatRequest, completion: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A whole answer (the student's) as a stream of chunks."""
@@ -257,8 +326,8 @@ class ChatService:
                 yield chunk
 
     async def _relay(self, req: ChatRequest, teacher: Teacher, info: RouteInfo, first: dict[str, Any] | None,
-                     rest: AsyncIterator[dict[str, Any]], started: float,
-                     attempt: StudentAttempt | None) -> AsyncIterator[dict[str, Any]]:
+                     rest: AsyncIterator[dict[str, Any]], started: float, attempt: StudentAttempt | None,
+                     span: Span | None) -> AsyncIterator[dict[str, Any]]:
         assembler = StreamAssembler()
         client_wants_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
         status: ExchangeStatus = "incomplete"
@@ -280,13 +349,17 @@ class ChatService:
             aclose = getattr(rest, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self.accounting.teacher_served(TeacherOutcome(req, teacher, info, status, http_status,
-                                                          assembler.completion(), time.perf_counter() - started,
-                                                          error=error, stream=True, attempt=attempt))
+            completion = assembler.completion()
+            if span is not None:
+                annotate(span, usage_attributes(completion))
+                end(span, error=error)
+            self.accounting.teacher_served(TeacherOutcome(req, teacher, info, status, http_status, completion,
+                                                          time.perf_counter() - started, error=error, stream=True,
+                                                          attempt=attempt))
 
 
-async def _released_after(chunks: AsyncIterator[dict[str, Any]],
-                          release: Callable[[], None]) -> AsyncIterator[dict[str, Any]]:
+async def _released_after(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None],
+                          span: Span | None) -> AsyncIterator[dict[str, Any]]:
     try:
         async for chunk in chunks:
             yield chunk
@@ -295,3 +368,4 @@ async def _released_after(chunks: AsyncIterator[dict[str, Any]],
         if aclose is not None:
             await aclose()
         release()
+        end(span)  # its outcome (and a failure's status) was set when the exchange was accounted

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import time
+from typing import Any
 
 from gateway.chat.accounting import Accounting, TeacherOutcome
 from gateway.chat.bodies import upstream_body
@@ -17,13 +18,15 @@ from gateway.metrics import Metrics
 from gateway.parity import LiveParity
 from gateway.scoring import agreement
 from gateway.store import ExchangeExtra, ShadowNote
+from gateway.tracing import Tracing, annotate, current, end, request_attributes
 
 log = logging.getLogger("protege.service")
 
 
 class ShadowScorer:
-    def __init__(self, rate: float, metrics: Metrics, accounting: Accounting) -> None:
+    def __init__(self, rate: float, metrics: Metrics, accounting: Accounting, tracing: Tracing | None = None) -> None:
         self.rate = rate
+        self.tracing = tracing or Tracing()
         self.metrics = metrics
         self.accounting = accounting
         self._background: set[asyncio.Task[None]] = set()
@@ -51,12 +54,27 @@ class ShadowScorer:
                                  task=req.task, task_source=req.task_source, user=req.user, capture=req.capture)
         started = time.perf_counter()
         body = upstream_body(shadow_req.body, teacher.config.upstream_model)
+        # a child of the request it shadows (which may have ended by now); its outcome is accounted on it
+        if req.span is not None:
+            shadow_req.span = self.tracing.child(req.span, f"chat {teacher.config.upstream_model}", {
+                **request_attributes(body), "protege.shadow": True,
+                "protege.student.version": attempt.student.version, "protege.teacher": teacher.config.served_name})
         try:
-            result = await teacher.breaker.call(lambda: teacher.provider.complete(body))
+            with current(shadow_req.span):
+                result = await teacher.breaker.call(lambda: teacher.provider.complete(body))
         except ProtegeError as exc:
             log.info("shadow call to the teacher failed: %s", exc.message)
+            end(shadow_req.span, error=exc.message)
             return
+        try:
+            self._compare(req, shadow_req, teacher, attempt, result, started)
+        finally:
+            end(shadow_req.span)
+
+    def _compare(self, req: ChatRequest, shadow_req: ChatRequest, teacher: Teacher, attempt: StudentAttempt,
+                 result: dict[str, Any], started: float) -> None:
         score = agreement(attempt.completion, result)
+        annotate(shadow_req.span, {"protege.agreement": score})
         version = attempt.student.version
         labels = (self.metrics.task_label(req.task), str(version))
         self.metrics.shadow.labels(*labels).inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.breaker import CircuitBreaker
 from gateway.config import TeacherConfig
@@ -15,6 +15,9 @@ from gateway.providers import ChatProvider
 from gateway.router import Verdict
 from gateway.routing_table import RoutingTable
 from gateway.store import StudentVersion
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 ROUTE_TEACHER = "teacher"
 ROUTE_STUDENT = "student"
@@ -35,6 +38,8 @@ class ChatRequest:
     client: str | None = None  # who is billed the tokens for rate limits (None: the gateway's own calls)
     received_at: float = field(default_factory=time.perf_counter)
     created_at: float = field(default_factory=time.time)
+    trace_context: dict[str, str] = field(default_factory=dict)  # the client's traceparent/tracestate headers
+    span: Span | None = None  # this request's span, when the gateway traces
 
     @property
     def model(self) -> str:

@@ -13,6 +13,7 @@ import orjson
 
 from gateway.errors import ProtegeError, UpstreamError, UpstreamTimeoutError
 from gateway.providers.base import Redactor, error_for_status, parse_retry_after
+from gateway.tracing import trace_headers
 
 OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
 
@@ -58,7 +59,8 @@ class OpenAICompatibleProvider:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post("/chat/completions", content=orjson.dumps(body))
+            response = await self._client.post("/chat/completions", content=orjson.dumps(body),
+                                               headers=trace_headers())
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"{self.name} timed out") from exc
         except httpx.HTTPError as exc:
@@ -78,7 +80,8 @@ class OpenAICompatibleProvider:
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            async with self._client.stream("POST", "/chat/completions", content=orjson.dumps(body)) as resp:
+            async with self._client.stream("POST", "/chat/completions", content=orjson.dumps(body),
+                                           headers=trace_headers()) as resp:
                 if resp.status_code != 200:
                     raise self._status_error(resp.status_code, await resp.aread(), resp.headers)
                 if resp.headers.get("content-type", "").startswith("application/json"):

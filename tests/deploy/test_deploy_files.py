@@ -432,7 +432,12 @@ def test_compose_local_files_volumes_and_dependencies_exist() -> None:
                 assert var in ENV_KEYS or var in OTHER_PROTEGE_ENV, f"{name}: unknown setting variable {var}"
     assert {"postgres", "gateway", "model-server", "scheduler", "prometheus", "grafana", "vllm"} <= set(all_services)
     assert all_services["vllm"]["profiles"] == ["gpu"]
-    assert not any(s.get("profiles") for n, s in all_services.items() if n not in ("vllm", "base-model"))
+    assert not any(s.get("profiles") for n, s in all_services.items() if n not in ("vllm", "base-model", "jaeger"))
+    # traces: Jaeger in its own profile, the gateway exporting to it once OTEL_EXPORTER_OTLP_ENDPOINT names it
+    assert all_services["jaeger"]["profiles"] == ["tracing"]
+    gateway_env = compose()["services"]["gateway"]["environment"]  # as written, before interpolation
+    assert gateway_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"  # empty: off
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" in COMPOSE.read_text()
 
 
 def test_compose_protege_commands_exist() -> None:

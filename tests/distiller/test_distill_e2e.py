@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 
+from distiller.costs import ASSUMED_STUDENT_COST
 from tests.conftest import teacher_flags
 from tests.servers import Server, stop
 from tests.stores import captured
@@ -100,7 +101,9 @@ def test_capture_then_distill_registers_an_evaluated_student(
     assert calibration["student_cost_source"].startswith(
         "measured: the student's validation tokens at compute: cpu_hour_usd 0.1 (assumed (default)) over ")
     assert "tokens/s (measured by the model server)" in calibration["student_cost_source"]
-    assert 0 < calibration["student_cost"] < 1
+    # measured, not the assumed default; its size follows this machine's throughput (a busy CI core serves a
+    # tiny model slower than a teacher is priced, so no bound on it is asserted here)
+    assert calibration["student_cost"] > 0 and calibration["student_cost"] != ASSUMED_STUDENT_COST
     assert f"a student request costing {calibration['student_cost']:.4g} of a teacher's (measured" in markdown
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
