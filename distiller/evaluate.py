@@ -37,6 +37,7 @@ class EvalExample:
     messages: list[dict[str, Any]]
     reference: dict[str, Any]  # the teacher's assistant message
     tools: list[dict[str, Any]] | None = None
+    request_id: str | None = None  # the captured exchange it comes from
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +68,28 @@ class ModelReport:
     errors: int = 0
 
 
+EXAMPLE_TEXT_CHARS = 2000  # of each side of a kept example: enough to judge, bounded in the registry
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleResult:
+    """One held-out request with the teacher's and the student's answers and their score, kept with the
+    evaluation so a reviewer can see the answers behind the parity (the console lists them side by side)."""
+
+    request_id: str | None
+    request: str  # the last user message
+    teacher: str
+    student: str
+    score: float
+    error: str | None = None
+
+
 @dataclass(slots=True)
 class EvaluationReport:
     split: str
     student: ModelReport
     baselines: list[ModelReport] = field(default_factory=list)
+    examples: list[ExampleResult] = field(default_factory=list)  # the student's answers, split order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +117,31 @@ def load_split(dataset_dir: Path, split: str) -> list[EvalExample]:
         messages = record["messages"]
         if not messages or messages[-1].get("role") != "assistant":
             continue
-        examples.append(EvalExample(messages=messages[:-1], reference=messages[-1], tools=record.get("tools")))
+        request_id = (record.get("metadata") or {}).get("request_id")
+        examples.append(EvalExample(messages=messages[:-1], reference=messages[-1], tools=record.get("tools"),
+                                    request_id=str(request_id) if request_id else None))
     return examples
+
+
+def answer_text(message: dict[str, Any] | None) -> str:
+    """What an assistant message says: its text, else its tool calls as JSON (bounded)."""
+    if not message:
+        return ""
+    content = message.get("content")
+    text = content if isinstance(content, str) else json.dumps(message.get("tool_calls") or content or "")
+    return text[:EXAMPLE_TEXT_CHARS]
+
+
+def example_results(answers: Sequence[ModelAnswer], examples: Sequence[EvalExample],
+                    scores: Sequence[float]) -> list[ExampleResult]:
+    results = []
+    for answer, example, score in zip(answers, examples, scores, strict=True):
+        user: dict[str, Any] = next((m for m in reversed(example.messages) if m.get("role") == "user"), {})
+        request = user.get("content")
+        results.append(ExampleResult(example.request_id, (request if isinstance(request, str) else json.dumps(
+            request))[:EXAMPLE_TEXT_CHARS], answer_text(example.reference), answer_text(answer.message), score,
+            answer.error))
+    return results
 
 
 def completion_of(message: dict[str, Any] | None) -> dict[str, Any]:
@@ -232,7 +273,9 @@ async def evaluate(api_base: str, *, student_model: str, base_model: str | None,
     train = load_split(dataset_dir, "train")
     student_answers = await ask_model(api_base, student_model, examples, max_tokens=max_tokens, api_key=api_key)
     report = EvaluationReport(split=split, student=model_report(f"student ({student_model})", student_answers,
-                                                                 examples))
+                                                                 examples),
+                              examples=example_results(student_answers, examples,
+                                                       score_answers(student_answers, examples)))
     if base_model is not None:
         # first, as the student is asked (what training must beat: the gate compares with it) ...
         prompt_file = dataset_dir / SYSTEM_PROMPT_FILE

@@ -33,6 +33,7 @@ from gateway.admin_auth import SESSION_TTL_S, csrf_token, end_session, same, ses
 from gateway.auth import bearer_token
 from gateway.console.charts import Marker, Rule, Series, downsample, line_chart, percent_format, usd_format
 from gateway.console.errors import CONSOLE
+from gateway.console.examples import LISTS, fallbacks, heldout, jsonl, shadows
 from gateway.console.pages import HEADERS, PREFIX, offline_parity, page, path_part, usd
 from gateway.errors import BadRequestError, ProtegeError
 from gateway.http_errors import dialect_route
@@ -53,6 +54,7 @@ WINDOWS: dict[str, tuple[str, float | None]] = {
     "30d": ("the last 30 days", 30 * 86400.0), "all": ("all captured traffic", None)}
 DEFAULT_WINDOW = "30d"
 RECENT_FALLBACKS = 20
+EXAMPLE_LIMIT = 200  # rows of a live list (shadow, fallbacks): the newest of the window
 NOTICES = {"rollout": "Rollout updated.", "promote": "Version promoted.", "rollback": "Rolled back.",
            "threshold": "Threshold updated."}
 
@@ -370,6 +372,47 @@ def build_console_router() -> APIRouter:
         if isinstance(session, Response):
             return session
         return await task_view(request, session, task)
+
+    @router.get("/tasks/{task}/examples")
+    async def examples_page(task: str, request: Request) -> Response:
+        """A list of compared examples (held-out, shadow, fallbacks), side by side; `only=disagreements` narrows
+        it, `format=jsonl` exports it."""
+        session = await authenticate(request)
+        if isinstance(session, Response):
+            return session
+        query = request.query_params
+        name = query.get("list", "heldout")
+        window = query.get("window", DEFAULT_WINDOW)
+        if name not in LISTS or window not in WINDOWS or query.get("format", "html") not in ("html", "jsonl"):
+            return render("error.html", 400, session=session, title="Bad request",
+                          message=f"list must be one of {', '.join(LISTS)}, window one of {', '.join(WINDOWS)}, "
+                                  "format html or jsonl.")
+        store = session.state.store
+        students = await store.list_students(task=task)
+        if not students and not await store.count_exchanges(task=task):
+            return render("error.html", 404, session=session, title="Unknown task",
+                          message=f"There is no task named {task!r}.")
+        wanted = query.get("version", "")
+        shown = next((s for s in students if wanted.isdigit() and s.version == int(wanted)), None) or next(
+            (s for s in students if s.status == "active"), students[-1] if students else None)
+        since_s = WINDOWS[window][1]
+        start = None if since_s is None else time.time() - since_s
+        if name == "heldout":
+            items = heldout(shown) if shown else []
+        elif name == "shadow":
+            items = await shadows(store, task, start, EXAMPLE_LIMIT)
+        else:
+            items = await fallbacks(store, task, start, EXAMPLE_LIMIT)
+        only = query.get("only") == "disagreements"
+        shown_items = [item for item in items if item.disagrees] if only else items
+        if query.get("format") == "jsonl":
+            filename = f"{task}-{name}{'-v' + str(shown.version) if name == 'heldout' and shown else ''}" \
+                       f"{'-disagreements' if only else ''}.jsonl"
+            return Response(jsonl(shown_items), media_type="application/x-ndjson", headers={
+                **HEADERS, "Content-Disposition": f'attachment; filename="{path_part(filename)}"'})
+        return render("examples.html", session=session, task=task, list_name=name, lists=LISTS, items=shown_items,
+                      total=len(items), only=only, window=window, windows=WINDOWS, students=students, shown=shown,
+                      limit=EXAMPLE_LIMIT)
 
     @router.post("/tasks/{task}/{operation}")
     async def task_operation(task: str, operation: str, request: Request) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,6 +151,13 @@ class Store(abc.ABC):
                              limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
         """Oldest first (by created_at, then request_id). `after` is the (created_at, request_id) of the last
         exchange of the previous page: pages read this way never skip or repeat a row, unlike offsets."""
+
+    @abc.abstractmethod
+    async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,
+                               since: float | None = None,
+                               request_ids: Sequence[str] | None = None) -> list[Exchange]:
+        """Newest first: the last `limit` exchanges of `task` created from `since` on, of these routes and ids
+        (None: any) — one indexed query, for pages that show the latest rows of a window, bodies included."""
 
     @abc.abstractmethod
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -220,6 +220,25 @@ class PostgresStore(Store):
         if limit is not None:
             params.append(limit)
             query += f" LIMIT ${len(params)}"
+        async with self._connection("list exchanges") as conn:
+            rows = await conn.fetch(query, *params)
+        return [row_to_exchange(tuple(r)) for r in rows]
+
+    async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,
+                               since: float | None = None,
+                               request_ids: Sequence[str] | None = None) -> list[Exchange]:
+        clauses: list[str] = ["task = $1"]
+        params: list[Any] = [task]
+        for column, values in (("route", routes), ("request_id", request_ids)):
+            if values is not None:
+                params.append(list(values))
+                clauses.append(f"{column} = ANY(${len(params)}::text[])")
+        if since is not None:
+            params.append(since)
+            clauses.append(f"created_at >= ${len(params)}")
+        params.append(limit)
+        query = (f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges WHERE {' AND '.join(clauses)} "
+                 f'ORDER BY created_at DESC, request_id DESC LIMIT ${len(params)}')
         async with self._connection("list exchanges") as conn:
             rows = await conn.fetch(query, *params)
         return [row_to_exchange(tuple(r)) for r in rows]

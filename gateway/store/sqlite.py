@@ -6,7 +6,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,26 @@ class SQLiteStore(Store):
             query += " LIMIT ?"
             params.append(limit)
         async with self._connection("list exchanges") as db, db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [row_to_exchange(tuple(r)) for r in rows]
+
+    async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,
+                               since: float | None = None,
+                               request_ids: Sequence[str] | None = None) -> list[Exchange]:
+        clauses: list[str] = ["task = ?"]
+        params: list[Any] = [task]
+        for column, values in (("route", routes), ("request_id", request_ids)):
+            if values is not None:
+                if not values:
+                    return []
+                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(values)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(since)
+        query = (f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges WHERE {' AND '.join(clauses)} "
+                 "ORDER BY created_at DESC, request_id DESC LIMIT ?")
+        async with self._connection("list exchanges") as db, db.execute(query, [*params, limit]) as cur:
             rows = await cur.fetchall()
         return [row_to_exchange(tuple(r)) for r in rows]
 

@@ -89,6 +89,10 @@ def test_capture_then_distill_registers_an_evaluated_student(
     # prompt-distilled: the base model as the student is asked (without the prompt), then with the prompt
     assert names[0].endswith("without the task's system prompt") and names[1].endswith("with the task's system prompt")
     assert report["evaluation"]["student"]["score"]["n"] > 0
+    # the answers behind the score, kept for the console: one per test example, with the captured request's id
+    examples = report["evaluation"]["examples"]
+    assert len(examples) == report["evaluation"]["student"]["score"]["n"]
+    assert all(e["request_id"] and e["request"] and e["teacher"] and 0 <= e["score"] <= 1 for e in examples)
     manifest = json.loads((run_dir / "dataset" / "manifest.json").read_text())
     assert manifest["system_prompt_hash"] is not None  # one shared system prompt: prompt-distilled
     train = (run_dir / "dataset" / "train.jsonl").read_text()

@@ -102,6 +102,22 @@ async def test_ordering_and_keyset_pages_match_across_backends(store: Store) -> 
     assert [t.name for t in await store.list_tasks()] == ["t"]
 
 
+async def test_newest_exchanges_of_a_window_route_and_ids(store: Store) -> None:
+    rows = [dataclasses.replace(exchange(i), route=("fallback", "shadow", "student")[i % 3]) for i in range(9)]
+    await store.insert_exchanges([*rows, exchange(20, "other")])
+    newest = await store.newest_exchanges(task="t", limit=4)
+    assert [e.request_id for e in newest] == ["req_8", "req_7", "req_6", "req_5"]  # newest first, bodies kept
+    assert newest[0].response is not None and newest[0].request["messages"]
+    fallbacks = await store.newest_exchanges(task="t", routes=["fallback"], limit=10)
+    assert [e.request_id for e in fallbacks] == ["req_6", "req_3", "req_0"]
+    assert [e.request_id for e in await store.newest_exchanges(task="t", routes=["fallback", "shadow"],
+                                                               since=1004.0, limit=10)] == ["req_7", "req_6", "req_4"]
+    picked = await store.newest_exchanges(task="t", request_ids=["req_2", "req_5", "req_20", "nope"], limit=10)
+    assert [e.request_id for e in picked] == ["req_5", "req_2"]  # another task's row is not this task's
+    assert await store.newest_exchanges(task="t", request_ids=[], limit=10) == []
+    assert await store.newest_exchanges(task="t", routes=["teacher"], limit=10) == []
+
+
 async def test_task_summaries_use_byte_order_and_count_good(store: Store) -> None:
     await store.insert_exchanges([exchange(1, "b"), exchange(2, "B", "failed"), exchange(3, "a", "incomplete")])
     tasks = await store.list_tasks()
