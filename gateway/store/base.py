@@ -148,9 +148,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
-                             limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
+                             limit: int | None = None, after: tuple[float, str] | None = None,
+                             bodies: bool = True) -> list[Exchange]:
         """Oldest first (by created_at, then request_id). `after` is the (created_at, request_id) of the last
-        exchange of the previous page: pages read this way never skip or repeat a row, unlike offsets."""
+        exchange of the previous page: pages read this way never skip or repeat a row, unlike offsets. Without
+        `bodies` the request reads as {} and the response as None, and the database never sends them: what
+        reports over a window read."""
 
     @abc.abstractmethod
     async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,

@@ -40,6 +40,7 @@ from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     RESPONSE_COLUMNS,
     STUDENT_COLUMNS,
+    exchange_select,
     exchange_to_row,
     response_to_row,
     row_to_exchange,
@@ -214,9 +215,10 @@ class PostgresStore(Store):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
-                             limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
+                             limit: int | None = None, after: tuple[float, str] | None = None,
+                             bodies: bool = True) -> list[Exchange]:
         where, params = self._where(task, status, after)
-        query = f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges{where} ORDER BY created_at, request_id"
+        query = f"SELECT {exchange_select(bodies)} FROM exchanges{where} ORDER BY created_at, request_id"
         if limit is not None:
             params.append(limit)
             query += f" LIMIT ${len(params)}"
@@ -237,7 +239,7 @@ class PostgresStore(Store):
             params.append(since)
             clauses.append(f"created_at >= ${len(params)}")
         params.append(limit)
-        query = (f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges WHERE {' AND '.join(clauses)} "
+        query = (f"SELECT {exchange_select()} FROM exchanges WHERE {' AND '.join(clauses)} "
                  f'ORDER BY created_at DESC, request_id DESC LIMIT ${len(params)}')
         async with self._connection("list exchanges") as conn:
             rows = await conn.fetch(query, *params)

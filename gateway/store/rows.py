@@ -17,6 +17,15 @@ EXCHANGE_COLUMNS: tuple[str, ...] = (
 )
 
 
+# what a listing without bodies reads in place of the request and response: the database never sends them
+_NO_BODIES = {"request_json": "'{}' AS request_json", "response_json": "NULL AS response_json"}
+
+
+def exchange_select(bodies: bool = True) -> str:
+    """The select list of an exchange row; without `bodies`, every column but the request and response."""
+    return ", ".join(c if bodies else _NO_BODIES.get(c, c) for c in EXCHANGE_COLUMNS)
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 

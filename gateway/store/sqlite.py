@@ -28,6 +28,7 @@ from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     RESPONSE_COLUMNS,
     STUDENT_COLUMNS,
+    exchange_select,
     exchange_to_row,
     response_to_row,
     row_to_exchange,
@@ -189,9 +190,10 @@ class SQLiteStore(Store):
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
-                             limit: int | None = None, after: tuple[float, str] | None = None) -> list[Exchange]:
+                             limit: int | None = None, after: tuple[float, str] | None = None,
+                             bodies: bool = True) -> list[Exchange]:
         where, params = self._where(task, status, after)
-        query = f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges{where} ORDER BY created_at, request_id"
+        query = f"SELECT {exchange_select(bodies)} FROM exchanges{where} ORDER BY created_at, request_id"
         if limit is not None:
             query += " LIMIT ?"
             params.append(limit)
@@ -213,7 +215,7 @@ class SQLiteStore(Store):
         if since is not None:
             clauses.append("created_at >= ?")
             params.append(since)
-        query = (f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges WHERE {' AND '.join(clauses)} "
+        query = (f"SELECT {exchange_select()} FROM exchanges WHERE {' AND '.join(clauses)} "
                  "ORDER BY created_at DESC, request_id DESC LIMIT ?")
         async with self._connection("list exchanges") as db, db.execute(query, [*params, limit]) as cur:
             rows = await cur.fetchall()

@@ -156,13 +156,17 @@ class Traced:
 
 @pytest.fixture
 def traced(receiver: OtlpReceiver, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Traced]:
-    tracing = {"endpoint": f"{receiver.url}/v1/traces", **getattr(request, "param", {})}
-    with ScriptedUpstream() as teacher, ScriptedUpstream(logprob=-5.0) as student:  # a student never confident
+    param = dict(getattr(request, "param", {}))
+    logprob, shadow_rate = param.pop("student_logprob", -5.0), param.pop("shadow_rate", 0.0)
+    tracing = {"endpoint": f"{receiver.url}/v1/traces", **param}
+    # by default a student never confident enough: every request falls back
+    with ScriptedUpstream() as teacher, ScriptedUpstream(logprob=logprob) as student:
         register_student(tmp_path / "store.db")
         settings = settings_for(teacher, tmp_path / "store.db", admin_token=ADMIN,
                                 student_api_base=f"{student.url}/v1",
                                 config={"tracing": tracing, "cascade": {"refresh_s": 0.2, "input_cost_per_token": 1e-8,
-                                                                        "output_cost_per_token": 2e-8},
+                                                                        "output_cost_per_token": 2e-8,
+                                                                        "shadow_rate": shadow_rate},
                                         "retry": {"attempts": 1, "backoff_s": 0}})
         with inprocess_gateway(settings) as gateway:
             rollout = gateway.client.put(f"/admin/tasks/{TASK}/rollout", json={"percent": 100},
@@ -228,6 +232,26 @@ def test_retries_are_events_and_content_is_on_the_spans_when_asked(traced: Trace
     assert [name for name, _ in teacher.events] == ["retry"]
     assert teacher.events[0][1]["error.type"] == "UpstreamError"  # the teacher's 500
     assert teacher.attributes["gen_ai.usage.input_tokens"] == 7  # from the stream's usage chunk
+
+
+@pytest.mark.parametrize("traced", [{"student_logprob": -0.01, "shadow_rate": 1.0}], indirect=True)
+def test_a_student_answer_and_its_shadow_call_are_one_trace(traced: Traced) -> None:
+    headers = traced.chat()
+    assert headers["x-protege-route"] == "student"
+    spans = traced.spans(5)  # request, student attempt, its capture; the shadow call and its capture
+    root = next(s for s in spans if s.kind == SERVER)
+    assert root.attributes["protege.route"] == "student" and root.attributes["protege.confidence"] > -1
+    assert root.attributes["protege.cost_usd"] < root.attributes["protege.counterfactual_cost_usd"]
+    assert root.attributes["protege.price_source"] == "configured"
+    [student] = [s for s in spans if s.name == "chat tiny-v1"]
+    assert student.parent_id == root.span_id and student.attributes["protege.accepted"] is True
+    [shadow] = [s for s in spans if s.attributes.get("protege.shadow")]
+    # the background teacher call is a child of the request it shadows, with the agreement it found
+    assert shadow.parent_id == root.span_id and shadow.kind == CLIENT and shadow.name == "chat gpt-4o-mini"
+    assert shadow.attributes["protege.agreement"] == 1.0  # the scripted teacher echoes, as the student does
+    assert shadow.attributes["protege.route"] == "shadow" and shadow.attributes["protege.student.version"] == 1
+    assert {s.parent_id for s in spans if s.name == "protege.capture"} == {root.span_id, shadow.span_id}
+    assert traced.teacher.last("/v1/chat").headers["traceparent"].split("-")[2] == shadow.span_id
 
 
 def test_a_refused_request_is_a_failed_span(traced: Traced) -> None:

@@ -102,6 +102,17 @@ async def test_ordering_and_keyset_pages_match_across_backends(store: Store) -> 
     assert [t.name for t in await store.list_tasks()] == ["t"]
 
 
+async def test_a_listing_without_bodies_keeps_everything_else(store: Store) -> None:
+    await store.insert_exchanges([exchange(1), exchange(2)])
+    full = await store.list_exchanges()
+    light = await store.list_exchanges(bodies=False)
+    assert [e.request for e in light] == [{}, {}] and [e.response for e in light] == [None, None]
+    assert full[0].request["messages"] and full[0].response is not None
+    assert [dataclasses.replace(e, request={}, response=None) for e in full] == light  # columns, extra: the same
+    assert [e.request_id for e in await store.list_exchanges(bodies=False, limit=1, after=(1001.0, "req_1"))] \
+        == ["req_2"]
+
+
 async def test_newest_exchanges_of_a_window_route_and_ids(store: Store) -> None:
     rows = [dataclasses.replace(exchange(i), route=("fallback", "shadow", "student")[i % 3]) for i in range(9)]
     await store.insert_exchanges([*rows, exchange(20, "other")])
