@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.parity import live_parity
-from gateway.store import Exchange, Store, StudentVersion
+from gateway.parity import LiveParity, live_parity
+from gateway.store import Exchange, ExchangeGroup, Store, StudentVersion
 
 ReportFormat = Literal["table", "json", "markdown"]
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("table", "json", "markdown")
@@ -71,14 +71,16 @@ def parse_duration(text: str) -> float:
 
 @dataclass(slots=True)
 class Row:
-    """One exchange as the report sees it: when, how served, what it cost, and the teacher-only estimate."""
+    """One exchange as the report sees it — or `count` alike ones added up by the store (`ExchangeGroup`), with
+    the sums of their costs: when, how served, what it cost, and the teacher-only estimate."""
 
-    at: float
+    at: float  # the (first) exchange's time
     route: str
     cost_usd: float  # 0 when unpriced
     counterfactual_usd: float | None  # None: unknown (unpriced teacher, or no teacher row to estimate from)
-    estimated: bool = False  # counterfactual from the task's mean teacher cost
+    estimated: int = 0  # how many of its exchanges' counterfactuals are the task's mean teacher cost
     price_source: str | None = None  # where the row's price came from (None: unpriced, or recorded before)
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -150,7 +152,7 @@ class TaskReport:
         counts: dict[str, int] = {}
         for r in self.rows:
             key = r.price_source or "no price recorded"
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + r.count
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,7 +256,7 @@ def _rows(exchanges: Sequence[Exchange]) -> tuple[list[Row], int]:
             if recorded is not None:
                 rows.append(Row(ex.created_at, ex.route, cost, recorded, price_source=source))
             else:  # captured before the gateway recorded its estimate
-                rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=teacher_mean is not None,
+                rows.append(Row(ex.created_at, ex.route, cost, teacher_mean, estimated=int(teacher_mean is not None),
                                 price_source=source))
         elif ex.cost_usd is None and ex.status != "ok":
             rows.append(Row(ex.created_at, ex.route, cost, 0.0))  # a failed call: the teacher alone fails too
@@ -280,25 +282,89 @@ def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[floa
     return costs, notes + sourced
 
 
+def _group_rows(groups: Sequence[ExchangeGroup]) -> tuple[list[Row], int]:
+    """`_rows` over the store's sums: the same figures, a row per group."""
+    teacher = [g for g in groups if g.route in TEACHER_ROUTES and g.status == "ok" and g.priced]
+    teacher_rows = sum(g.rows for g in teacher)
+    teacher_mean = (sum(_group_teacher_cost(g) for g in teacher) / teacher_rows) if teacher_rows else None
+    rows: list[Row] = []
+    for g in groups:
+        if g.route == SHADOW:
+            rows.append(Row(g.first_at, g.route, g.cost_usd, 0.0, price_source=g.price_source, count=g.rows))
+        elif g.route == "student":
+            if g.has_counterfactual:
+                rows.append(Row(g.first_at, g.route, g.cost_usd, g.counterfactual_usd, price_source=g.price_source,
+                                count=g.rows))
+            else:
+                estimate = None if teacher_mean is None else teacher_mean * g.rows
+                rows.append(Row(g.first_at, g.route, g.cost_usd, estimate, estimated=g.rows if estimate is not None
+                                else 0, price_source=g.price_source, count=g.rows))
+        elif not g.priced and g.status != "ok":
+            rows.append(Row(g.first_at, g.route, g.cost_usd, 0.0, count=g.rows))
+        else:
+            rows.append(Row(g.first_at, g.route, g.cost_usd, _group_teacher_cost(g) if g.priced else None,
+                            price_source=g.price_source, count=g.rows))
+    rows.sort(key=lambda r: r.at)
+    return rows, sum(g.rows for g in groups if not g.priced and g.status == "ok")
+
+
+def _group_teacher_cost(g: ExchangeGroup) -> float:
+    return g.cost_usd - g.student_cost_usd if g.route == "fallback" else g.cost_usd
+
+
 def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[StudentVersion], *,
                 now: float) -> TaskReport:
     rows, unpriced = _rows(exchanges)
+    return _report(task, rows, unpriced, students, now=now, live=lambda version: live_parity(exchanges, version))
+
+
+def task_report_from_groups(task: str, groups: Sequence[ExchangeGroup], students: Sequence[StudentVersion], *,
+                            now: float) -> TaskReport:
+    """`task_report` from the store's sums (`Store.exchange_groups`) instead of the rows themselves. Its student
+    share since the first student answer counts whole groups: `window_report` counts it exactly."""
+    rows, unpriced = _group_rows(groups)
+
+    def live(version: int) -> LiveParity:
+        shadows = [g for g in groups if g.route == SHADOW and g.shadow_version == version]
+        return LiveParity(sum(g.agreements for g in shadows), sum(g.agreement_sum for g in shadows))
+
+    return _report(task, rows, unpriced, students, now=now, live=live)
+
+
+async def window_report(store: Store, task: str, students: Sequence[StudentVersion], *, since: float | None,
+                        now: float, buckets: int = 200) -> TaskReport | None:
+    """A task's report over the window from `since` on, added up in the store (a few groups, never every row);
+    None without traffic. `buckets` time buckets over the window give the savings curve its resolution."""
+    first = await store.exchange_groups(task=task, since=since, bucket_s=1e12)  # one bucket: the window's extent
+    if not first:
+        return None
+    start = min(g.first_at for g in first) if since is None else since
+    groups = await store.exchange_groups(task=task, since=since, bucket_s=max(1.0, (now - start) / buckets))
+    report = task_report_from_groups(task, groups, students, now=now)
+    if report.student_since is not None:  # exact: the client requests from the first student answer on
+        later = await store.exchange_groups(task=task, since=report.student_since, bucket_s=1e12)
+        report.student_requests = sum(g.rows for g in later if g.route != SHADOW)
+    return report
+
+
+def _report(task: str, rows: list[Row], unpriced: int, students: Sequence[StudentVersion], *, now: float,
+            live: Callable[[int], LiveParity]) -> TaskReport:
     clients = [r for r in rows if r.route != SHADOW]
     routes: dict[str, int] = {}
     for r in clients:
-        routes[r.route] = routes.get(r.route, 0) + 1
+        routes[r.route] = routes.get(r.route, 0) + r.count
     student_since = min((r.at for r in clients if r.route in STUDENT_ROUTES), default=None)
     training, notes = _training_costs(students)
     report = TaskReport(
-        task=task, requests=len(clients), routes=routes, actual_usd=sum(r.cost_usd for r in rows),
+        task=task, requests=sum(r.count for r in clients), routes=routes, actual_usd=sum(r.cost_usd for r in rows),
         counterfactual_usd=sum(r.counterfactual_usd or 0.0 for r in rows), upfront_usd=sum(c for _, c in training),
         student_since=student_since,
-        student_requests=0 if student_since is None else sum(r.at >= student_since for r in clients),
+        student_requests=0 if student_since is None else sum(r.count for r in clients if r.at >= student_since),
         period_end=now, estimated_rows=sum(r.estimated for r in rows), unpriced_rows=unpriced, notes=notes, rows=rows,
         training=training)
     if report.estimated_rows:
         notes.append(f"{report.estimated_rows} student rows estimated at the task's mean teacher cost per request")
-    missing = sum(r.counterfactual_usd is None for r in rows)
+    missing = sum(r.count for r in rows if r.counterfactual_usd is None)
     if missing:
         notes.append(f"{missing} rows without a teacher-only estimate (unpriced, or no teacher row to estimate from)")
     if unpriced:
@@ -310,8 +376,8 @@ def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[Stu
     if shown is not None:
         report.version = shown.version
         report.parity, report.gate = shown.details.offline_parity, shown.details.min_parity
-        live = live_parity(exchanges, shown.version)
-        report.live_comparisons, report.live_parity = live.comparisons, live.mean
+        tally = live(shown.version)
+        report.live_comparisons, report.live_parity = tally.comparisons, tally.mean
     return report
 
 

@@ -14,7 +14,6 @@ either check alone would hold.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -39,7 +38,7 @@ from gateway.errors import BadRequestError, ProtegeError
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_body, validate
 from gateway.parity import LiveParity
-from gateway.savings import TaskReport, build_report, read_exchanges, task_report  # `protege report`'s figures
+from gateway.savings import Report, TaskReport, window_report  # `protege report`'s figures
 from gateway.state import GatewayState
 from gateway.store import Exchange, StudentVersion, TaskSummary
 from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
@@ -236,13 +235,13 @@ def build_console_router() -> APIRouter:
         rollouts = await store.rollouts()
         now = time.time()
         since_s = WINDOWS[window][1]
-        exchanges = await read_exchanges(store, task=task, start=None if since_s is None else now - since_s)
-        if not students and summary is None and task not in rollouts and not exchanges:
+        start = None if since_s is None else now - since_s
+        # added up in the store: a few groups of the window, never every row
+        report = await window_report(store, task, students, since=start, now=now)
+        if not students and summary is None and task not in rollouts and report is None:
             return None
-        # the report walks every exchange of the window: off the event loop, so other requests go on
-        report = await asyncio.to_thread(task_report, task, exchanges, students, now=now) if exchanges else None
         row = task_row(task, summary, students, rollouts.get(task, 0.0), report, session.state.service.live_parity())
-        fallbacks = [ex for ex in exchanges if ex.route == "fallback"][-RECENT_FALLBACKS:][::-1]
+        fallbacks = await store.newest_exchanges(task=task, routes=["fallback"], since=start, limit=RECENT_FALLBACKS)
         return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks)
 
     async def task_view(request: Request, session: Session, task: str, *, status: int = 200,
@@ -355,11 +354,15 @@ def build_console_router() -> APIRouter:
         rollouts = await store.rollouts()
         now = time.time()
         since_s = WINDOWS[window][1]
-        exchanges = await read_exchanges(store, task=None, start=None if since_s is None else now - since_s)
-        report = await asyncio.to_thread(build_report, exchanges, students, now=now, since_s=since_s)
-        reports = {t.task: t for t in report.tasks}
-        live = session.state.service.live_parity()
+        start = None if since_s is None else now - since_s
         names = sorted(set(summaries) | {s.task for s in students} | set(rollouts))
+        reports: dict[str, TaskReport] = {}
+        for name in (n for n in names if n in summaries):  # tasks with traffic, added up in the store
+            found = await window_report(store, name, [s for s in students if s.task == name], since=start, now=now)
+            if found is not None:
+                reports[name] = found
+        report = Report(generated_at=now, since=start, tasks=[reports[name] for name in sorted(reports)])
+        live = session.state.service.live_parity()
         rows = [task_row(name, summaries.get(name), [s for s in students if s.task == name], rollouts.get(name, 0.0),
                          reports.get(name), live) for name in names]
         price_notes = [t.price_note for t in session.state.settings.teachers if t.price_note]

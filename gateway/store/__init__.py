@@ -10,6 +10,7 @@ from gateway.store.base import (
     ApiKeyRecord,
     ConfidenceMethod,
     Exchange,
+    ExchangeGroup,
     ExchangeStatus,
     Store,
     StoredResponse,
@@ -30,9 +31,9 @@ from gateway.store.records import (
 )
 
 __all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
-           "ExchangeStatus", "GateResult", "ServingPrice", "ShadowNote", "Store", "StoreError", "StoredResponse",
-           "StudentDetails", "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url",
-           "open_store", "redacted_url", "user_hash"]
+           "ExchangeGroup", "ExchangeStatus", "GateResult", "ServingPrice", "ShadowNote", "Store", "StoreError",
+           "StoredResponse", "StudentDetails", "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary",
+           "check_store_url", "open_store", "redacted_url", "user_hash"]
 
 StoreFactory = Callable[[str], Store]
 

@@ -53,6 +53,29 @@ class TaskSummary:
     last_seen: float
 
 
+@dataclass(frozen=True, slots=True)
+class ExchangeGroup:
+    """Exchanges of one task that a cost report treats alike, added up by the store (`Store.exchange_groups`):
+    same route, status, time bucket, price source, shadowed version, and whether a price and a recorded
+    teacher-only estimate are known. Values of the wrong type in a row's notes count as unset, as
+    `ExchangeExtra.from_json` reads them."""
+
+    route: str
+    status: str
+    bucket: int  # created_at // bucket_s
+    price_source: str | None
+    shadow_version: int | None
+    priced: bool  # cost_usd is known
+    has_counterfactual: bool  # extra.counterfactual_cost_usd is recorded
+    rows: int
+    first_at: float
+    cost_usd: float  # the sum of cost_usd
+    student_cost_usd: float  # the sum of extra.student.cost_usd (a fallback's rejected attempt)
+    counterfactual_usd: float  # the sum of extra.counterfactual_cost_usd
+    agreements: int  # shadow rows with an agreement
+    agreement_sum: float
+
+
 @dataclass(slots=True)
 class StoredResponse:
     """A Responses API response kept for `previous_response_id`, `GET /v1/responses/{id}` and its input items.
@@ -161,6 +184,11 @@ class Store(abc.ABC):
                                request_ids: Sequence[str] | None = None) -> list[Exchange]:
         """Newest first: the last `limit` exchanges of `task` created from `since` on, of these routes and ids
         (None: any) — one indexed query, for pages that show the latest rows of a window, bodies included."""
+
+    @abc.abstractmethod
+    async def exchange_groups(self, *, task: str, since: float | None, bucket_s: float) -> list[ExchangeGroup]:
+        """The task's exchanges from `since` on, added up in the database by what a cost report distinguishes
+        (`ExchangeGroup`): a report over a window reads a few groups, not every row."""
 
     @abc.abstractmethod
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,

@@ -26,6 +26,7 @@ from gateway.store.base import (
     ApiKeyRecord,
     DeleteProgress,
     Exchange,
+    ExchangeGroup,
     ExchangeStatus,
     Store,
     StoredResponse,
@@ -42,6 +43,7 @@ from gateway.store.rows import (
     STUDENT_COLUMNS,
     exchange_select,
     exchange_to_row,
+    group_of,
     response_to_row,
     row_to_exchange,
     row_to_response,
@@ -244,6 +246,30 @@ class PostgresStore(Store):
         async with self._connection("list exchanges") as conn:
             rows = await conn.fetch(query, *params)
         return [row_to_exchange(tuple(r)) for r in rows]
+
+    async def exchange_groups(self, *, task: str, since: float | None, bucket_s: float) -> list[ExchangeGroup]:
+        def number(*path: str) -> str:  # a JSON number at `path` of the notes, else NULL (as the records read it)
+            at = "->".join(f"'{p}'" for p in path)
+            return f"(CASE WHEN jsonb_typeof(extra_json->{at}) = 'number' THEN (extra_json->{at})::float8 END)"
+
+        source = ("(CASE WHEN jsonb_typeof(extra_json->'price_source') = 'string' "
+                  "THEN extra_json->>'price_source' END)")
+        version = "(extra_json->'shadow'->'version')"
+        shadow_version = (f"(CASE WHEN jsonb_typeof({version}) = 'number' "
+                          f"AND {version}::float8 = trunc({version}::float8) "
+                          f"AND {number('shadow', 'agreement')} IS NOT NULL THEN ({version})::float8::bigint END)")
+        agreement = f"(CASE WHEN {shadow_version} IS NOT NULL THEN {number('shadow', 'agreement')} END)"
+        counterfactual = number("counterfactual_cost_usd")
+        query = (f"SELECT route, status, floor(created_at / $1)::bigint AS b, {source} AS src, "
+                 f"{shadow_version} AS sv, cost_usd IS NOT NULL AS priced, {counterfactual} IS NOT NULL AS has_cf, "
+                 "COUNT(*), MIN(created_at), "
+                 f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM({number('student', 'cost_usd')}), 0), "
+                 f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0) "
+                 "FROM exchanges WHERE task = $2 AND created_at >= $3 "
+                 "GROUP BY route, status, b, src, sv, priced, has_cf ORDER BY b, route, status")
+        async with self._connection("add up exchanges") as conn:
+            rows = await conn.fetch(query, bucket_s, task, since if since is not None else float("-inf"))
+        return [group_of(tuple(r)) for r in rows]
 
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
                               user: str | None = None, created_before: float | None = None) -> int:

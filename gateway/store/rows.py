@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import orjson
 
-from gateway.store.base import Exchange, ExchangeStatus, StoredResponse, StudentVersion
+from gateway.store.base import Exchange, ExchangeGroup, ExchangeStatus, StoredResponse, StudentVersion
 from gateway.store.records import ExchangeExtra, StudentDetails
 
 EXCHANGE_COLUMNS: tuple[str, ...] = (
@@ -109,3 +109,11 @@ def row_to_response(row: Sequence[Any]) -> StoredResponse:
                           response=orjson.loads(values["response_json"]),
                           input_items=orjson.loads(values["input_items_json"]),
                           history=orjson.loads(values["history_json"]))
+
+
+def group_of(r: Sequence[Any]) -> ExchangeGroup:
+    """An `ExchangeGroup` from its query row (route, status, bucket, source, version, priced, has_cf, rows,
+    first_at, cost, student cost, counterfactual, agreements, agreement sum)."""
+    return ExchangeGroup(str(r[0]), str(r[1]), int(r[2]), r[3], None if r[4] is None else int(r[4]), bool(r[5]),
+                         bool(r[6]), int(r[7]), float(r[8]), float(r[9]), float(r[10]), float(r[11]), int(r[12]),
+                         float(r[13]))

@@ -17,6 +17,7 @@ from gateway.store.base import (
     ApiKeyRecord,
     DeleteProgress,
     Exchange,
+    ExchangeGroup,
     ExchangeStatus,
     Store,
     StoredResponse,
@@ -30,6 +31,7 @@ from gateway.store.rows import (
     STUDENT_COLUMNS,
     exchange_select,
     exchange_to_row,
+    group_of,
     response_to_row,
     row_to_exchange,
     row_to_response,
@@ -220,6 +222,30 @@ class SQLiteStore(Store):
         async with self._connection("list exchanges") as db, db.execute(query, [*params, limit]) as cur:
             rows = await cur.fetchall()
         return [row_to_exchange(tuple(r)) for r in rows]
+
+    async def exchange_groups(self, *, task: str, since: float | None, bucket_s: float) -> list[ExchangeGroup]:
+        def number(path: str) -> str:  # a JSON number at `path` of the notes, else NULL (as the records read it)
+            return (f"(CASE WHEN json_type(extra_json, '{path}') IN ('integer', 'real') "
+                    f"THEN json_extract(extra_json, '{path}') END)")
+
+        source = "(CASE WHEN json_type(extra_json, '$.price_source') = 'text' " \
+                 "THEN json_extract(extra_json, '$.price_source') END)"
+        shadow_version = ("(CASE WHEN json_type(extra_json, '$.shadow.version') = 'integer' AND "
+                          f"{number('$.shadow.agreement')} IS NOT NULL "
+                          "THEN json_extract(extra_json, '$.shadow.version') END)")
+        agreement = f"(CASE WHEN {shadow_version} IS NOT NULL THEN {number('$.shadow.agreement')} END)"
+        counterfactual = number("$.counterfactual_cost_usd")
+        query = (f"SELECT route, status, CAST(created_at / ? AS INTEGER) AS b, {source} AS src, "
+                 f"{shadow_version} AS sv, cost_usd IS NOT NULL AS priced, {counterfactual} IS NOT NULL AS has_cf, "
+                 "COUNT(*), MIN(created_at), "
+                 f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM({number('$.student.cost_usd')}), 0), "
+                 f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0) "
+                 "FROM exchanges WHERE task = ? AND created_at >= ? "
+                 "GROUP BY route, status, b, src, sv, priced, has_cf ORDER BY b, route, status")
+        params = [bucket_s, task, since if since is not None else float("-inf")]
+        async with self._connection("add up exchanges") as db, db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [group_of(tuple(r)) for r in rows]
 
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
                               user: str | None = None, created_before: float | None = None) -> int:

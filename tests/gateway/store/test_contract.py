@@ -13,6 +13,7 @@ import pytest
 from gateway.auth import KeyRing, hash_key, new_key
 from gateway.errors import AuthenticationError
 from gateway.routing_table import RoutingTable
+from gateway.savings import task_report, window_report
 from gateway.store import (
     ApiKeyRecord,
     Exchange,
@@ -100,6 +101,42 @@ async def test_ordering_and_keyset_pages_match_across_backends(store: Store) -> 
     assert pages == [expected[:2], expected[2:4], expected[4:]]
     assert [e.request_id for e in await store.list_exchanges(task="t", after=(1000.0, "req_Z"))] == ["req_a", "req_é"]
     assert [t.name for t in await store.list_tasks()] == ["t"]
+
+
+async def test_a_window_report_from_the_stores_sums_equals_the_one_from_its_rows(store: Store) -> None:
+    def row_(i: int, route: str, cost: float | None, status: str = "ok", **extra: object) -> Exchange:
+        return dataclasses.replace(exchange(i), route=route, cost_usd=cost, status=status,  # type: ignore[arg-type]
+                                   extra=ExchangeExtra.from_json(extra))
+    rows = [
+        *(row_(i, "teacher", 1e-4 * (i + 1), price_source="list price (gpt-4o-mini …)") for i in range(3)),
+        row_(3, "fallback", 1.2e-4, price_source="list price (gpt-4o-mini …)",
+             student={"version": 2, "cost_usd": 2e-6}),
+        row_(4, "student", 3e-6, price_source="configured", counterfactual_cost_usd=9e-5, student={"version": 2}),
+        row_(5, "student", 4e-6, price_source="configured"),  # captured before estimates were recorded
+        row_(6, "student", None),  # unpriced
+        row_(7, "teacher", None, "failed"),
+        row_(8, "teacher", None),  # answered, unpriced
+        row_(9, "shadow", 1e-4, shadow={"version": 2, "agreement": 1.0}),
+        row_(10, "shadow", 1e-4, shadow={"version": 2, "agreement": 0.5}),
+        row_(11, "shadow", 1e-4, shadow={"version": True, "agreement": 0.0}),  # not a version: not counted
+        row_(12, "shadow", 1e-4, shadow={"version": 2, "agreement": "all"}),  # not an agreement: not counted
+        row_(13, "teacher", 2e-4, price_source=5, counterfactual_cost_usd="1"),  # wrong types read as unset
+        dataclasses.replace(row_(14, "teacher", 5e-4), task="other"),
+    ]
+    await store.insert_exchanges(rows)
+    now = 2000.0
+    students = [StudentVersion(task="t", version=2, status="active", model="m", created_at=1001.0, updated_at=1001.0,
+                               details=StudentDetails(training_cost_usd=1e-4))]
+    from_rows = task_report("t", await store.list_exchanges(task="t", bodies=False), students, now=now).to_dict()
+    summed = await window_report(store, "t", students, since=None, now=now)
+    assert summed is not None
+    from_sums = summed.to_dict()
+    assert from_rows.keys() == from_sums.keys()
+    for key, value in from_rows.items():
+        assert from_sums[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert from_sums["live_comparisons"] == 2 and from_sums["live_parity"] == pytest.approx(0.75)
+    assert from_sums["routes"] == {"teacher": 6, "fallback": 1, "student": 3} and from_sums["estimated_rows"] == 2
+    assert await window_report(store, "t", students, since=now, now=now) is None  # no traffic in the window
 
 
 async def test_a_listing_without_bodies_keeps_everything_else(store: Store) -> None:
