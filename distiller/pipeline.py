@@ -150,7 +150,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         evaluation_s = time.monotonic() - evaluation_started
         student_price, price_source = await _student_price(options, api_base, api_key, result.base_model)
 
-    rows = {e.request_id: e for e in await store.list_exchanges(task=task)}
+    rows = {e.request_id: e for e in await store.list_exchanges(task=task, bodies=False)}  # costs only
     relative = relative_student_cost(
         [(a.prompt_tokens, a.completion_tokens) for a in val_answers if a.error is None],
         [rows[e.request_id].cost_usd if e.request_id in rows else None for e in dataset.validation],

@@ -122,6 +122,22 @@ def start_model_server(log_dir: Path, *args: str, env: dict[str, str] | None = N
     return Server(proc, port, log)
 
 
+def start_fake_service(module: str, log_dir: Path, *args: str, what: str) -> Server:
+    """`python -m <module> --port <free> <args>`: one of the tests' fakes of a hosted service, on 127.0.0.1,
+    once its /healthz answers."""
+    port = free_port()
+    log = log_dir / f"{module.rsplit('.', 1)[-1]}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"{what} failed to start:\n{log.read_text(errors='replace')}") from None
+    return Server(proc, port, log)
+
+
 def metric(server: Server, name: str, **labels: str) -> float:
     """The sum of a metric's samples on a server's /metrics whose labels include `labels`."""
     headers = {"authorization": f"Bearer {server.admin_token}"} if server.admin_token else {}

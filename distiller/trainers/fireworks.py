@@ -41,6 +41,7 @@ from distiller.trainers.base import (
     dataset_hash,
 )
 from distiller.trainers.openai_ft import upload_examples
+from distiller.trainers.service_http import call, service_client
 
 BACKEND = "fireworks"
 UPLOAD_DIR = "upload"
@@ -134,11 +135,7 @@ class FireworksTrainer:
         self.config = config or FireworksConfig()
 
     def _client(self, base_url: str | None = None) -> httpx.Client:
-        key = os.environ.get(self.config.api_key_env)
-        if not key:
-            raise TrainerError(f"no API key: set ${self.config.api_key_env}")
-        return httpx.Client(base_url=(base_url or self.config.base_url).rstrip("/") + "/",
-                            headers={"authorization": f"Bearer {key}"}, timeout=self.config.timeout_s)
+        return service_client(base_url or self.config.base_url, self.config.api_key_env, self.config.timeout_s)
 
     def launch(self, dataset_dir: Path, run_dir: Path) -> TrainingJob:
         dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
@@ -158,7 +155,7 @@ class FireworksTrainer:
             for name in filter(None, (dataset, evaluation)):
                 _wait_ready(client, prefix, name, min(self.config.timeout_s, DATASET_READY_TIMEOUT_S))
             output_model = f"{self.config.suffix or 'protege'}-{run_id}"
-            created = _call(client, "POST", f"{prefix}/supervisedFineTuningJobs", "create the fine-tuning job",
+            created = call(client, "POST", f"{prefix}/supervisedFineTuningJobs", "create the fine-tuning job",
                             json=self.config.job_body(account, dataset, evaluation, output_model))
         job_id = str(created.get("name", "")).rsplit("/", 1)[-1]
         if not job_id:
@@ -176,7 +173,7 @@ class FireworksTrainer:
     def poll(self, job: TrainingJob) -> JobStatus:
         prefix = f"v1/accounts/{job.details['account_id']}"
         with self._client(job.details.get("control_url")) as client:
-            remote = _call(client, "GET", f"{prefix}/supervisedFineTuningJobs/{job.job_id}",
+            remote = call(client, "GET", f"{prefix}/supervisedFineTuningJobs/{job.job_id}",
                            f"read fine-tuning job {job.job_id}")
             status = _status(remote)
             if status.state != "succeeded" or self.config.deploy == "none" or status.result is None:
@@ -187,10 +184,10 @@ class FireworksTrainer:
         prefix = f"v1/accounts/{job.details['account_id']}"
         with self._client(job.details.get("control_url")) as client:
             path = f"{prefix}/supervisedFineTuningJobs/{job.job_id}"
-            remote = _call(client, "GET", path, f"read fine-tuning job {job.job_id}")
+            remote = call(client, "GET", path, f"read fine-tuning job {job.job_id}")
             if _STATES.get(str(remote.get("state"))) in ("succeeded", "failed", "cancelled"):
                 return  # already over: nothing to cancel
-            _call(client, "POST", f"{path}:cancel", f"cancel fine-tuning job {job.job_id}", json={})
+            call(client, "POST", f"{path}:cancel", f"cancel fine-tuning job {job.job_id}", json={})
 
 
 def _obj(value: object) -> dict[str, Any]:
@@ -198,41 +195,13 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _call(client: httpx.Client, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise TrainerError(f"could not {what}: {exc}") from exc
-    if response.status_code >= 400:
-        raise TrainerError(f"could not {what}: {response.status_code} {_message(response)}")
-    try:
-        data = response.json()
-    except ValueError as exc:
-        raise TrainerError(f"could not {what}: the service answered {response.text[:200]!r}") from exc
-    if not isinstance(data, dict):
-        raise TrainerError(f"could not {what}: the service answered {data!r:.200}")
-    return data
-
-
-def _message(response: httpx.Response) -> str:
-    """The error text of a Fireworks answer ({"code", "message"} in google.rpc.Status style, or {"error": …})."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text[:300]
-    if not isinstance(data, dict):
-        return str(data)[:300]
-    error = data.get("error", data)
-    return str(error.get("message") if isinstance(error, dict) else error)[:300]
-
-
 def _upload(client: httpx.Client, prefix: str, dataset_id: str, path: Path, examples: list[dict[str, Any]]) -> str:
     data = "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples).encode("utf-8")
     path.write_bytes(data)  # what was sent, for audits and retries
-    _call(client, "POST", f"{prefix}/datasets", f"create dataset {dataset_id}",
+    call(client, "POST", f"{prefix}/datasets", f"create dataset {dataset_id}",
           json={"datasetId": dataset_id, "dataset": {"userUploaded": {}, "format": "CHAT",
                                                      "exampleCount": str(len(examples))}})
-    _call(client, "POST", f"{prefix}/datasets/{dataset_id}:upload", f"upload {path.name}",
+    call(client, "POST", f"{prefix}/datasets/{dataset_id}:upload", f"upload {path.name}",
           files={"file": (path.name, data, "application/jsonl")})
     return dataset_id
 
@@ -241,7 +210,7 @@ def _wait_ready(client: httpx.Client, prefix: str, dataset_id: str, timeout_s: f
     """Fireworks validates an upload before a job may use it: wait for READY (a refusal says why)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        dataset = _call(client, "GET", f"{prefix}/datasets/{dataset_id}", f"read dataset {dataset_id}")
+        dataset = call(client, "GET", f"{prefix}/datasets/{dataset_id}", f"read dataset {dataset_id}")
         state = str(dataset.get("state"))
         if state == "READY":
             return
@@ -282,11 +251,11 @@ def _deployed(client: httpx.Client, prefix: str, trained: JobStatus) -> JobStatu
     """`trained` once its LoRA answers on serverless; until then "running", loading it when nobody has."""
     assert trained.result is not None
     model = trained.result.model_name
-    listed = _call(client, "GET", f"{prefix}/deployedModels", f"list the deployed models of {model}",
+    listed = call(client, "GET", f"{prefix}/deployedModels", f"list the deployed models of {model}",
                    params={"filter": f'model="{model}"'})
     deployed = [d for d in listed.get("deployedModels") or [] if isinstance(d, dict) and d.get("model") == model]
     if not deployed:
-        created = _call(client, "POST", f"{prefix}/deployedModels", f"load {model} onto serverless",
+        created = call(client, "POST", f"{prefix}/deployedModels", f"load {model} onto serverless",
                         json={"model": model, "serverless": True, "displayName": model.rsplit("/", 1)[-1]})
         deployed = [created]
     state = str(deployed[0].get("state"))

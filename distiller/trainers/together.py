@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from distiller.trainers.base import (
     dataset_hash,
 )
 from distiller.trainers.openai_ft import upload_examples
+from distiller.trainers.service_http import call, service_client
 
 BACKEND = "together"
 UPLOAD_DIR = "upload"
@@ -101,11 +101,7 @@ class TogetherTrainer:
         self.config = config or TogetherConfig()
 
     def _client(self, base_url: str | None = None) -> httpx.Client:
-        key = os.environ.get(self.config.api_key_env)
-        if not key:
-            raise TrainerError(f"no API key: set ${self.config.api_key_env}")
-        return httpx.Client(base_url=(base_url or self.config.base_url).rstrip("/") + "/",
-                            headers={"authorization": f"Bearer {key}"}, timeout=self.config.timeout_s)
+        return service_client(base_url or self.config.base_url, self.config.api_key_env, self.config.timeout_s)
 
     def launch(self, dataset_dir: Path, run_dir: Path) -> TrainingJob:
         dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
@@ -118,7 +114,7 @@ class TogetherTrainer:
         with self._client() as client:
             training_file = _upload(client, upload / "train.jsonl", train)
             validation_file = _upload(client, upload / "validation.jsonl", validation) if validation else None
-            created = _call(client, "POST", "fine-tunes", "create the fine-tuning job",
+            created = call(client, "POST", "fine-tunes", "create the fine-tuning job",
                             json=self.config.job_body(training_file, validation_file))
         job = TrainingJob(backend=BACKEND, job_id=str(created["id"]), run_dir=str(run_dir), details={
             "model": self.config.model, "training_file": training_file, "validation_file": validation_file,
@@ -130,45 +126,21 @@ class TogetherTrainer:
 
     def poll(self, job: TrainingJob) -> JobStatus:
         with self._client(job.details.get("base_url")) as client:
-            remote = _call(client, "GET", f"fine-tunes/{job.job_id}", f"read fine-tuning job {job.job_id}")
+            remote = call(client, "GET", f"fine-tunes/{job.job_id}", f"read fine-tuning job {job.job_id}")
         return _status(remote)
 
     def cancel(self, job: TrainingJob) -> None:
         with self._client(job.details.get("base_url")) as client:
-            remote = _call(client, "GET", f"fine-tunes/{job.job_id}", f"read fine-tuning job {job.job_id}")
+            remote = call(client, "GET", f"fine-tunes/{job.job_id}", f"read fine-tuning job {job.job_id}")
             if _STATES.get(str(remote.get("status"))) in ("succeeded", "failed", "cancelled"):
                 return  # already over: nothing to cancel
-            _call(client, "POST", f"fine-tunes/{job.job_id}/cancel", f"cancel fine-tuning job {job.job_id}")
-
-
-def _call(client: httpx.Client, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise TrainerError(f"could not {what}: {exc}") from exc
-    if response.status_code >= 400:
-        raise TrainerError(f"could not {what}: {response.status_code} {_message(response)}")
-    try:
-        data = response.json()
-    except ValueError as exc:
-        raise TrainerError(f"could not {what}: the service answered {response.text[:200]!r}") from exc
-    if not isinstance(data, dict):
-        raise TrainerError(f"could not {what}: the service answered {data!r:.200}")
-    return data
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return response.text[:300]
-    return str(error.get("message") if isinstance(error, dict) else error)[:300]
+            call(client, "POST", f"fine-tunes/{job.job_id}/cancel", f"cancel fine-tuning job {job.job_id}")
 
 
 def _upload(client: httpx.Client, path: Path, examples: list[dict[str, Any]]) -> str:
     data = "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples).encode("utf-8")
     path.write_bytes(data)  # what was sent, for audits and retries
-    uploaded = _call(client, "POST", "files/upload", f"upload {path.name}",
+    uploaded = call(client, "POST", "files/upload", f"upload {path.name}",
                      files={"file": (path.name, data, "application/jsonl")},
                      data={"file_name": path.name, "purpose": "fine-tune"})
     return str(uploaded["id"])

@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 
 from tests.distiller.fake_together_ft import check_examples
 from tests.distiller.fake_tuned_model import BASE_ANSWER, chat_completion, trained_answers
-from tests.servers import REPO, Server, free_port, stop, wait_http
+from tests.servers import Server, start_fake_service
 
 ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 FINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
@@ -255,21 +255,8 @@ def create_app(api_key: str, account: str, run_s: float = 0.6) -> FastAPI:
 
 def start_fake_fireworks(log_dir: Path, api_key: str, account: str, *, run_s: float = 0.6) -> Server:
     """This module as a real server process on a free 127.0.0.1 port."""
-    import subprocess
-    import sys
-
-    port = free_port()
-    log = log_dir / f"fake-fireworks-{port}.log"
-    cmd = [sys.executable, "-m", "tests.distiller.fake_fireworks_ft", "--port", str(port), "--api-key", api_key,
-           "--account", account, "--run-s", str(run_s)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
-    except Exception:
-        stop(proc)
-        raise RuntimeError(f"fake Fireworks server failed to start:\n{log.read_text(errors='replace')}") from None
-    return Server(proc, port, log)
+    return start_fake_service("tests.distiller.fake_fireworks_ft", log_dir, "--api-key", api_key, "--account",
+                              account, "--run-s", str(run_s), what="fake Fireworks server")
 
 
 def main() -> None:

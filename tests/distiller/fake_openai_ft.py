@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from tests.distiller.fake_tuned_model import BASE_ANSWER, chat_completion, trained_answers
-from tests.servers import REPO, Server, free_port, stop, wait_http
+from tests.servers import Server, start_fake_service
 
 EXAMPLE_KEYS = {"messages", "tools", "parallel_tool_calls", "functions"}
 MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight"}
@@ -287,21 +287,8 @@ def create_app(api_key: str, timing: Timing | None = None) -> FastAPI:
 
 def start_fake_openai_ft(log_dir: Path, api_key: str, *, run_s: float = 0.6) -> Server:
     """This module as a real server process on a free 127.0.0.1 port."""
-    import subprocess
-    import sys
-
-    port = free_port()
-    log = log_dir / f"fake-openai-ft-{port}.log"
-    cmd = [sys.executable, "-m", "tests.distiller.fake_openai_ft", "--port", str(port), "--api-key", api_key,
-           "--run-s", str(run_s)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
-    except Exception:
-        stop(proc)
-        raise RuntimeError(f"fake fine-tuning server failed to start:\n{log.read_text(errors='replace')}") from None
-    return Server(proc, port, log)
+    return start_fake_service("tests.distiller.fake_openai_ft", log_dir, "--api-key", api_key, "--run-s", str(run_s),
+                              what="fake fine-tuning server")
 
 
 def main() -> None:

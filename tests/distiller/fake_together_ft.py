@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from tests.distiller.fake_tuned_model import BASE_ANSWER, chat_completion, trained_answers
-from tests.servers import REPO, Server, free_port, stop, wait_http
+from tests.servers import Server, start_fake_service
 
 ROLES = {"system", "user", "assistant", "tool"}
 FINAL = {"completed", "error", "cancelled"}
@@ -199,21 +199,8 @@ def create_app(api_key: str, run_s: float = 0.6) -> FastAPI:
 
 def start_fake_together(log_dir: Path, api_key: str, *, run_s: float = 0.6) -> Server:
     """This module as a real server process on a free 127.0.0.1 port."""
-    import subprocess
-    import sys
-
-    port = free_port()
-    log = log_dir / f"fake-together-{port}.log"
-    cmd = [sys.executable, "-m", "tests.distiller.fake_together_ft", "--port", str(port), "--api-key", api_key,
-           "--run-s", str(run_s)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
-    except Exception:
-        stop(proc)
-        raise RuntimeError(f"fake Together server failed to start:\n{log.read_text(errors='replace')}") from None
-    return Server(proc, port, log)
+    return start_fake_service("tests.distiller.fake_together_ft", log_dir, "--api-key", api_key, "--run-s",
+                              str(run_s), what="fake Together server")
 
 
 def main() -> None:
