@@ -30,8 +30,9 @@ from rich.table import Table
 
 from bench.capture import SYSTEM
 from bench.results import write_result
-from gateway.savings import read_exchanges, task_report, window_report
+from gateway.savings import read_exchanges, task_report
 from gateway.store import Exchange, ExchangeExtra, Store, open_store
+from gateway.window_report import window_report
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

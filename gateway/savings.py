@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.parity import LiveParity, live_parity
-from gateway.store import Exchange, ExchangeGroup, Store, StudentVersion
+from gateway.store import Exchange, Store, StudentVersion
 
 ReportFormat = Literal["table", "json", "markdown"]
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("table", "json", "markdown")
@@ -282,72 +282,14 @@ def _training_costs(students: Sequence[StudentVersion]) -> tuple[list[tuple[floa
     return costs, notes + sourced
 
 
-def _group_rows(groups: Sequence[ExchangeGroup]) -> tuple[list[Row], int]:
-    """`_rows` over the store's sums: the same figures, a row per group."""
-    teacher = [g for g in groups if g.route in TEACHER_ROUTES and g.status == "ok" and g.priced]
-    teacher_rows = sum(g.rows for g in teacher)
-    teacher_mean = (sum(_group_teacher_cost(g) for g in teacher) / teacher_rows) if teacher_rows else None
-    rows: list[Row] = []
-    for g in groups:
-        if g.route == SHADOW:
-            rows.append(Row(g.first_at, g.route, g.cost_usd, 0.0, price_source=g.price_source, count=g.rows))
-        elif g.route == "student":
-            if g.has_counterfactual:
-                rows.append(Row(g.first_at, g.route, g.cost_usd, g.counterfactual_usd, price_source=g.price_source,
-                                count=g.rows))
-            else:
-                estimate = None if teacher_mean is None else teacher_mean * g.rows
-                rows.append(Row(g.first_at, g.route, g.cost_usd, estimate, estimated=g.rows if estimate is not None
-                                else 0, price_source=g.price_source, count=g.rows))
-        elif not g.priced and g.status != "ok":
-            rows.append(Row(g.first_at, g.route, g.cost_usd, 0.0, count=g.rows))
-        else:
-            rows.append(Row(g.first_at, g.route, g.cost_usd, _group_teacher_cost(g) if g.priced else None,
-                            price_source=g.price_source, count=g.rows))
-    rows.sort(key=lambda r: r.at)
-    return rows, sum(g.rows for g in groups if not g.priced and g.status == "ok")
-
-
-def _group_teacher_cost(g: ExchangeGroup) -> float:
-    return g.cost_usd - g.student_cost_usd if g.route == "fallback" else g.cost_usd
-
-
 def task_report(task: str, exchanges: Sequence[Exchange], students: Sequence[StudentVersion], *,
                 now: float) -> TaskReport:
     rows, unpriced = _rows(exchanges)
-    return _report(task, rows, unpriced, students, now=now, live=lambda version: live_parity(exchanges, version))
+    return report_from_rows(task, rows, unpriced, students, now=now,
+                            live=lambda version: live_parity(exchanges, version))
 
 
-def task_report_from_groups(task: str, groups: Sequence[ExchangeGroup], students: Sequence[StudentVersion], *,
-                            now: float) -> TaskReport:
-    """`task_report` from the store's sums (`Store.exchange_groups`) instead of the rows themselves. Its student
-    share since the first student answer counts whole groups: `window_report` counts it exactly."""
-    rows, unpriced = _group_rows(groups)
-
-    def live(version: int) -> LiveParity:
-        shadows = [g for g in groups if g.route == SHADOW and g.shadow_version == version]
-        return LiveParity(sum(g.agreements for g in shadows), sum(g.agreement_sum for g in shadows))
-
-    return _report(task, rows, unpriced, students, now=now, live=live)
-
-
-async def window_report(store: Store, task: str, students: Sequence[StudentVersion], *, since: float | None,
-                        now: float, buckets: int = 200) -> TaskReport | None:
-    """A task's report over the window from `since` on, added up in the store (a few groups, never every row);
-    None without traffic. `buckets` time buckets over the window give the savings curve its resolution."""
-    first = await store.exchange_groups(task=task, since=since, bucket_s=1e12)  # one bucket: the window's extent
-    if not first:
-        return None
-    start = min(g.first_at for g in first) if since is None else since
-    groups = await store.exchange_groups(task=task, since=since, bucket_s=max(1.0, (now - start) / buckets))
-    report = task_report_from_groups(task, groups, students, now=now)
-    if report.student_since is not None:  # exact: the client requests from the first student answer on
-        later = await store.exchange_groups(task=task, since=report.student_since, bucket_s=1e12)
-        report.student_requests = sum(g.rows for g in later if g.route != SHADOW)
-    return report
-
-
-def _report(task: str, rows: list[Row], unpriced: int, students: Sequence[StudentVersion], *, now: float,
+def report_from_rows(task: str, rows: list[Row], unpriced: int, students: Sequence[StudentVersion], *, now: float,
             live: Callable[[int], LiveParity]) -> TaskReport:
     clients = [r for r in rows if r.route != SHADOW]
     routes: dict[str, int] = {}
@@ -396,7 +338,3 @@ def build_report(exchanges: Iterable[Exchange], students: Iterable[StudentVersio
                          sorted(versions.get(task, []), key=lambda s: s.version), now=now)
              for task, rows in sorted(by_task.items())]
     return Report(generated_at=now, since=start, tasks=tasks)
-
-
-# --- rendering ---------------------------------------------------------------------------------
-

@@ -35,6 +35,7 @@ from gateway.store.base import (
     TaskSummary,
     redacted_url,
 )
+from gateway.store.exchange_sql import groups_query, newest_query, where_clause
 from gateway.store.postgres_schema import LATEST_VERSION, MIGRATION_LOCK, MIGRATIONS
 from gateway.store.records import ExchangeExtra
 from gateway.store.rows import (
@@ -196,25 +197,9 @@ class PostgresStore(Store):
     @staticmethod
     def _where(task: str | None, status: ExchangeStatus | None, after: tuple[float, str] | None = None, *,
                user: str | None = None, created_before: float | None = None) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if task is not None:
-            params.append(task)
-            clauses.append(f"task = ${len(params)}")
-        if status is not None:
-            params.append(status)
-            clauses.append(f"status = ${len(params)}")
-        if user is not None:
-            params.append(_without_nul(user))  # as insert_exchanges stored it
-            clauses.append(f"user_id = ${len(params)}")
-        if created_before is not None:
-            params.append(created_before)
-            clauses.append(f"created_at < ${len(params)}")
-        if after is not None:
-            params.extend(after)
-            t, r = len(params) - 1, len(params)
-            clauses.append(f"(created_at > ${t} OR (created_at = ${t} AND request_id > ${r}))")
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        # a user id is compared as insert_exchanges stored it (NUL replaced)
+        return where_clause("postgres", task, status, after, user=None if user is None else _without_nul(user),
+                            created_before=created_before)
 
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
                              limit: int | None = None, after: tuple[float, str] | None = None,
@@ -231,44 +216,18 @@ class PostgresStore(Store):
     async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,
                                since: float | None = None,
                                request_ids: Sequence[str] | None = None) -> list[Exchange]:
-        clauses: list[str] = ["task = $1"]
-        params: list[Any] = [task]
-        for column, values in (("route", routes), ("request_id", request_ids)):
-            if values is not None:
-                params.append(list(values))
-                clauses.append(f"{column} = ANY(${len(params)}::text[])")
-        if since is not None:
-            params.append(since)
-            clauses.append(f"created_at >= ${len(params)}")
-        params.append(limit)
-        query = (f"SELECT {exchange_select()} FROM exchanges WHERE {' AND '.join(clauses)} "
-                 f'ORDER BY created_at DESC, request_id DESC LIMIT ${len(params)}')
+        built = newest_query("postgres", task=task, limit=limit, routes=routes, since=since, request_ids=request_ids)
+        if built is None:
+            return []
+        query, params = built
         async with self._connection("list exchanges") as conn:
             rows = await conn.fetch(query, *params)
         return [row_to_exchange(tuple(r)) for r in rows]
 
     async def exchange_groups(self, *, task: str, since: float | None, bucket_s: float) -> list[ExchangeGroup]:
-        def number(*path: str) -> str:  # a JSON number at `path` of the notes, else NULL (as the records read it)
-            at = "->".join(f"'{p}'" for p in path)
-            return f"(CASE WHEN jsonb_typeof(extra_json->{at}) = 'number' THEN (extra_json->{at})::float8 END)"
-
-        source = ("(CASE WHEN jsonb_typeof(extra_json->'price_source') = 'string' "
-                  "THEN extra_json->>'price_source' END)")
-        version = "(extra_json->'shadow'->'version')"
-        shadow_version = (f"(CASE WHEN jsonb_typeof({version}) = 'number' "
-                          f"AND {version}::float8 = trunc({version}::float8) "
-                          f"AND {number('shadow', 'agreement')} IS NOT NULL THEN ({version})::float8::bigint END)")
-        agreement = f"(CASE WHEN {shadow_version} IS NOT NULL THEN {number('shadow', 'agreement')} END)"
-        counterfactual = number("counterfactual_cost_usd")
-        query = (f"SELECT route, status, floor(created_at / $1)::bigint AS b, {source} AS src, "
-                 f"{shadow_version} AS sv, cost_usd IS NOT NULL AS priced, {counterfactual} IS NOT NULL AS has_cf, "
-                 "COUNT(*), MIN(created_at), "
-                 f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM({number('student', 'cost_usd')}), 0), "
-                 f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0) "
-                 "FROM exchanges WHERE task = $2 AND created_at >= $3 "
-                 "GROUP BY route, status, b, src, sv, priced, has_cf ORDER BY b, route, status")
+        query, params = groups_query("postgres", task=task, since=since, bucket_s=bucket_s)
         async with self._connection("add up exchanges") as conn:
-            rows = await conn.fetch(query, bucket_s, task, since if since is not None else float("-inf"))
+            rows = await conn.fetch(query, *params)
         return [group_of(tuple(r)) for r in rows]
 
     async def count_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,

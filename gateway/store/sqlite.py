@@ -25,6 +25,7 @@ from gateway.store.base import (
     StudentVersion,
     TaskSummary,
 )
+from gateway.store.exchange_sql import groups_query, newest_query, where_clause
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     RESPONSE_COLUMNS,
@@ -172,24 +173,7 @@ class SQLiteStore(Store):
 
     def _where(self, task: str | None, status: ExchangeStatus | None, after: tuple[float, str] | None = None, *,
                user: str | None = None, created_before: float | None = None) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if task is not None:
-            clauses.append("task = ?")
-            params.append(task)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if user is not None:
-            clauses.append("user_id = ?")
-            params.append(user)
-        if created_before is not None:
-            clauses.append("created_at < ?")
-            params.append(created_before)
-        if after is not None:
-            clauses.append("(created_at > ? OR (created_at = ? AND request_id > ?))")
-            params.extend((after[0], after[0], after[1]))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return where_clause("sqlite", task, status, after, user=user, created_before=created_before)
 
     async def list_exchanges(self, *, task: str | None = None, status: ExchangeStatus | None = None,
                              limit: int | None = None, after: tuple[float, str] | None = None,
@@ -206,43 +190,16 @@ class SQLiteStore(Store):
     async def newest_exchanges(self, *, task: str, limit: int, routes: Sequence[str] | None = None,
                                since: float | None = None,
                                request_ids: Sequence[str] | None = None) -> list[Exchange]:
-        clauses: list[str] = ["task = ?"]
-        params: list[Any] = [task]
-        for column, values in (("route", routes), ("request_id", request_ids)):
-            if values is not None:
-                if not values:
-                    return []
-                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params.extend(values)
-        if since is not None:
-            clauses.append("created_at >= ?")
-            params.append(since)
-        query = (f"SELECT {exchange_select()} FROM exchanges WHERE {' AND '.join(clauses)} "
-                 "ORDER BY created_at DESC, request_id DESC LIMIT ?")
-        async with self._connection("list exchanges") as db, db.execute(query, [*params, limit]) as cur:
+        built = newest_query("sqlite", task=task, limit=limit, routes=routes, since=since, request_ids=request_ids)
+        if built is None:
+            return []
+        query, params = built
+        async with self._connection("list exchanges") as db, db.execute(query, params) as cur:
             rows = await cur.fetchall()
         return [row_to_exchange(tuple(r)) for r in rows]
 
     async def exchange_groups(self, *, task: str, since: float | None, bucket_s: float) -> list[ExchangeGroup]:
-        def number(path: str) -> str:  # a JSON number at `path` of the notes, else NULL (as the records read it)
-            return (f"(CASE WHEN json_type(extra_json, '{path}') IN ('integer', 'real') "
-                    f"THEN json_extract(extra_json, '{path}') END)")
-
-        source = "(CASE WHEN json_type(extra_json, '$.price_source') = 'text' " \
-                 "THEN json_extract(extra_json, '$.price_source') END)"
-        shadow_version = ("(CASE WHEN json_type(extra_json, '$.shadow.version') = 'integer' AND "
-                          f"{number('$.shadow.agreement')} IS NOT NULL "
-                          "THEN json_extract(extra_json, '$.shadow.version') END)")
-        agreement = f"(CASE WHEN {shadow_version} IS NOT NULL THEN {number('$.shadow.agreement')} END)"
-        counterfactual = number("$.counterfactual_cost_usd")
-        query = (f"SELECT route, status, CAST(created_at / ? AS INTEGER) AS b, {source} AS src, "
-                 f"{shadow_version} AS sv, cost_usd IS NOT NULL AS priced, {counterfactual} IS NOT NULL AS has_cf, "
-                 "COUNT(*), MIN(created_at), "
-                 f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM({number('$.student.cost_usd')}), 0), "
-                 f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0) "
-                 "FROM exchanges WHERE task = ? AND created_at >= ? "
-                 "GROUP BY route, status, b, src, sv, priced, has_cf ORDER BY b, route, status")
-        params = [bucket_s, task, since if since is not None else float("-inf")]
+        query, params = groups_query("sqlite", task=task, since=since, bucket_s=bucket_s)
         async with self._connection("add up exchanges") as db, db.execute(query, params) as cur:
             rows = await cur.fetchall()
         return [group_of(tuple(r)) for r in rows]

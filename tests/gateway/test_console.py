@@ -433,7 +433,7 @@ def test_stylesheet_colour_pairs_meet_wcag_aa() -> None:
 def test_calibration_chart_from_stored_details() -> None:
     import orjson
 
-    from gateway.console.routes import _curve_points, calibration_chart, operating_point
+    from gateway.console.figures import _curve_points, calibration_chart, operating_point
 
     # as the store gives it back: inf thresholds are null
     stored = StudentDetails.from_json(orjson.loads(orjson.dumps(details(1, 0.93).to_json())))
@@ -455,7 +455,7 @@ def test_calibration_chart_from_stored_details() -> None:
 
 def test_money_and_secrets_helpers() -> None:
     from gateway.admin_auth import csrf_token
-    from gateway.console.routes import savings_chart, usd
+    from gateway.console.figures import savings_chart, usd
 
     assert [usd(v) for v in (None, 0, 1234.5, 0.5, 0.000012, -0.25)] == [
         "—", "$0", "$1,234.50", "$0.5000", "$0.000012", "−$0.2500"]

@@ -13,7 +13,7 @@ import pytest
 from gateway.auth import KeyRing, hash_key, new_key
 from gateway.errors import AuthenticationError
 from gateway.routing_table import RoutingTable
-from gateway.savings import task_report, window_report
+from gateway.savings import task_report
 from gateway.store import (
     ApiKeyRecord,
     Exchange,
@@ -29,6 +29,7 @@ from gateway.store import (
 )
 from gateway.store.schema import LATEST_VERSION
 from gateway.store.sqlite import sqlite_path
+from gateway.window_report import window_report
 from tests.gateway.store.test_sqlite import exchange
 from tests.pg import run_sql
 
