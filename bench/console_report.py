@@ -1,7 +1,7 @@
 """A task's cost report over a window, as the console builds it: added up in the store (`window_report`,
 `Store.exchange_groups`) against reading every row of the window and adding it up in Python — with the
 message bodies (what the console did before 88bb7a2) and without (`read_exchanges` + `task_report`, what
-`protege report` still does). Medians of three runs after a warm-up.
+`protege report` did until it used `window_report` too). Medians of three runs after a warm-up.
 
     python -m bench.console_report [--exchanges 50000] [--stores sqlite,postgresql]
 

@@ -227,7 +227,8 @@ def add_scheduler(sub: Subparsers) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from distiller.report import plot_cumulative, render_markdown, render_table
-    from gateway.savings import build_report, parse_duration, read_exchanges
+    from gateway.savings import Report, parse_duration
+    from gateway.window_report import window_report
 
     try:
         since_s = None if args.since is None else parse_duration(args.since)
@@ -237,8 +238,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     async def work(store: Store) -> int:
         now = time.time()
-        exchanges = await read_exchanges(store, task=args.task, start=None if since_s is None else now - since_s)
-        report = build_report(exchanges, await store.list_students(task=args.task), now=now, since_s=since_s)
+        start = None if since_s is None else now - since_s
+        students = await store.list_students(task=args.task)
+        names = [args.task] if args.task else [t.name for t in await store.list_tasks()]
+        tasks = []
+        for name in sorted(names):  # each added up in the store: a few groups, however long the window
+            found = await window_report(store, name, [s for s in students if s.task == name], since=start, now=now)
+            if found is not None:
+                tasks.append(found)
+        report = Report(generated_at=now, since=start, tasks=tasks)
         if args.plot:
             try:
                 plot_cumulative(report, Path(args.plot))
