@@ -214,7 +214,7 @@ PAGE = 5000
 async def read_exchanges(store: Store, *, task: str | None, start: float | None, page_size: int = PAGE,
                          ) -> list[Exchange]:
     """The exchanges created from `start` on, a page at a time, without their message bodies (the report needs
-    none, and the store does not send them), so a large store costs rows, not conversations."""
+    none, and the store does not send them): the input of the row-by-row report (`build_report`)."""
     found: list[Exchange] = []
     after = None if start is None else (start, "")  # the store filters by time: older rows are never read
     while True:
@@ -325,7 +325,9 @@ def report_from_rows(task: str, rows: list[Row], unpriced: int, students: Sequen
 
 def build_report(exchanges: Iterable[Exchange], students: Iterable[StudentVersion], *, now: float,
                  since_s: float | None = None) -> Report:
-    """Per task, over the exchanges created in the last `since_s` seconds (all when None)."""
+    """Per task, over the exchanges created in the last `since_s` seconds (all when None), row by row: the
+    reference the store's sums (`gateway.window_report`, what the console and `protege report` read) are held
+    to in the tests and `bench/console_report`."""
     start = None if since_s is None else now - since_s
     by_task: dict[str, list[Exchange]] = {}
     for ex in exchanges:

@@ -12,7 +12,9 @@ from gateway.store import ExchangeGroup, Store, StudentVersion
 
 
 def _group_rows(groups: Sequence[ExchangeGroup]) -> tuple[list[Row], int]:
-    """`_rows` over the store's sums: the same figures, a row per group."""
+    """What `gateway.savings` makes of each exchange, made of each group: a `Row` per group, with the same
+    counterfactual rules (shadow 0, a student's recorded estimate or the mean teacher cost, a failed call 0,
+    the teacher's own charge otherwise), and how many answered exchanges had no price."""
     teacher = [g for g in groups if g.route in TEACHER_ROUTES and g.status == "ok" and g.priced]
     teacher_rows = sum(g.rows for g in teacher)
     teacher_mean = (sum(_group_teacher_cost(g) for g in teacher) / teacher_rows) if teacher_rows else None
@@ -58,11 +60,15 @@ async def window_report(store: Store, task: str, students: Sequence[StudentVersi
                         now: float, buckets: int = 200) -> TaskReport | None:
     """A task's report over the window from `since` on, added up in the store (a few groups, never every row);
     None without traffic. `buckets` time buckets over the window give the savings curve its resolution."""
-    first = await store.exchange_groups(task=task, since=since, bucket_s=1e12)  # one bucket: the window's extent
-    if not first:
-        return None
-    start = min(g.first_at for g in first) if since is None else since
+    start = since
+    if start is None:  # all traffic: one bucket first, for where the window starts
+        extent = await store.exchange_groups(task=task, since=None, bucket_s=1e12)
+        if not extent:
+            return None
+        start = min(g.first_at for g in extent)
     groups = await store.exchange_groups(task=task, since=since, bucket_s=max(1.0, (now - start) / buckets))
+    if not groups:
+        return None
     report = task_report_from_groups(task, groups, students, now=now)
     if report.student_since is not None:  # exact: the client requests from the first student answer on
         later = await store.exchange_groups(task=task, since=report.student_since, bucket_s=1e12)

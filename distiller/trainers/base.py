@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypeVar, get_args, runtime_checkable
 
 from gateway.errors import ProtegeError
 
@@ -134,6 +134,30 @@ class Trainer(Protocol):
 # ------------------------------------------------------------------------------------------------- helpers
 
 C = TypeVar("C")
+
+
+def helped(text: str) -> dict[str, str]:
+    """A config field's metadata: its help text, which becomes the help of its CLI flag (`config_help`)."""
+    return {"help": text}
+
+
+class TrainerConfig:
+    """What every backend's config dataclass shares: a plain-JSON round trip that refuses unknown keys, and the
+    help text of its fields."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return config_from_dict(cls, data)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return config_help(cls)
 
 
 def config_help(config_cls: type[Any]) -> dict[str, str]:

@@ -33,12 +33,12 @@ import httpx
 from distiller.trainers.base import (
     JobState,
     JobStatus,
+    TrainerConfig,
     TrainerError,
     TrainingJob,
     TrainingResult,
-    config_from_dict,
-    config_help,
     dataset_hash,
+    helped,
 )
 from distiller.trainers.openai_ft import upload_examples
 from distiller.trainers.service_http import call, service_client
@@ -57,34 +57,31 @@ _STATES: dict[str, JobState] = {
 DATASET_READY_TIMEOUT_S = 120.0
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
 
 @dataclass(frozen=True, slots=True)
-class FireworksConfig:
+class FireworksConfig(TrainerConfig):
     """A supervised LoRA fine-tuning job on Fireworks AI."""
 
-    model: str = field(default="accounts/fireworks/models/llama-v3p1-8b-instruct", metadata=_help(
+    model: str = field(default="accounts/fireworks/models/llama-v3p1-8b-instruct", metadata=helped(
         "the base model to fine-tune (a Fireworks model name marked tunable)"))
-    account_id: str | None = field(default=None, metadata=_help(
+    account_id: str | None = field(default=None, metadata=helped(
         "your Fireworks account id; None: $FIREWORKS_ACCOUNT_ID"))
-    epochs: int | None = field(default=None, metadata=_help("passes over the training file; None: the service's"))
-    learning_rate: float | None = field(default=None, metadata=_help("learning rate; None: the service's"))
-    r: int | None = field(default=None, metadata=_help("LoRA rank (at most 64 to serve it serverless); None: the "
+    epochs: int | None = field(default=None, metadata=helped("passes over the training file; None: the service's"))
+    learning_rate: float | None = field(default=None, metadata=helped("learning rate; None: the service's"))
+    r: int | None = field(default=None, metadata=helped("LoRA rank (at most 64 to serve it serverless); None: the "
                                                          "service's"))
-    suffix: str | None = field(default=None, metadata=_help(
+    suffix: str | None = field(default=None, metadata=helped(
         "the start of the output model's id (a random part follows); None: 'protege'"))
-    deploy: Deploy = field(default="serverless", metadata=_help(
+    deploy: Deploy = field(default="serverless", metadata=helped(
         "after training, load the LoRA onto Fireworks' serverless pool (billed per token) so it answers at "
         "inference_url; none: you deploy it"))
-    base_url: str = field(default="https://api.fireworks.ai", metadata=_help(
+    base_url: str = field(default="https://api.fireworks.ai", metadata=helped(
         "Fireworks' control-plane API (datasets, jobs, deployed models)"))
-    inference_url: str = field(default="https://api.fireworks.ai/inference/v1", metadata=_help(
+    inference_url: str = field(default="https://api.fireworks.ai/inference/v1", metadata=helped(
         "Fireworks' OpenAI-compatible endpoint the trained model answers at"))
-    api_key_env: str = field(default="FIREWORKS_API_KEY", metadata=_help(
+    api_key_env: str = field(default="FIREWORKS_API_KEY", metadata=helped(
         "the environment variable holding the API key (the key itself is never stored)"))
-    timeout_s: float = field(default=120.0, metadata=_help("per-request timeout (uploads included)"))
+    timeout_s: float = field(default=120.0, metadata=helped("per-request timeout (uploads included)"))
 
     def __post_init__(self) -> None:
         for name in ("epochs", "learning_rate", "r"):
@@ -96,16 +93,6 @@ class FireworksConfig:
         if self.suffix is not None and not (0 < len(self.suffix) <= 40 and _is_id(self.suffix)):
             raise ValueError("suffix must be 1-40 lowercase letters, digits or hyphens")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FireworksConfig:
-        return config_from_dict(cls, data)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return config_help(cls)
 
     def account(self) -> str:
         account = self.account_id or os.environ.get("FIREWORKS_ACCOUNT_ID")

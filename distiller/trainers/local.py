@@ -32,12 +32,12 @@ from typing import Any
 from distiller.trainers.base import (
     FINAL_STATES,
     JobStatus,
+    TrainerConfig,
     TrainerError,
     TrainingJob,
     TrainingResult,
-    config_from_dict,
-    config_help,
     dataset_hash,
+    helped,
     read_json,
     write_json_atomic,
 )
@@ -62,38 +62,35 @@ _SPAWN = (
 )
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
 
 @dataclass(frozen=True, slots=True)
-class LocalLoRAConfig:
+class LocalLoRAConfig(TrainerConfig):
     """LoRA fine-tuning of a local causal LM on the assistant turns of a curated dataset."""
 
-    base_model: str | None = field(default=None, metadata=_help(
+    base_model: str | None = field(default=None, metadata=helped(
         "a local transformers model folder; None: SmolLM2-135M-Instruct (the model server's default)"))
-    model_name: str | None = field(default=None, metadata=_help(
+    model_name: str | None = field(default=None, metadata=helped(
         "the adapter's name on the model server (lora_name); None: student-<dataset hash[:8]>-<job id>"))
-    r: int = field(default=16, metadata=_help("LoRA rank"))
-    alpha: int = field(default=32, metadata=_help("LoRA alpha (the update is scaled by alpha / r)"))
-    dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))
-    target_modules: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata=_help(
+    r: int = field(default=16, metadata=helped("LoRA rank"))
+    alpha: int = field(default=32, metadata=helped("LoRA alpha (the update is scaled by alpha / r)"))
+    dropout: float = field(default=0.05, metadata=helped("dropout on the LoRA input"))
+    target_modules: tuple[str, ...] = field(default=("q_proj", "v_proj"), metadata=helped(
         "module names that get LoRA weights (Llama-style names; add k_proj, o_proj, *_proj MLPs for capacity)"))
-    learning_rate: float = field(default=2e-4, metadata=_help("AdamW peak learning rate"))
-    epochs: int = field(default=2, metadata=_help("passes over train.jsonl"))
-    batch_size: int = field(default=8, metadata=_help("examples per optimizer step"))
-    max_length: int = field(default=512, metadata=_help(
+    learning_rate: float = field(default=2e-4, metadata=helped("AdamW peak learning rate"))
+    epochs: int = field(default=2, metadata=helped("passes over train.jsonl"))
+    batch_size: int = field(default=8, metadata=helped("examples per optimizer step"))
+    max_length: int = field(default=512, metadata=helped(
         "tokens per example after the chat template; longer examples are cut at the end"))
-    warmup_ratio: float = field(default=0.05, metadata=_help(
+    warmup_ratio: float = field(default=0.05, metadata=helped(
         "share of steps with the learning rate rising linearly from 0; it then decays linearly to 0"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm"))
-    max_steps: int | None = field(default=None, metadata=_help(
+    weight_decay: float = field(default=0.0, metadata=helped("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=helped("gradient clipping norm"))
+    max_steps: int | None = field(default=None, metadata=helped(
         "stop after this many optimizer steps (smoke tests); None: all epochs"))
-    seed: int = field(default=0, metadata=_help(
+    seed: int = field(default=0, metadata=helped(
         "seeds the LoRA init, dropout and shuffling: the same data, config and machine give the same adapter"))
-    threads: int | None = field(default=None, metadata=_help("torch CPU threads; None: torch's default"))
-    device: str = field(default="auto", metadata=_help(
+    threads: int | None = field(default=None, metadata=helped("torch CPU threads; None: torch's default"))
+    device: str = field(default="auto", metadata=helped(
         "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda' or 'mps'; one device (see the note in lora_training)"))
 
     def __post_init__(self) -> None:
@@ -120,13 +117,6 @@ class LocalLoRAConfig:
         data["target_modules"] = list(self.target_modules)
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LocalLoRAConfig:
-        return config_from_dict(cls, data)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return config_help(cls)
 
 
 # ------------------------------------------------------------------------------------------------- status

@@ -11,7 +11,6 @@ The SDK is imported inside functions: the distiller imports this module even whe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from typing import Any
 from distiller.trainers.base import (
     JobState,
     JobStatus,
+    TrainerConfig,
     TrainerError,
     TrainingJob,
     TrainingResult,
     config_from_dict,
-    config_help,
     dataset_hash,
     examples_without_metadata,
+    helped,
 )
 
 BACKEND = "openai"
@@ -38,29 +38,26 @@ _STATES: dict[str, JobState] = {"validating_files": "queued", "queued": "queued"
                                 "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled"}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
 
 @dataclass(frozen=True, slots=True)
-class OpenAIFineTuningConfig:
+class OpenAIFineTuningConfig(TrainerConfig):
     """A supervised fine-tuning job on OpenAI's API (or a compatible service at `base_url`)."""
 
-    model: str = field(default="gpt-4o-mini-2024-07-18", metadata=_help("the base model to fine-tune"))
-    epochs: int | None = field(default=None, metadata=_help(
+    model: str = field(default="gpt-4o-mini-2024-07-18", metadata=helped("the base model to fine-tune"))
+    epochs: int | None = field(default=None, metadata=helped(
         "passes over the training file (sent as n_epochs); None: the service picks ('auto')"))
-    batch_size: int | None = field(default=None, metadata=_help("batch size; None: 'auto'"))
-    learning_rate_multiplier: float | None = field(default=None, metadata=_help(
+    batch_size: int | None = field(default=None, metadata=helped("batch size; None: 'auto'"))
+    learning_rate_multiplier: float | None = field(default=None, metadata=helped(
         "scales the service's base learning rate; None: 'auto'"))
-    suffix: str | None = field(default=None, metadata=_help(
+    suffix: str | None = field(default=None, metadata=helped(
         "up to 64 characters included in the fine-tuned model's name (ft:<model>:<org>:<suffix>:<id>)"))
-    seed: int | None = field(default=None, metadata=_help("the service's training seed; None: random"))
-    base_url: str | None = field(default=None, metadata=_help(
+    seed: int | None = field(default=None, metadata=helped("the service's training seed; None: random"))
+    base_url: str | None = field(default=None, metadata=helped(
         "API base URL, e.g. https://api.openai.com/v1; None: the SDK's default ($OPENAI_BASE_URL or OpenAI)"))
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata=_help(
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata=helped(
         "the environment variable holding the API key (the key itself is never stored)"))
-    timeout_s: float = field(default=120.0, metadata=_help("per-request timeout (uploads included)"))
-    max_retries: int = field(default=2, metadata=_help("SDK retries on connection errors, 429 and 5xx"))
+    timeout_s: float = field(default=120.0, metadata=helped("per-request timeout (uploads included)"))
+    max_retries: int = field(default=2, metadata=helped("SDK retries on connection errors, 429 and 5xx"))
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "learning_rate_multiplier"):
@@ -70,18 +67,12 @@ class OpenAIFineTuningConfig:
         if self.suffix is not None and not 0 < len(self.suffix) <= 64:
             raise ValueError("suffix must be 1-64 characters")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpenAIFineTuningConfig:
         if "n_epochs" in data:  # the service's name for it, as configs before 2026-12 spelled it
             data = {**{k: v for k, v in data.items() if k != "n_epochs"}, "epochs": data["n_epochs"]}
         return config_from_dict(cls, data)
 
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return config_help(cls)
 
     def hyperparameters(self) -> dict[str, Any]:
         values = {"n_epochs": self.epochs, "batch_size": self.batch_size,

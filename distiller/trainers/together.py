@@ -10,7 +10,6 @@ chat endpoint, where the distiller evaluates it and the gateway routes to it. `c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,12 @@ import httpx
 from distiller.trainers.base import (
     JobState,
     JobStatus,
+    TrainerConfig,
     TrainerError,
     TrainingJob,
     TrainingResult,
-    config_from_dict,
-    config_help,
     dataset_hash,
+    helped,
 )
 from distiller.trainers.openai_ft import upload_examples
 from distiller.trainers.service_http import call, service_client
@@ -40,25 +39,22 @@ _STATES: dict[str, JobState] = {
     "user_error": "failed", "cancelled": "cancelled"}
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
 
 @dataclass(frozen=True, slots=True)
-class TogetherConfig:
+class TogetherConfig(TrainerConfig):
     """A LoRA fine-tuning job on Together AI."""
 
-    model: str = field(default="meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", metadata=_help(
+    model: str = field(default="meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", metadata=helped(
         "the base model to fine-tune (a Together model id that supports LoRA fine-tuning)"))
-    epochs: int | None = field(default=None, metadata=_help("passes over the training file; None: the service's"))
-    batch_size: int | None = field(default=None, metadata=_help("batch size; None: 'max' (the service's default)"))
-    learning_rate: float | None = field(default=None, metadata=_help("peak learning rate; None: the service's"))
-    r: int | None = field(default=None, metadata=_help("LoRA rank (alpha is twice it); None: the service's"))
-    suffix: str | None = field(default=None, metadata=_help("up to 64 characters added to the model's name"))
-    base_url: str = field(default="https://api.together.xyz/v1", metadata=_help("Together's API base URL"))
-    api_key_env: str = field(default="TOGETHER_API_KEY", metadata=_help(
+    epochs: int | None = field(default=None, metadata=helped("passes over the training file; None: the service's"))
+    batch_size: int | None = field(default=None, metadata=helped("batch size; None: 'max' (the service's default)"))
+    learning_rate: float | None = field(default=None, metadata=helped("peak learning rate; None: the service's"))
+    r: int | None = field(default=None, metadata=helped("LoRA rank (alpha is twice it); None: the service's"))
+    suffix: str | None = field(default=None, metadata=helped("up to 64 characters added to the model's name"))
+    base_url: str = field(default="https://api.together.xyz/v1", metadata=helped("Together's API base URL"))
+    api_key_env: str = field(default="TOGETHER_API_KEY", metadata=helped(
         "the environment variable holding the API key (the key itself is never stored)"))
-    timeout_s: float = field(default=120.0, metadata=_help("per-request timeout (uploads included)"))
+    timeout_s: float = field(default=120.0, metadata=helped("per-request timeout (uploads included)"))
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "learning_rate", "r"):
@@ -68,16 +64,6 @@ class TogetherConfig:
         if self.suffix is not None and not 0 < len(self.suffix) <= 64:
             raise ValueError("suffix must be 1-64 characters")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TogetherConfig:
-        return config_from_dict(cls, data)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return config_help(cls)
 
     def job_body(self, training_file: str, validation_file: str | None) -> dict[str, Any]:
         lora: dict[str, Any] = {"type": "Lora"}

@@ -61,8 +61,9 @@ def _text(message: object) -> str:
     return text[:TEXT_CHARS]
 
 
-def _answer(row: Exchange | None) -> str:
-    choices = ((row.response or {}).get("choices") or [{}]) if row is not None else [{}]
+def _answer(row: Exchange) -> str:
+    """The first choice's message of a captured answer."""
+    choices = (row.response or {}).get("choices") or [{}]
     return _text(choices[0].get("message") if isinstance(choices[0], dict) else None)
 
 
