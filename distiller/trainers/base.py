@@ -159,6 +159,13 @@ class TrainerConfig:
     def help(cls) -> dict[str, str]:
         return config_help(cls)
 
+    def require_positive(self, *names: str) -> None:
+        """Each named option, when set, must be above 0 (None: the service's or the trainer's default)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None")
+
 
 def config_help(config_cls: type[Any]) -> dict[str, str]:
     """Each config field's help text (the `help` entry of its metadata), for CLI flags and docs."""

@@ -84,10 +84,7 @@ class FireworksConfig(TrainerConfig):
     timeout_s: float = field(default=120.0, metadata=helped("per-request timeout (uploads included)"))
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "learning_rate", "r"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
+        self.require_positive("epochs", "learning_rate", "r")
         if self.deploy not in get_args(Deploy):
             raise ValueError(f"deploy must be one of {get_args(Deploy)}, not {self.deploy!r}")
         if self.suffix is not None and not (0 < len(self.suffix) <= 40 and _is_id(self.suffix)):

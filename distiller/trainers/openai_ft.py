@@ -60,10 +60,7 @@ class OpenAIFineTuningConfig(TrainerConfig):
     max_retries: int = field(default=2, metadata=helped("SDK retries on connection errors, 429 and 5xx"))
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "learning_rate_multiplier"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
+        self.require_positive("epochs", "batch_size", "learning_rate_multiplier")
         if self.suffix is not None and not 0 < len(self.suffix) <= 64:
             raise ValueError("suffix must be 1-64 characters")
 

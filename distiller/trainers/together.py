@@ -57,10 +57,7 @@ class TogetherConfig(TrainerConfig):
     timeout_s: float = field(default=120.0, metadata=helped("per-request timeout (uploads included)"))
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "learning_rate", "r"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
+        self.require_positive("epochs", "batch_size", "learning_rate", "r")
         if self.suffix is not None and not 0 < len(self.suffix) <= 64:
             raise ValueError("suffix must be 1-64 characters")
 
