@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -110,7 +111,7 @@ class SQLiteStore(Store):
             private_file(self.path)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._journal_in_wal_mode()
             await self._db.execute("PRAGMA synchronous = NORMAL")
             # Deleted rows (forget, retention) are overwritten, not left readable in free pages. Debian's SQLite
             # does this by default; other builds do not.
@@ -122,6 +123,20 @@ class SQLiteStore(Store):
         except BaseException:
             await self.close()
             raise
+
+    async def _journal_in_wal_mode(self) -> None:
+        """Switch to WAL. The switch takes an exclusive lock that SQLite does not wait for through the busy
+        handler, so connections opening a new file together (gateway workers starting at once) are refused
+        "database is locked": try again until the busy timeout has passed."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         if self._db is not None:
