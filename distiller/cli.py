@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,10 +66,13 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
     from distiller.registry import Gate
 
     trainer_config = trainer_config_of(args, args.trainer, BACKENDS)
+    tasks = dict(settings.tasks)
+    if hasattr(args, "min_rating"):  # given on `protege distill`: it outranks the task's setting
+        tasks[args.task] = settings.task(args.task).model_copy(update={"min_rating": args.min_rating})
     return DistillOptions(runs_dir=Path(args.runs_dir), trainer=args.trainer, trainer_config=trainer_config,
                           base_model=args.base_model or settings.embedded.model, gate=Gate(args.gate),
                           target_parity=args.target_parity, promote=args.promote,
-                          curation=CurationConfig(keep_truncated=args.keep_truncated),
+                          curation=CurationConfig(keep_truncated=args.keep_truncated), tasks=tasks,
                           minimums=Minimums(args.min_train, args.min_validation, args.min_test),
                           compute=settings.compute, cascade=settings.cascade,
                           max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
@@ -154,7 +158,23 @@ def add_distill(sub: Subparsers) -> None:
     json_flag(p)
     p.add_argument("--task", required=True)
     p.add_argument("--force", action="store_true", help="train even if the dataset is unchanged")
+    p.add_argument("--min-rating", type=_rating_floor, default=argparse.SUPPRESS, metavar="R|none",
+                   help="leave out exchanges the app rated below R (POST /v1/feedback), in the app's scale; a "
+                   "boolean rating counts as 1 or 0; 'none': ratings drop nothing (default: the task's "
+                   "tasks.<task>.min_rating setting, else 0.5, which drops a thumbs-down)")
     p.set_defaults(func=cmd_distill)
+
+
+def _rating_floor(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("expected a finite number")
+    return value
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ under its reason in the report, so kept + dropped = input):
 
 0. forgotten users (`protege forget`): an exchange whose `user_hash` is recorded as forgotten is dropped,
    so rows captured after the forget (in flight on another replica) never reach a dataset;
+0b. feedback from the app (`gateway.feedback`): a corrected answer replaces the captured one (and the
+   exchange skips the answer filters of step 1: a person wrote it), an exchange rated below `min_rating` is
+   dropped;
 1. quality filters on the captured exchange (`distiller.filters`): failed, incomplete, truncated,
    empty/short answer, refusal;
 2. prompt distillation: decide whether the task's system prompt is dropped from training examples
@@ -39,9 +42,10 @@ from typing import Any, Literal, get_args
 from distiller import filters
 from distiller.dedup import Shingling, find_duplicates, normalise_text
 from distiller.language import detect_language
+from gateway.config import DEFAULT_MIN_RATING
 from gateway.export import training_example
 from gateway.pii import PLACEHOLDERS, message_strings, redact_messages
-from gateway.store import Exchange, Store, user_hash
+from gateway.store import Exchange, Feedback, Store, user_hash
 from gateway.tasks import message_text, system_prompt, text_hash
 
 Split = Literal["train", "validation", "test"]
@@ -50,11 +54,13 @@ PiiMode = Literal["redact", "drop", "off"]
 PromptDistillation = Literal["auto", "on", "off"]
 
 FORGOTTEN_USER = "forgotten_user"
+LOW_RATING = "low_rating"
 OTHER_SYSTEM_PROMPT = "other_system_prompt"
 LANGUAGE_CAP = "language_cap"
 DROP_REASONS: tuple[str, ...] = (
-    FORGOTTEN_USER, filters.FAILED, filters.INCOMPLETE, filters.TRUNCATED, filters.EMPTY_ANSWER, filters.SHORT_ANSWER,
-    filters.REFUSAL, OTHER_SYSTEM_PROMPT, filters.PII, filters.TOO_LONG, "duplicate", "near_duplicate", LANGUAGE_CAP)
+    FORGOTTEN_USER, LOW_RATING, filters.FAILED, filters.INCOMPLETE, filters.TRUNCATED, filters.EMPTY_ANSWER,
+    filters.SHORT_ANSWER, filters.REFUSAL, OTHER_SYSTEM_PROMPT, filters.PII, filters.TOO_LONG, "duplicate",
+    "near_duplicate", LANGUAGE_CAP)
 FILES = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
 FORMAT = "protege-dataset/1"
 SYSTEM_PROMPT_FILE = "system_prompt.txt"  # the prompt distilled away, for the base model asked with it
@@ -87,6 +93,12 @@ class CurationConfig:
     num_perm: int = field(default=128, metadata=_help("MinHash permutations (64-128 is plenty)"))
     shingling: Shingling = field(default="word", metadata=_help(
         "near-duplicate shingles: 'word' 3-grams, or 'char' 5-grams for text without spaces"))
+    min_rating: float | None = field(default=DEFAULT_MIN_RATING, metadata=_help(
+        "drop an exchange the app rated below this (POST /v1/feedback), in the app's own scale: a boolean rating "
+        "counts as 1 or 0, so the default drops a thumbs-down; 4 for 1-5 stars; None: ratings drop nothing. "
+        "The distiller takes it from the task's `tasks.<task>.min_rating` setting"))
+    use_corrections: bool = field(default=True, metadata=_help(
+        "train on the corrected answer an app gave as feedback in place of the captured one"))
     language_cap: int | None = field(default=None, metadata=_help(
         "keep at most this many examples per detected language (oldest first); None: no cap"))
     validation_fraction: float = field(default=0.1, metadata=_help("share of examples in the validation split"))
@@ -104,6 +116,8 @@ class CurationConfig:
                               ("shingling", Shingling)):
             if getattr(self, name) not in get_args(options):
                 raise ValueError(f"{name} must be one of {get_args(options)}, not {getattr(self, name)!r}")
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ValueError("min_rating must be a finite number or None")
         if self.min_answer_chars < 0:
             raise ValueError("min_answer_chars must be >= 0")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -227,18 +241,22 @@ async def curate_task(store: Store, task: str, config: CurationConfig | None = N
                       count_tokens: filters.TokenCounter | None = None) -> CuratedDataset:
     # forgotten users read after the exchanges: a user forgotten in between is still left out
     exchanges = await load_task_exchanges(store, task)
-    return curate(exchanges, config, count_tokens=count_tokens, forgotten=await store.forgotten_user_hashes())
+    return curate(exchanges, config, count_tokens=count_tokens, forgotten=await store.forgotten_user_hashes(),
+                  feedback=await store.list_feedback(task=task))
 
 
 def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, *,
-           count_tokens: filters.TokenCounter | None = None, forgotten: Collection[str] = ()) -> CuratedDataset:
+           count_tokens: filters.TokenCounter | None = None, forgotten: Collection[str] = (),
+           feedback: Iterable[Feedback] = ()) -> CuratedDataset:
     """The curated dataset of `exchanges` (usually one task's). `count_tokens` is a tokenizer's length
     function for the `max_tokens` limit and token statistics; characters / 4 without one. `forgotten` holds
-    the `user_hash`es of forgotten users (`Store.forgotten_user_hashes`), whose exchanges are dropped."""
+    the `user_hash`es of forgotten users (`Store.forgotten_user_hashes`), whose exchanges are dropped;
+    `feedback` is the app's on these exchanges (`Store.list_feedback`)."""
     cfg = config or CurationConfig()
     ordered = sorted(exchanges, key=lambda e: (e.created_at, e.request_id))
     dropped: list[tuple[str, str]] = []
-    candidates = _quality(_not_forgotten(ordered, set(forgotten), dropped), cfg, dropped)
+    given = {f.request_id: f for f in feedback}
+    candidates = _quality(_not_forgotten(ordered, set(forgotten), dropped), cfg, dropped, given)
 
     distilled, prompt_counts = _distilled_prompt(candidates, cfg.prompt_distillation)
     if distilled is not None:
@@ -272,6 +290,7 @@ def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, 
     examples = [example for name in SPLITS for example in splits[name]]
     report = _report(cfg, ordered, examples, dropped, redacted, distilled, system_hash, prompt_counts,
                      count_tokens is not None)
+    report["feedback"] = _feedback_report(cfg, ordered, examples, given)
     prompt = distilled
     if prompt is not None and cfg.pii_mode == "redact":
         prompt = message_text(redact_messages([{"role": "system", "content": prompt}])[0]["content"])
@@ -293,10 +312,21 @@ def _not_forgotten(ordered: list[Exchange], forgotten: set[str], dropped: list[t
     return kept
 
 
-def _quality(ordered: list[Exchange], cfg: CurationConfig, dropped: list[tuple[str, str]]) -> list[_Candidate]:
-    """Exchanges that pass the exchange filters, as training examples (`gateway.export.training_example`)."""
+def _quality(ordered: list[Exchange], cfg: CurationConfig, dropped: list[tuple[str, str]],
+             given: dict[str, Feedback]) -> list[_Candidate]:
+    """Exchanges that pass the exchange filters, as training examples (`gateway.export.training_example`); a
+    corrected one with its correction as the answer, whatever the captured answer was."""
     candidates = []
     for exchange in ordered:
+        feedback = given.get(exchange.request_id)
+        if feedback is not None and feedback.correction is not None and cfg.use_corrections:
+            messages = [*exchange.request.get("messages", []), feedback.correction]
+            candidates.append(_Candidate(exchange, messages, exchange.request.get("tools") or None))
+            continue
+        if (feedback is not None and feedback.rating is not None and cfg.min_rating is not None
+                and feedback.rating < cfg.min_rating):
+            dropped.append((exchange.request_id, LOW_RATING))
+            continue
         truncated = None if cfg.keep_truncated else filters.truncated_filter(exchange)
         reason = (filters.status_filter(exchange) or truncated
                   or filters.answer_length_filter(exchange, cfg.min_answer_chars) or filters.refusal_filter(exchange))
@@ -423,6 +453,23 @@ def _report(cfg: CurationConfig, ordered: list[Exchange], examples: list[Curated
                                 "distinct_system_prompts": len([p for p in prompt_counts if p])},
         "tasks": sorted({e.task for e in ordered}),
     }
+
+
+def _feedback_report(cfg: CurationConfig, ordered: list[Exchange], examples: list[CuratedExample],
+                     given: dict[str, Feedback]) -> dict[str, Any]:
+    """What the app's feedback did to the dataset: how many exchanges it was given on, how many of those were
+    dropped for a low rating, and how many corrected answers were trained on (after every later filter)."""
+    ids = {e.request_id for e in ordered}
+    on_input = [f for request_id, f in given.items() if request_id in ids]
+    kept = {e.request_id for e in examples}
+    corrected = [f for f in on_input if f.correction is not None and cfg.use_corrections]
+    rated = [f.rating for f in on_input if f.rating is not None]
+    low = [f for f in on_input if f.rating is not None and cfg.min_rating is not None and f.rating < cfg.min_rating
+           and not (f.correction is not None and cfg.use_corrections)]
+    return {"min_rating": cfg.min_rating, "exchanges_with_feedback": len(on_input), "rated": len(rated),
+            "mean_rating": round(sum(rated) / len(rated), 4) if rated else None,
+            "dropped_low_rating": len(low), "corrected": len(corrected),
+            "corrected_kept": sum(1 for f in corrected if f.request_id in kept)}
 
 
 def _token_limit(exchange: Exchange) -> int | str:

@@ -10,10 +10,11 @@ training again. A failed run leaves the task's active student untouched.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_train
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
 from gateway.compute_price import ComputePricing, read_throughput
-from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig
+from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig, TaskConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
 from gateway.pricing import Price
 from gateway.router import validate_output
@@ -57,6 +58,7 @@ class DistillOptions:
     trainer: str = "local"
     trainer_config: dict[str, Any] = field(default_factory=dict)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    tasks: Mapping[str, TaskConfig] = field(default_factory=dict)  # per-task settings (the feedback floor)
     base_model: str | None = None  # local folder; None: SmolLM2-135M-Instruct
     gate: Gate = field(default_factory=Gate)
     target_parity: float = 0.95
@@ -67,6 +69,12 @@ class DistillOptions:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)  # how the gateway prices the student
     max_eval_tokens: int = 256
     poll_interval_s: float = 1.0
+
+    def curation_for(self, task: str) -> CurationConfig:
+        """The curation options with the task's own settings applied."""
+        settings = self.tasks.get(task)
+        return self.curation if settings is None else dataclasses.replace(self.curation,
+                                                                          min_rating=settings.min_rating)
 
 
 @dataclass(slots=True)
@@ -96,7 +104,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
                   progress: Progress = _quiet) -> DistillOutcome:
     run_dir = options.runs_dir / task / time.strftime("%Y%m%d-%H%M%S")
     progress("curating captured traffic", None)
-    dataset = await curate_task(store, task, options.curation)
+    dataset = await curate_task(store, task, options.curation_for(task))
     reasons = shortfall(dataset.report, options.minimums)
     if reasons:
         raise NotEnoughDataError(task, reasons, dataset.counts)

@@ -30,6 +30,7 @@ from gateway.console.errors import CONSOLE
 from gateway.console.pages import PREFIX as CONSOLE_PREFIX
 from gateway.console.routes import build_console_router
 from gateway.errors import ConfigError
+from gateway.feedback import FeedbackDesk
 from gateway.health.routes import build_health_router
 from gateway.http_errors import install_error_handler
 from gateway.metrics import Metrics, multiprocess_dir
@@ -173,13 +174,15 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
                               RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits,
                               tracing)
+        feedback = FeedbackDesk(the_store, capture, metrics, settings.tasks)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
-                                         keys=keys, service=service)
+                                         keys=keys, service=service, feedback=feedback)
         try:
             yield
         finally:
             await pricer.aclose()
             await service.drain()
+            await feedback.drain()
             await teacher_set.aclose()
             if students is not None:
                 await students.provider.aclose()

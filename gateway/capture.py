@@ -155,6 +155,11 @@ class CaptureWriter:
         """Exchanges waiting to be written."""
         return self._queue.qsize()
 
+    @property
+    def unsettled(self) -> int:
+        """Exchanges submitted and not yet written or dropped (queued, or in the batch being written)."""
+        return self._unsettled
+
     def health(self) -> str | None:
         """None while the writer works; otherwise why captured exchanges are not reaching the store."""
         if not self._config.enabled:

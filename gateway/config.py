@@ -183,6 +183,18 @@ class EmbeddedConfig(_Strict):
                                          "simulation (default: gpt-4o-mini's list price)")
 
 
+DEFAULT_MIN_RATING = 0.5
+
+
+class TaskConfig(_Strict):
+    """One task's own settings (`tasks: {<task>: {...}}`); a task not listed has the defaults."""
+
+    min_rating: float | None = Field(default=DEFAULT_MIN_RATING, allow_inf_nan=False, description=(
+        "an exchange the app rated below this (POST /v1/feedback) is left out of training data; in the app's own "
+        "scale, where a boolean rating counts as 1 or 0, so the default drops a thumbs-down; 4 for 1-5 stars; "
+        "null: ratings never drop an exchange"))
+
+
 class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -202,6 +214,7 @@ class Settings(_Strict):
     embedded: EmbeddedConfig = EmbeddedConfig()
     compute: ComputeConfig = ComputeConfig()
     tracing: TracingConfig = TracingConfig()
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict, description="per-task settings, by task name")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
     header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "
@@ -229,6 +242,10 @@ class Settings(_Strict):
         if steering:
             raise ValueError(f"{steering[0]!r} steers the provider client and is never taken from clients")
         return value
+
+    def task(self, name: str) -> TaskConfig:
+        """The task's settings: its entry under `tasks`, else the defaults."""
+        return self.tasks.get(name) or TaskConfig()
 
     @property
     def student_key(self) -> str | None:

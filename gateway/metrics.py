@@ -83,6 +83,12 @@ class Metrics:
                                         ["task", "version"], registry=registry)
         self.live_parity = Gauge("protege_live_parity", "Mean agreement of student and teacher on shadowed traffic",
                                  ["task", "version"], registry=registry, multiprocess_mode="liveall")
+        self.feedback = Counter("protege_feedback", "Feedback recorded on captured exchanges, by task, where it came "
+                                "from (api, header, admin) and verdict (ok, low: below the task's min_rating, "
+                                "corrected, unrated)", ["task", "source", "verdict"], registry=registry)
+        self.feedback_rejected = Counter("protege_feedback_rejected", "Feedback not recorded, by source and reason "
+                                         "(invalid, unknown_request, store_error, too_large, overloaded)",
+                                         ["source", "reason"], registry=registry)
         self.retries = Counter("protege_upstream_retries", "Upstream calls retried", ["route"], registry=registry)
         # the registry's state, as every gateway reads it from the store (the same value in every worker)
         self.student_versions = Gauge("protege_student_versions", "Registered student versions (training runs "

@@ -10,6 +10,7 @@ from gateway.auth import KeyRing
 from gateway.capture import CaptureWriter
 from gateway.chat.service import ChatService
 from gateway.config import Settings
+from gateway.feedback import FeedbackDesk
 from gateway.metrics import Metrics
 from gateway.store import Store
 
@@ -22,5 +23,6 @@ class GatewayState:
     capture: CaptureWriter
     keys: KeyRing
     service: ChatService
+    feedback: FeedbackDesk
     started_at: float = field(default_factory=time.time)
     sign_ins: SignInThrottle = field(default_factory=SignInThrottle)

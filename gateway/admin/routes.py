@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from gateway import students as students_ops
 from gateway.admin_auth import require_admin
+from gateway.feedback import feedback_json
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_json_object, validate
 from gateway.openai.errors import OPENAI
@@ -49,6 +50,18 @@ def build_admin_router() -> APIRouter:
             "rollout_percent": rollouts.get(name, 0.0),
             "students": [view(s) for s in students if s.task == name],
         } for name in names]}
+
+    @router.post("/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        """Feedback on any captured request (the app's own route, `/v1/feedback`, takes only its key's)."""
+        state = await _state(request)
+        recorded = await state.feedback.record(await read_json_object(request, state), client=None, source="admin")
+        return feedback_json(recorded)
+
+    @router.get("/tasks/{task}/feedback")
+    async def list_feedback(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        return {"task": task, "feedback": [feedback_json(f) for f in await state.store.list_feedback(task=task)]}
 
     @router.put("/tasks/{task}/rollout")
     async def set_rollout(task: str, request: Request) -> dict[str, Any]:

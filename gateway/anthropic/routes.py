@@ -17,6 +17,7 @@ from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.chat.types import ChatRequest, RouteInfo
 from gateway.errors import AuthenticationError
+from gateway.feedback import FEEDBACK_HEADER
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, gateway_state, read_json_object
 
@@ -49,6 +50,7 @@ def build_anthropic_router() -> APIRouter:
         parsed = parse_request(raw)
         req = build_chat_request(to_openai(parsed), request.headers, client=client, user=parsed.user_id,
                                  skip_tasks=state.settings.capture.skip_tasks)
+        state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
         msg_id = message_id(req.request_id)
         service: ChatService = state.service
         if req.stream:

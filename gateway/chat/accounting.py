@@ -226,5 +226,6 @@ def exchange(req: ChatRequest, route: str, upstream_model: str, status: Exchange
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         latency_ms=round((time.perf_counter() - req.received_at) * 1000, 3), cost_usd=cost,
         finish_reason=choices[0].get("finish_reason"), error=error,
-        system_hash=text_hash(system) if system else None, extra=extra,
+        system_hash=text_hash(system) if system else None,
+        extra=dataclasses.replace(extra, client=req.client) if req.client is not None else extra,
     )

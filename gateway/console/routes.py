@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +34,13 @@ from gateway.console.examples import LISTS, fallbacks, heldout, jsonl, shadows
 from gateway.console.figures import calibration_chart, savings_chart
 from gateway.console.pages import HEADERS, PREFIX, offline_parity, page, path_part
 from gateway.errors import BadRequestError, ProtegeError
+from gateway.feedback import verdict
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_body, validate
 from gateway.parity import LiveParity
 from gateway.savings import Report, TaskReport  # `protege report`'s figures
 from gateway.state import GatewayState
-from gateway.store import Exchange, StudentVersion, TaskSummary
+from gateway.store import Exchange, Feedback, StudentVersion, TaskSummary
 from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
 from gateway.window_report import window_report
 
@@ -119,6 +121,8 @@ class TaskPage:
     students: list[StudentVersion]
     shown: StudentVersion | None
     fallbacks: list[Exchange] = field(default_factory=list)
+    feedback: list[tuple[Feedback, str]] = field(default_factory=list)  # the newest, with their verdicts
+    feedback_counts: dict[str, int] = field(default_factory=dict)  # every feedback of the task, by verdict
 
 
 # --- the router ---------------------------------------------------------------------------------
@@ -182,7 +186,10 @@ def build_console_router() -> APIRouter:
             return None
         row = task_row(task, summary, students, rollouts.get(task, 0.0), report, session.state.service.live_parity())
         fallbacks = await store.newest_exchanges(task=task, routes=["fallback"], since=start, limit=RECENT_FALLBACKS)
-        return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks)
+        config = session.state.settings.task(task)
+        judged = [(f, verdict(f, config)) for f in await store.list_feedback(task=task)]
+        return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks,
+                        judged[::-1][:RECENT_FALLBACKS], dict(Counter(v for _, v in judged)))
 
     async def task_view(request: Request, session: Session, task: str, *, status: int = 200,
                         error: str | None = None) -> Response:
@@ -201,7 +208,7 @@ def build_console_router() -> APIRouter:
                       evaluation=(page.shown.details.evaluation or {}) if page.shown else {},
                       calibration=(page.shown.details.calibration or {}) if page.shown else {},
                       calibration_svg=calibration_chart(page.shown) if page.shown else None,
-                      savings_svg=savings_chart(page.row.report))
+                      savings_svg=savings_chart(page.row.report), config=session.state.settings.task(page.name))
 
     async def act(request: Request, task: str, name: str, fields: dict[str, str], session: Session) -> Response:
         """Run one state-changing operation; on success redirect (post/redirect/get), else show the error."""

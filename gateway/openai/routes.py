@@ -1,4 +1,5 @@
-"""OpenAI's chat completions and models routes (`/v1/*`). Thin: parse, call the chat core, render."""
+"""OpenAI's chat completions and models routes (`/v1/*`), and the feedback apps give on answers (in OpenAI's
+error shape). Thin: parse, call the chat core, render."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
+from gateway.feedback import FEEDBACK_HEADER, FeedbackBody, feedback_json
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, bearer_client, gateway_state, read_json_object, validate
 from gateway.openai.errors import OPENAI
@@ -54,6 +56,7 @@ def build_openai_router() -> APIRouter:
         check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
         req = build_chat_request(body, request.headers, client=client, user=parsed.user,
                                  skip_tasks=state.settings.capture.skip_tasks)
+        state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
         service: ChatService = state.service
         if req.stream:
             chunks, info = await service.open_stream(req)
@@ -61,6 +64,14 @@ def build_openai_router() -> APIRouter:
         result, info = await service.complete(req)
         return Response(orjson.dumps(result), media_type="application/json",
                         headers=route_headers(req, info))
+
+    @router.post("/v1/feedback", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": inline_refs(FeedbackBody.model_json_schema())}}}})
+    async def feedback(request: Request) -> dict[str, Any]:
+        state = gateway_state(request)
+        client = await bearer_client(request, state)
+        recorded = await state.feedback.record(await read_json_object(request, state), client=client, source="api")
+        return feedback_json(recorded)
 
     @router.get("/v1/models", response_model=ModelList)
     async def list_models(request: Request) -> ModelList:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
+from gateway.feedback import FEEDBACK_HEADER
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, bearer_client, gateway_state, read_json_object
 from gateway.openai.errors import OPENAI
@@ -52,6 +53,7 @@ def build_responses_router() -> APIRouter:
         body, turn = to_chat(parsed, before)
         req = build_chat_request(body, request.headers, client=client, user=parsed.sticky_user,
                                  skip_tasks=state.settings.capture.skip_tasks)
+        state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
         resp_id = response_id(req.request_id)
 
         def kept(response: dict[str, Any]) -> StoredResponse:

@@ -12,6 +12,8 @@ from gateway.store.base import (
     Exchange,
     ExchangeGroup,
     ExchangeStatus,
+    Feedback,
+    FeedbackSource,
     Store,
     StoredResponse,
     StudentStatus,
@@ -31,9 +33,9 @@ from gateway.store.records import (
 )
 
 __all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
-           "ExchangeGroup", "ExchangeStatus", "GateResult", "ServingPrice", "ShadowNote", "Store", "StoreError",
-           "StoredResponse", "StudentDetails", "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary",
-           "check_store_url", "open_store", "redacted_url", "user_hash"]
+           "ExchangeGroup", "ExchangeStatus", "Feedback", "FeedbackSource", "GateResult", "ServingPrice",
+           "ShadowNote", "Store", "StoreError", "StoredResponse", "StudentDetails", "StudentNote", "StudentStatus",
+           "StudentVersion", "TaskSummary", "check_store_url", "open_store", "redacted_url", "user_hash"]
 
 StoreFactory = Callable[[str], Store]
 

@@ -94,6 +94,28 @@ class StoredResponse:
     history: list[dict[str, Any]]
 
 
+FeedbackSource = Literal["api", "header", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """What the app said about one captured exchange (`POST /v1/feedback`, the X-Protege-Feedback header, the
+    admin API). `rating` is the app's own scale (a boolean is stored as 1 or 0); `correction` is the assistant
+    message the answer should have been, which curation trains on in place of the captured one. The exchange's
+    task, user and time are copied so that reports, forget and retention need no join."""
+
+    request_id: str
+    task: str
+    created_at: float
+    exchange_created_at: float
+    source: FeedbackSource
+    rating: float | None = None
+    labels: tuple[str, ...] = ()
+    comment: str | None = None
+    correction: dict[str, Any] | None = None
+    user: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     key_id: str
@@ -207,6 +229,7 @@ class Store(abc.ABC):
         deleted = await self._delete_exchanges(task=task, user=None, created_before=created_before,
                                                batch_size=batch_size, progress=progress)
         await self._delete_responses(task=task, user=None, created_before=created_before)
+        await self._delete_feedback(task=task, user=None, created_before=created_before)
         return deleted
 
     async def forget_user(self, user: str, *, batch_size: int = 1000, progress: DeleteProgress | None = None) -> int:
@@ -218,7 +241,24 @@ class Store(abc.ABC):
         deleted = await self._delete_exchanges(task=None, user=user, created_before=None, batch_size=batch_size,
                                                progress=progress)
         await self._delete_responses(task=None, user=user, created_before=None)
+        await self._delete_feedback(task=None, user=user, created_before=None)
         return deleted
+
+    @abc.abstractmethod
+    async def get_exchange(self, request_id: str) -> Exchange | None: ...
+
+    @abc.abstractmethod
+    async def put_feedback(self, feedback: Feedback) -> None:
+        """Record feedback on an exchange (newer feedback on the same request replaces the older)."""
+
+    @abc.abstractmethod
+    async def list_feedback(self, *, task: str | None = None,
+                            request_ids: Sequence[str] | None = None) -> list[Feedback]:
+        """Oldest first; of one task and/or on these requests (None: any)."""
+
+    @abc.abstractmethod
+    async def _delete_feedback(self, *, task: str | None, user: str | None, created_before: float | None) -> int:
+        """Delete the feedback these filters pick (`created_before` is the exchange's age)."""
 
     @abc.abstractmethod
     async def put_response(self, response: StoredResponse) -> None:

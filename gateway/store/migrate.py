@@ -1,7 +1,8 @@
 """Copying one store into another (typically SQLite → PostgreSQL when a second gateway replica is added).
 
 Re-running is safe: exchanges are keyed by request_id, keys by key_id, students by (task, version), forgotten
-users by their hash, stored Responses API responses by their id, so only what the destination lacks is added;
+users by their hash, stored Responses API responses by their id, feedback by its request id (newer feedback
+replaces older), so only what the destination lacks is added;
 rollouts are set to the source's values. Exchanges and responses of users forgotten in either store are not
 copied: a re-run after `protege forget` on the destination must not bring the user's rows back from the source.
 """
@@ -15,12 +16,13 @@ from gateway.store import Store, StoreError, open_store, user_hash
 
 async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Copy exchanges, keys, students, task routing, forgotten users and stored responses from `source_url` to
-    `dest_url`.
+    """Copy exchanges, keys, students, task routing, forgotten users, feedback and stored responses from
+    `source_url` to `dest_url`.
 
     `progress(done, total)` is called after each batch of exchanges. Returns how many of each were added
-    (`exchanges`, `api_keys`, `students`, `rollouts`, `forgotten_users`, `responses`), how many exchanges were read
-    (`exchanges_read`) and how many of those were left out because their user is forgotten (`exchanges_forgotten`).
+    (`exchanges`, `api_keys`, `students`, `rollouts`, `forgotten_users`, `feedback`, `responses`), how many
+    exchanges were read (`exchanges_read`) and how many of those were left out because their user is forgotten
+    (`exchanges_forgotten`).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -41,7 +43,7 @@ async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500
 async def _copy(source: Store, dest: Store, batch_size: int,
                 progress: Callable[[int, int], None] | None) -> dict[str, int]:
     counts = {"exchanges": 0, "exchanges_read": 0, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-              "rollouts": 0, "forgotten_users": 0, "responses": 0}
+              "rollouts": 0, "forgotten_users": 0, "feedback": 0, "responses": 0}
 
     # Forgotten users before anything else: from the first copied row on, curation on the destination
     # already keeps them out of datasets.
@@ -86,6 +88,14 @@ async def _copy(source: Store, dest: Store, batch_size: int,
             progress(counts["exchanges_read"], max(total, counts["exchanges_read"]))
     # the difference, not the pages' sizes: pages the destination already had add nothing
     counts["exchanges"] = await dest.count_exchanges() - before
+
+    # Feedback after the exchanges it is about
+    dest_feedback = {f.request_id: f.created_at for f in await dest.list_feedback()}
+    for feedback in await source.list_feedback():
+        forgotten_user = feedback.user is not None and user_hash(feedback.user) in skip
+        if not forgotten_user and feedback.created_at > dest_feedback.get(feedback.request_id, float("-inf")):
+            await dest.put_feedback(feedback)
+            counts["feedback"] += 1
 
     # Conversation state last: a follow-up on the destination finds what it continues
     last: tuple[float, str] | None = None

@@ -36,6 +36,7 @@ from gateway.store.base import (
     redacted_url,
 )
 from gateway.store.exchange_sql import groups_query, newest_query, where_clause
+from gateway.store.feedback_sql import FeedbackTable
 from gateway.store.postgres_schema import LATEST_VERSION, MIGRATION_LOCK, MIGRATIONS
 from gateway.store.records import ExchangeExtra
 from gateway.store.rows import (
@@ -103,7 +104,9 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(Store):
+class PostgresStore(FeedbackTable, Store):
+    dialect = "postgres"
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0) -> None:
         self.url = url
         self._min_size = min_size
@@ -124,6 +127,14 @@ class PostgresStore(Store):
                 yield conn
         except _ERRORS as exc:
             raise StoreError(f"cannot {doing}: {exc}") from exc
+
+    async def _execute(self, doing: str, query: str, params: Sequence[Any]) -> int:
+        async with self._connection(doing) as conn:
+            return _affected(await conn.execute(query, *(_without_nul(p) for p in params)))
+
+    async def _fetch(self, doing: str, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self._connection(doing) as conn:
+            return [tuple(r) for r in await conn.fetch(query, *(_without_nul(p) for p in params))]
 
     async def open(self) -> None:
         try:
@@ -285,18 +296,15 @@ class PostgresStore(Store):
         return [row_to_response(tuple(r)) for r in rows]
 
     async def delete_response(self, response_id: str) -> bool:
-        async with self._connection("delete a response") as conn:
-            status = await conn.execute("DELETE FROM responses WHERE response_id = $1", _without_nul(response_id))
-        return _affected(status) > 0
+        return await self._execute("delete a response", "DELETE FROM responses WHERE response_id = $1",
+                                   [response_id]) > 0
 
     async def _delete_responses(self, *, task: str | None, user: str | None, created_before: float | None) -> int:
         where, params = self._where(task, None, user=user, created_before=created_before)
-        async with self._connection("delete responses") as conn:
-            return _affected(await conn.execute(f"DELETE FROM responses{where}", *params))
+        return await self._execute("delete responses", f"DELETE FROM responses{where}", params)
 
     async def forgotten_users(self) -> dict[str, float]:
-        async with self._connection("read forgotten users") as conn:
-            rows = await conn.fetch("SELECT user_hash, forgotten_at FROM forgotten_users")
+        rows = await self._fetch("read forgotten users", "SELECT user_hash, forgotten_at FROM forgotten_users", [])
         return {r[0]: float(r[1]) for r in rows}
 
     async def add_forgotten_users(self, forgotten: Mapping[str, float]) -> None:
@@ -311,8 +319,7 @@ class PostgresStore(Store):
         async with self._connection("record a console session") as conn:
             await conn.execute("DELETE FROM console_sessions WHERE expires_at < $1", created_at)
             await conn.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) "
-                               "VALUES ($1, $2, $3)",
-                               session_hash, created_at, expires_at)
+                               "VALUES ($1, $2, $3)", session_hash, created_at, expires_at)
 
     async def console_session_expiry(self, session_hash: str) -> float | None:
         async with self._connection("read console sessions") as conn:
@@ -320,8 +327,8 @@ class PostgresStore(Store):
         return None if value is None else float(value)
 
     async def delete_console_session(self, session_hash: str) -> None:
-        async with self._connection("delete a console session") as conn:
-            await conn.execute("DELETE FROM console_sessions WHERE session_hash = $1", session_hash)
+        await self._execute("delete a console session", "DELETE FROM console_sessions WHERE session_hash = $1",
+                            [session_hash])
 
     async def add_api_key(self, record: ApiKeyRecord) -> None:
         async with self._connection("add a key") as conn:
@@ -339,8 +346,7 @@ class PostgresStore(Store):
         return [ApiKeyRecord(r[0], r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
-        async with self._connection("revoke a key") as conn:
-            return _affected(await conn.execute("UPDATE api_keys SET revoked = TRUE WHERE key_id = $1", key_id)) > 0
+        return await self._execute("revoke a key", "UPDATE api_keys SET revoked = TRUE WHERE key_id = $1", [key_id]) > 0
 
     async def add_student(self, student: StudentVersion) -> None:
         row = list(student_to_row(student))
@@ -355,10 +361,9 @@ class PostgresStore(Store):
 
     async def list_students(self, *, task: str | None = None) -> list[StudentVersion]:
         where, params = ("WHERE task = $1", [task]) if task is not None else ("", [])
-        async with self._connection("list students") as conn:
-            rows = await conn.fetch(f"SELECT {', '.join(STUDENT_COLUMNS)} FROM students {where} "
-                                    "ORDER BY task, version", *params)
-        return [row_to_student(tuple(r)) for r in rows]
+        rows = await self._fetch("list students", f"SELECT {', '.join(STUDENT_COLUMNS)} FROM students {where} "
+                                 "ORDER BY task, version", params)
+        return [row_to_student(r) for r in rows]
 
     async def set_student_status(self, task: str, version: int, status: StudentStatus) -> bool:
         now = time.time()
@@ -390,7 +395,6 @@ class PostgresStore(Store):
                 "updated_at = EXCLUDED.updated_at", task, percent, time.time())
 
     async def rollouts(self) -> dict[str, float]:
-        async with self._connection("read rollouts") as conn:
-            rows = await conn.fetch("SELECT task, rollout_percent FROM task_routing")
+        rows = await self._fetch("read rollouts", "SELECT task, rollout_percent FROM task_routing", [])
         return {r[0]: float(r[1]) for r in rows}
 

@@ -106,6 +106,25 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX responses_created ON responses (created_at)",
         "CREATE INDEX responses_user ON responses (user_id) WHERE user_id IS NOT NULL",
     ],
+    # 7: feedback from the app on captured exchanges (rating, labels, comment, a corrected answer), one row per
+    # request (the newest wins); the exchange's task, user and time are copied for reports, forget and retention
+    [
+        """CREATE TABLE feedback (
+            request_id TEXT COLLATE "C" PRIMARY KEY,
+            task TEXT COLLATE "C" NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            exchange_created_at DOUBLE PRECISION NOT NULL,
+            source TEXT NOT NULL,
+            user_id TEXT,
+            rating DOUBLE PRECISION,
+            labels_json JSON,
+            comment TEXT,
+            correction_json JSON
+        )""",
+        "CREATE INDEX feedback_task ON feedback (task, created_at)",
+        "CREATE INDEX feedback_exchange_created ON feedback (exchange_created_at)",
+        "CREATE INDEX feedback_user ON feedback (user_id) WHERE user_id IS NOT NULL",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

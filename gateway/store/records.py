@@ -89,12 +89,13 @@ class ExchangeExtra:
     counterfactual_cost_usd: float | None = None  # student rows: what the teacher would have charged
     teacher_error: str | None = None  # degraded mode: why the teacher could not answer
     price_source: str | None = None  # where the price of the row's answer comes from (configured, list, compute)
+    client: str | None = None  # the gateway key that sent it (`KeyRing.check`): only that key may give feedback
 
     def to_json(self) -> dict[str, Any]:
         return _set(student=self.student.to_json() if self.student else None,
                     shadow=self.shadow.to_json() if self.shadow else None,
                     counterfactual_cost_usd=self.counterfactual_cost_usd, teacher_error=self.teacher_error,
-                    price_source=self.price_source)
+                    price_source=self.price_source, client=self.client)
 
     @classmethod
     def from_json(cls, data: object) -> ExchangeExtra:
@@ -102,7 +103,8 @@ class ExchangeExtra:
             return cls()
         return cls(student=StudentNote.from_json(data.get("student")), shadow=ShadowNote.from_json(data.get("shadow")),
                    counterfactual_cost_usd=_float(data.get("counterfactual_cost_usd")),
-                   teacher_error=_str(data.get("teacher_error")), price_source=_str(data.get("price_source")))
+                   teacher_error=_str(data.get("teacher_error")), price_source=_str(data.get("price_source")),
+                   client=_str(data.get("client")))
 
 
 NO_EXTRA = ExchangeExtra()

@@ -27,6 +27,7 @@ from gateway.store.base import (
     TaskSummary,
 )
 from gateway.store.exchange_sql import groups_query, newest_query, where_clause
+from gateway.store.feedback_sql import FeedbackTable
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     RESPONSE_COLUMNS,
@@ -83,7 +84,9 @@ async def _read_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-class SQLiteStore(Store):
+class SQLiteStore(FeedbackTable, Store):
+    dialect = "sqlite"
+
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.path = sqlite_path(url)
@@ -105,6 +108,14 @@ class SQLiteStore(Store):
             yield db
         except sqlite3.Error as exc:
             raise StoreError(f"cannot {doing}: {exc}") from exc
+
+    async def _execute(self, doing: str, query: str, params: Sequence[Any]) -> int:
+        async with self._connection(doing) as db:
+            return int((await db.execute(query, params)).rowcount)
+
+    async def _fetch(self, doing: str, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self._connection(doing) as db, db.execute(query, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
 
     async def open(self) -> None:
         try:

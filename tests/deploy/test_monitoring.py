@@ -310,8 +310,13 @@ def traffic(stack: Stack) -> float:
                      + usage["completion_tokens"] * (TEACHER_PRICE[1] - STUDENT_PRICE[1]))
     for i in range(3):
         assert ask(stack.gateway, PICKY, f"picky-{i}").headers["x-protege-route"] == "fallback"
-    for i in range(4):
-        assert ask(stack.gateway, PLAIN, f"plain-{i}").headers["x-protege-route"] == "teacher"
+    plain = [ask(stack.gateway, PLAIN, f"plain-{i}") for i in range(4)]
+    assert all(r.headers["x-protege-route"] == "teacher" for r in plain)
+    # feedback from the app: one recorded (it waits for its exchange to be written), one on an unknown request
+    for request_id, status in ((plain[0].headers["x-request-id"], 200), ("req_unknown", 404)):
+        given = httpx.post(f"{stack.gateway.url}/v1/feedback", json={"request_id": request_id, "rating": 0},
+                           timeout=30)
+        assert given.status_code == status, given.text
     shadows = wait_rows(stack.store, "shadow", SHADOWED)
     fallbacks = wait_rows(stack.store, "fallback", 3)
     assert all(row.cost_usd is not None for row in shadows)  # every shadowed answer is priced

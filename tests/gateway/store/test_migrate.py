@@ -9,6 +9,7 @@ import pytest
 
 from gateway.auth import new_key
 from gateway.store import (
+    Feedback,
     GateResult,
     Store,
     StoreError,
@@ -47,6 +48,9 @@ async def fill(url: str) -> None:
     await store.add_forgotten_users({"0" * 64: 5.0})
     for i in range(7):  # two pages of 5, two of them sharing a timestamp across the boundary
         await store.put_response(stored_response(f"resp_{i}", created_at=100.0 + min(i, 4), user=f"r{i}"))
+    for i in (1, 2):
+        await store.put_feedback(Feedback(f"req_{i}", "a", 200.0 + i, 1000.0 + i, "api", rating=float(i),
+                                          labels=("x",), correction={"role": "assistant", "content": "c"}, user="u"))
     await store.close()
 
 
@@ -55,7 +59,7 @@ async def snapshot(url: str) -> tuple[object, ...]:
     try:
         return (await store.list_exchanges(), await store.list_api_keys(), await store.list_students(),
                 await store.rollouts(), await store.list_tasks(), await store.forgotten_users(),
-                await store.list_responses(limit=100))
+                await store.list_responses(limit=100), await store.list_feedback())
     finally:
         await store.close()
 
@@ -70,13 +74,13 @@ async def test_copy_is_complete_and_idempotent(direction: str, postgres_url: str
     counts = await migrate_store(source, dest, batch_size=5, progress=lambda done, total: calls.append((done, total)))
 
     assert counts == {"exchanges": 23, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 2, "students": 3,
-                      "rollouts": 2, "forgotten_users": 1, "responses": 7}
+                      "rollouts": 2, "forgotten_users": 1, "feedback": 2, "responses": 7}
     assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
     assert await snapshot(dest) == await snapshot(source)
 
     again = await migrate_store(source, dest)
     assert again == {"exchanges": 0, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-                     "rollouts": 2, "forgotten_users": 0, "responses": 0}
+                     "rollouts": 2, "forgotten_users": 0, "feedback": 0, "responses": 0}
     assert await snapshot(dest) == await snapshot(source)
 
     # what changed in the source since is carried over by the next run
@@ -119,8 +123,12 @@ async def test_exchanges_of_users_forgotten_in_either_store_are_not_copied(postg
         assert {e.user for e in await dest.list_exchanges()} == {"u", "v1", "v2"}  # v1's older row was copied
         assert await dest.count_exchanges(user="v1") == 1 and await dest.count_exchanges(user="v0") == 0
         assert await dest.forgotten_user_hashes() == {"0" * 64, user_hash("v0"), user_hash("v1"), user_hash("r0")}
+        assert len(await dest.list_feedback()) == 2
+        await dest.forget_user("u")  # u's feedback goes with u's exchanges, and a re-run does not bring it back
+        assert await dest.list_feedback() == []
     finally:
         await dest.close()
+    assert (await migrate_store(sqlite_url, postgres_url))["feedback"] == 0
 
 
 async def test_refuses_the_same_store_and_bad_batches(tmp_path: Path) -> None:
