@@ -1,4 +1,4 @@
-"""The model server's HTTP API (FastAPI): OpenAI chat completions, /v1/models, vLLM's LoRA routes.
+"""The model server's HTTP API (FastAPI): OpenAI chat completions and embeddings, /v1/models, vLLM's LoRA routes.
 
 All state lives on `app.state` (`engine`, `served_model_name`); inference runs on the engine's
 own thread, so the event loop stays free to answer /healthz while tokens are being generated.
@@ -37,6 +37,7 @@ from gateway.http_utils import read_body
 from gateway.openai.errors import OPENAI
 from model_server import protocol as p
 from model_server.adapters import AdapterError, AdapterNotFound
+from model_server.embeddings import Embedder, EmbeddingsRequest
 from model_server.engine import Engine, Update
 from model_server.names import DEFAULT_SERVED_NAME
 from model_server.sampling import LogprobEntry, SamplingParams
@@ -130,6 +131,12 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
             raise NotFoundError(f"The LoRA adapter '{body.lora_name}' is not loaded.", param="lora_name",
                                 code="model_not_found") from exc
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+    embedder = Embedder()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return _json(await embedder.respond(p.parse_body(await body_of(request), EmbeddingsRequest)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
