@@ -34,6 +34,7 @@ from gateway.config import TaskConfig
 from gateway.errors import BadRequestError, NotFoundError, ProtegeError
 from gateway.http_utils import parse_json_object, validate
 from gateway.metrics import Metrics
+from gateway.pii import redact, redact_messages
 from gateway.store import Exchange, Feedback, FeedbackSource, Store
 
 log = logging.getLogger("protege.feedback")
@@ -125,8 +126,9 @@ class FeedbackDesk:
     """Records feedback: validates it, finds its exchange, checks who may give it, stores it and counts it."""
 
     def __init__(self, store: Store, capture: CaptureWriter, metrics: Metrics,
-                 tasks: Mapping[str, TaskConfig] | None = None) -> None:
+                 tasks: Mapping[str, TaskConfig] | None = None, *, redact_pii: bool = False) -> None:
         self._store = store
+        self._redact_pii = redact_pii  # capture.redact_pii: feedback text is stored as captured text is
         self._capture = capture
         self._metrics = metrics
         self._tasks = tasks or {}
@@ -144,10 +146,14 @@ class FeedbackDesk:
                                     "x-request-id its answer came with, and requests sent with capture off "
                                     "are not kept", param="request_id", code="unknown_request")
             rating = None if body.rating is None else float(body.rating)
+            comment, correction = body.comment, body.correction_message()
+            if self._redact_pii:
+                comment = None if comment is None else redact(comment)
+                correction = None if correction is None else redact_messages([correction])[0]
             feedback = Feedback(request_id=exchange.request_id, task=exchange.task, created_at=time.time(),
                                 exchange_created_at=exchange.created_at, source=source, rating=rating,
-                                labels=tuple(dict.fromkeys(body.labels)), comment=body.comment,
-                                correction=body.correction_message(), user=exchange.user)
+                                labels=tuple(dict.fromkeys(body.labels)), comment=comment,
+                                correction=correction, user=exchange.user)
             await self._store.put_feedback(feedback)
         except ProtegeError as exc:
             reason = {400: "invalid", 404: "unknown_request"}.get(exc.status_code, "store_error")

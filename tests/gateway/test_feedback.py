@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -163,3 +164,14 @@ def test_the_console_shows_a_tasks_feedback(gateway: InProcessGateway) -> None:
     assert "&lt;b&gt;rude&lt;/b&gt;" in html and "<b>rude</b>" not in html  # escaped, as every page is
     assert "ok: 0 · low: 1 · corrected: 1 · unrated: 0" in " ".join(html.split())
     assert "Better: hello." in html
+
+
+def test_feedback_text_is_redacted_when_capture_is(katan: Server, tmp_path: Path) -> None:
+    settings = settings_for(katan, tmp_path / "store.db", config={"capture": {"redact_pii": True}})
+    with inprocess_gateway(settings) as gateway:
+        request_id = ask(gateway, "pii")
+        give(gateway, {"request_id": request_id, "rating": 0, "comment": "mail me at ana@example.com",
+                       "correction": "Call +44 20 7946 0958 for the refund."})
+        stored = feedback_of(gateway, request_id)
+    assert stored is not None and stored.comment == "mail me at [EMAIL]"
+    assert stored.correction is not None and "7946" not in stored.correction["content"]
