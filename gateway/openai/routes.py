@@ -70,6 +70,7 @@ def build_openai_router() -> APIRouter:
     async def feedback(request: Request) -> dict[str, Any]:
         state = gateway_state(request)
         client = await bearer_client(request, state)
+        state.service.limiter.admit(client)  # the key's request rate covers its feedback calls too
         recorded = await state.feedback.record(await read_json_object(request, state), client=client, source="api")
         return feedback_json(recorded)
 

@@ -175,3 +175,12 @@ def test_feedback_text_is_redacted_when_capture_is(katan: Server, tmp_path: Path
         stored = feedback_of(gateway, request_id)
     assert stored is not None and stored.comment == "mail me at [EMAIL]"
     assert stored.correction is not None and "7946" not in stored.correction["content"]
+
+
+def test_feedback_calls_count_against_the_keys_rate_limit(katan: Server, tmp_path: Path) -> None:
+    settings = settings_for(katan, tmp_path / "store.db", config={"rate_limits": {"requests_per_minute": 2}})
+    with inprocess_gateway(settings) as gateway:
+        request_id = ask(gateway, "limited")
+        give(gateway, {"request_id": request_id, "rating": 1})
+        with pytest.raises(openai.RateLimitError):
+            give(gateway, {"request_id": request_id, "rating": 0})
