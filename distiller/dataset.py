@@ -290,7 +290,7 @@ def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, 
     examples = [example for name in SPLITS for example in splits[name]]
     report = _report(cfg, ordered, examples, dropped, redacted, distilled, system_hash, prompt_counts,
                      count_tokens is not None)
-    report["feedback"] = _feedback_report(cfg, ordered, examples, given)
+    report["feedback"] = _feedback_report(cfg, ordered, examples, given, report["dropped"][LOW_RATING])
     prompt = distilled
     if prompt is not None and cfg.pii_mode == "redact":
         prompt = message_text(redact_messages([{"role": "system", "content": prompt}])[0]["content"])
@@ -456,7 +456,7 @@ def _report(cfg: CurationConfig, ordered: list[Exchange], examples: list[Curated
 
 
 def _feedback_report(cfg: CurationConfig, ordered: list[Exchange], examples: list[CuratedExample],
-                     given: dict[str, Feedback]) -> dict[str, Any]:
+                     given: dict[str, Feedback], dropped_low: int) -> dict[str, Any]:
     """What the app's feedback did to the dataset: how many exchanges it was given on, how many of those were
     dropped for a low rating, and how many corrected answers were trained on (after every later filter)."""
     ids = {e.request_id for e in ordered}
@@ -464,11 +464,9 @@ def _feedback_report(cfg: CurationConfig, ordered: list[Exchange], examples: lis
     kept = {e.request_id for e in examples}
     corrected = [f for f in on_input if f.correction is not None and cfg.use_corrections]
     rated = [f.rating for f in on_input if f.rating is not None]
-    low = [f for f in on_input if f.rating is not None and cfg.min_rating is not None and f.rating < cfg.min_rating
-           and not (f.correction is not None and cfg.use_corrections)]
     return {"min_rating": cfg.min_rating, "exchanges_with_feedback": len(on_input), "rated": len(rated),
             "mean_rating": round(sum(rated) / len(rated), 4) if rated else None,
-            "dropped_low_rating": len(low), "corrected": len(corrected),
+            "dropped_low_rating": dropped_low, "corrected": len(corrected),
             "corrected_kept": sum(1 for f in corrected if f.request_id in kept)}
 
 

@@ -174,7 +174,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
                               RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits,
                               tracing)
-        feedback = FeedbackDesk(the_store, capture, metrics, settings.tasks, redact_pii=settings.capture.redact_pii)
+        feedback = FeedbackDesk(the_store, capture, metrics, settings.task, redact_pii=settings.capture.redact_pii)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service, feedback=feedback)
         try:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -126,12 +126,13 @@ class FeedbackDesk:
     """Records feedback: validates it, finds its exchange, checks who may give it, stores it and counts it."""
 
     def __init__(self, store: Store, capture: CaptureWriter, metrics: Metrics,
-                 tasks: Mapping[str, TaskConfig] | None = None, *, redact_pii: bool = False) -> None:
+                 task_config: Callable[[str], TaskConfig] = lambda _: TaskConfig(), *,
+                 redact_pii: bool = False) -> None:
         self._store = store
         self._redact_pii = redact_pii  # capture.redact_pii: feedback text is stored as captured text is
         self._capture = capture
         self._metrics = metrics
-        self._tasks = tasks or {}
+        self._task_config = task_config  # `Settings.task`: a task's floor decides whether a rating is low
         self._pending: set[asyncio.Task[None]] = set()
 
     async def record(self, payload: dict[str, Any], *, client: str | None, source: FeedbackSource) -> Feedback:
@@ -159,9 +160,8 @@ class FeedbackDesk:
             reason = {400: "invalid", 404: "unknown_request"}.get(exc.status_code, "store_error")
             self._metrics.feedback_rejected.labels(source, reason).inc()
             raise
-        task_config = self._tasks.get(feedback.task) or TaskConfig()
         self._metrics.feedback.labels(self._metrics.task_label(feedback.task), source,
-                                      verdict(feedback, task_config)).inc()
+                                      verdict(feedback, self._task_config(feedback.task))).inc()
         return feedback
 
     async def _exchange(self, request_id: str) -> Exchange | None:

@@ -17,7 +17,9 @@ Dialect = Literal["sqlite", "postgres"]
 
 
 @dataclass(slots=True)
-class _Query:
+class Query:
+    """One statement's parameters in the making: `param` adds one and returns its placeholder."""
+
     dialect: Dialect
     params: list[Any] = field(default_factory=list)
 
@@ -60,7 +62,7 @@ def where_clause(dialect: Dialect, task: str | None, status: str | None, after: 
                  user: str | None = None, created_before: float | None = None) -> tuple[str, list[Any]]:
     """` WHERE …` (or "") and its parameters for a listing's filters; `after` is a keyset page's last
     (created_at, request_id)."""
-    q = _Query(dialect)
+    q = Query(dialect)
     clauses = []
     for column, value in (("task", task), ("status", status), ("user_id", user)):
         if value is not None:
@@ -76,7 +78,7 @@ def where_clause(dialect: Dialect, task: str | None, status: str | None, after: 
 def newest_query(dialect: Dialect, *, task: str, limit: int, routes: Sequence[str] | None, since: float | None,
                  request_ids: Sequence[str] | None) -> tuple[str, list[Any]] | None:
     """`Store.newest_exchanges`' query and parameters; None when an empty list leaves nothing to find."""
-    q = _Query(dialect)
+    q = Query(dialect)
     clauses = [f"task = {q.param(task)}"]
     for column, values in (("route", routes), ("request_id", request_ids)):
         if values is not None:
@@ -92,7 +94,7 @@ def newest_query(dialect: Dialect, *, task: str, limit: int, routes: Sequence[st
 
 def groups_query(dialect: Dialect, *, task: str, since: float | None, bucket_s: float) -> tuple[str, list[Any]]:
     """`Store.exchange_groups`' query and parameters; its rows are read by `gateway.store.rows.group_of`."""
-    q = _Query(dialect)
+    q = Query(dialect)
     bucket = (f"CAST(created_at / {q.param(bucket_s)} AS INTEGER)" if dialect == "sqlite"
               else f"floor(created_at / {q.param(bucket_s)})::bigint")
     agreement_number = q.number("shadow", "agreement")

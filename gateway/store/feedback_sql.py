@@ -11,7 +11,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.store.base import Exchange, Feedback, FeedbackSource
-from gateway.store.exchange_sql import Dialect, _Query
+from gateway.store.exchange_sql import Dialect, Query
 from gateway.store.rows import exchange_select, row_to_exchange
 
 FEEDBACK_COLUMNS: tuple[str, ...] = (
@@ -38,7 +38,7 @@ def row_to_feedback(row: Sequence[Any]) -> Feedback:
 
 def upsert(dialect: Dialect, feedback: Feedback) -> tuple[str, list[Any]]:
     """Newer feedback on a request replaces the older: an app that changes its mind is taken at its last word."""
-    q = _Query(dialect)
+    q = Query(dialect)
     values = ", ".join(q.param(v) for v in feedback_to_row(feedback))
     updates = ", ".join(f"{c} = excluded.{c}" for c in FEEDBACK_COLUMNS[1:])
     return (f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({values}) "
@@ -47,7 +47,7 @@ def upsert(dialect: Dialect, feedback: Feedback) -> tuple[str, list[Any]]:
 
 def select(dialect: Dialect, *, task: str | None, request_ids: Sequence[str] | None) -> tuple[str, list[Any]] | None:
     """Feedback of a task and/or on these requests, oldest first; None when an empty id list leaves nothing."""
-    q = _Query(dialect)
+    q = Query(dialect)
     clauses = []
     if task is not None:
         clauses.append(f"task = {q.param(task)}")
@@ -62,7 +62,7 @@ def select(dialect: Dialect, *, task: str | None, request_ids: Sequence[str] | N
 def delete(dialect: Dialect, *, task: str | None, user: str | None,
            created_before: float | None) -> tuple[str, list[Any]]:
     """Feedback goes with its exchange: retention by the exchange's age, forget by its user."""
-    q = _Query(dialect)
+    q = Query(dialect)
     clauses = []
     if task is not None:
         clauses.append(f"task = {q.param(task)}")
@@ -86,7 +86,7 @@ class FeedbackTable(abc.ABC):
     async def _fetch(self, doing: str, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
     async def get_exchange(self, request_id: str) -> Exchange | None:
-        q = _Query(self.dialect)
+        q = Query(self.dialect)
         rows = await self._fetch("read an exchange", f"SELECT {exchange_select()} FROM exchanges "
                                  f"WHERE request_id = {q.param(request_id)}", q.params)
         return row_to_exchange(rows[0]) if rows else None
