@@ -18,6 +18,7 @@ from distiller.trainers.flags import TrainerFlagError, add_trainer_flags
 from distiller.trainers.flags import trainer_config as trainer_config_of
 from gateway.cli import json_flag, positive_int, settings_from, store_flags, with_store
 from gateway.config import Settings
+from gateway.scoring.base import SCORER_CHOICES
 from gateway.store import Store
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ def _distill_options(args: argparse.Namespace, settings: Settings) -> Any:
                           curation=CurationConfig(keep_truncated=args.keep_truncated), tasks=tasks,
                           minimums=Minimums(args.min_train, args.min_validation, args.min_test),
                           compute=settings.compute, cascade=settings.cascade,
-                          max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False))
+                          max_eval_tokens=args.max_eval_tokens, force=getattr(args, "force", False),
+                          settings=settings, scorer=getattr(args, "scorer", None))
 
 
 def _distill_flags(p: argparse.ArgumentParser) -> None:
@@ -90,6 +92,9 @@ def _distill_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval-tokens", type=positive_int, default=256, metavar="N",
                    help="max_tokens of each evaluation answer, student and baselines alike (default 256)")
     p.add_argument("--promote", action="store_true", help="make a new version active if it passes the gate")
+    p.add_argument("--scorer", choices=SCORER_CHOICES, default=None, help="how answers are compared with the "
+                   "teacher's: exact, fields (JSON), tools, similarity (embeddings, on the teacher's own scale) or "
+                   "judge (tasks.<task>.judge); default: tasks.<task>.scorer, else auto from the task's traffic")
     minimums = Minimums()
     p.add_argument("--min-train", type=positive_int, default=minimums.train, metavar="N",
                    help=f"curated training examples needed before anything is trained (default {minimums.train})")

@@ -1,10 +1,11 @@
 """Student vs teacher on held-out traffic, with the baselines beside it.
 
 The student is asked through its server — the same OpenAI-compatible API the gateway uses — and its
-answers are scored against the teacher's captured answers with `gateway.scoring.agreement`
-(normalised text, JSON fields, tool calls). The base model (the student before training) and the
-majority answer (the most common teacher answer of the training split, field by field for JSON) are
-scored the same way, so a parity figure never stands without its baselines.
+answers are scored against the teacher's captured answers with the task's scorer (`gateway.scoring`:
+exact text, JSON fields, tool calls, embedding similarity or an LLM judge). The base model (the student
+before training, with and without a distilled system prompt), the majority answer (the most common teacher
+answer of the training split, field by field for JSON) and, for free text, a random answer (the teacher's
+answer to another request) are scored the same way, so a parity figure never stands without its baselines.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 
 from distiller.dataset import SYSTEM_PROMPT_FILE
 from gateway.router import token_logprobs
-from gateway.scoring import agreement, normalise_text
+from gateway.scoring import Comparison, Score, Scorer, agreement, normalise_text
 from gateway.students import student_client
 
 
@@ -82,6 +83,7 @@ class ExampleResult:
     student: str
     score: float
     error: str | None = None
+    rationale: str | None = None  # the judge's words, when the scorer is a judge
 
 
 @dataclass(slots=True)
@@ -90,6 +92,7 @@ class EvaluationReport:
     student: ModelReport
     baselines: list[ModelReport] = field(default_factory=list)
     examples: list[ExampleResult] = field(default_factory=list)  # the student's answers, split order
+    scorer: dict[str, Any] | None = None  # `distiller.scorers.ScorerSetup.report`: kind, scale, judge usage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,14 +136,14 @@ def answer_text(message: dict[str, Any] | None) -> str:
 
 
 def example_results(answers: Sequence[ModelAnswer], examples: Sequence[EvalExample],
-                    scores: Sequence[float]) -> list[ExampleResult]:
+                    scores: Sequence[Score]) -> list[ExampleResult]:
     results = []
     for answer, example, score in zip(answers, examples, scores, strict=True):
         user: dict[str, Any] = next((m for m in reversed(example.messages) if m.get("role") == "user"), {})
         request = user.get("content")
         results.append(ExampleResult(example.request_id, (request if isinstance(request, str) else json.dumps(
-            request))[:EXAMPLE_TEXT_CHARS], answer_text(example.reference), answer_text(answer.message), score,
-            answer.error))
+            request))[:EXAMPLE_TEXT_CHARS], answer_text(example.reference), answer_text(answer.message), score.value,
+            answer.error, score.rationale))
     return results
 
 
@@ -148,9 +151,17 @@ def completion_of(message: dict[str, Any] | None) -> dict[str, Any]:
     return {"choices": [{"message": message or {}}]}
 
 
-def score_answers(answers: Sequence[ModelAnswer], examples: Sequence[EvalExample]) -> list[float]:
-    pairs = zip(answers, examples, strict=True)
-    return [agreement(completion_of(a.message), completion_of(e.reference)) for a, e in pairs]
+def request_of(example: EvalExample, system_prompt: str | None) -> list[dict[str, Any]]:
+    """The request as the teacher got it (a prompt-distilled example lost its system prompt in curation)."""
+    return [{"role": "system", "content": system_prompt}, *example.messages] if system_prompt else example.messages
+
+
+async def score_answers(scorer: Scorer, answers: Sequence[ModelAnswer | dict[str, Any] | None],
+                        examples: Sequence[EvalExample], system_prompt: str | None = None) -> list[Score]:
+    """Each answer (a model's, or an assistant message) scored against its example's teacher answer."""
+    messages = [a.message if isinstance(a, ModelAnswer) else a for a in answers]
+    return await scorer.score([Comparison(request_of(e, system_prompt), m, e.reference)
+                               for m, e in zip(messages, examples, strict=True)])
 
 
 def bootstrap_ci(scores: Sequence[float], *, resamples: int = 1000, alpha: float = 0.05,
@@ -248,45 +259,65 @@ async def ask_model(api_base: str, model: str, examples: Sequence[EvalExample], 
         return list(await asyncio.gather(*(one(e) for e in examples)))
 
 
-def model_report(name: str, answers: Sequence[ModelAnswer], examples: Sequence[EvalExample]) -> ModelReport:
+def model_report(name: str, answers: Sequence[ModelAnswer], scores: Sequence[Score]) -> ModelReport:
     ok = [a for a in answers if a.error is None]
     return ModelReport(
-        name=name, score=bootstrap_ci(score_answers(answers, examples)),
+        name=name, score=bootstrap_ci([s.value for s in scores]),
         latency_p50_s=statistics.median(a.latency_s for a in ok) if ok else None,
         prompt_tokens_mean=statistics.fmean(a.prompt_tokens for a in ok) if ok else None,
         completion_tokens_mean=statistics.fmean(a.completion_tokens for a in ok) if ok else None,
         errors=len(answers) - len(ok))
 
 
-def majority_report(train: Sequence[EvalExample], examples: Sequence[EvalExample]) -> ModelReport:
+async def majority_report(scorer: Scorer, train: Sequence[EvalExample], examples: Sequence[EvalExample],
+                          system_prompt: str | None = None) -> ModelReport:
     answer = majority_answer(train)
-    scores = [agreement(completion_of(answer), completion_of(e.reference)) for e in examples]
-    return ModelReport(name="majority answer", score=bootstrap_ci(scores))
+    scores = await score_answers(scorer, [answer] * len(examples), examples, system_prompt)
+    return ModelReport(name="majority answer", score=bootstrap_ci([s.value for s in scores]))
 
 
-async def evaluate(api_base: str, *, student_model: str, base_model: str | None, dataset_dir: Path,
-                   split: str = "test", max_tokens: int = 256,
-                   api_key: str | None = None) -> tuple[EvaluationReport, list[ModelAnswer]]:
-    """Score the student (and the base model) on a held-out split; the student's raw answers are
-    returned too, for calibration."""
+async def random_report(scorer: Scorer, examples: Sequence[EvalExample],
+                        system_prompt: str | None = None) -> ModelReport:
+    """The floor of a free-text scorer: each request answered with the teacher's answer to another request (a
+    fluent, on-task reply that does not answer it)."""
+    shifted = [examples[(i + 1) % len(examples)].reference for i in range(len(examples))]
+    scores = await score_answers(scorer, shifted, examples, system_prompt)
+    return ModelReport(name="random answer (the teacher's answer to another request)",
+                       score=bootstrap_ci([s.value for s in scores]))
+
+
+def system_prompt_of(dataset_dir: Path) -> str | None:
+    """The system prompt a prompt-distilled task's examples were curated without, if any."""
+    prompt_file = dataset_dir / SYSTEM_PROMPT_FILE
+    return prompt_file.read_text(encoding="utf-8") if prompt_file.is_file() else None
+
+
+async def evaluate(api_base: str, *, scorer: Scorer, student_model: str, base_model: str | None,
+                   dataset_dir: Path, split: str = "test", max_tokens: int = 256,
+                   api_key: str | None = None) -> tuple[EvaluationReport, list[ModelAnswer], list[Score]]:
+    """Score the student (and the baselines, when `base_model` is given) on a held-out split; the student's raw
+    answers and scores are returned too, for calibration."""
     examples = load_split(dataset_dir, split)
-    train = load_split(dataset_dir, "train")
+    system_prompt = system_prompt_of(dataset_dir)
     student_answers = await ask_model(api_base, student_model, examples, max_tokens=max_tokens, api_key=api_key)
-    report = EvaluationReport(split=split, student=model_report(f"student ({student_model})", student_answers,
-                                                                 examples),
-                              examples=example_results(student_answers, examples,
-                                                       score_answers(student_answers, examples)))
-    if base_model is not None:
-        # first, as the student is asked (what training must beat: the gate compares with it) ...
-        prompt_file = dataset_dir / SYSTEM_PROMPT_FILE
-        base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens, api_key=api_key)
-        name = f"base model ({base_model})" + (" without the task's system prompt" if prompt_file.is_file() else "")
-        report.baselines.append(model_report(name, base_answers, examples))
-        if prompt_file.is_file():  # ... then, for a prompt-distilled task, with the prompt it was trained without
-            system = {"role": "system", "content": prompt_file.read_text(encoding="utf-8")}
-            prompted = [dataclasses.replace(e, messages=[system, *e.messages]) for e in examples]
-            answers = await ask_model(api_base, base_model, prompted, max_tokens=max_tokens, api_key=api_key)
-            report.baselines.append(model_report(f"base model ({base_model}) with the task's system prompt",
-                                                 answers, examples))
-    report.baselines.append(majority_report(train, examples))
-    return report, student_answers
+    student_scores = await score_answers(scorer, student_answers, examples, system_prompt)
+    report = EvaluationReport(split=split,
+                              student=model_report(f"student ({student_model})", student_answers, student_scores),
+                              examples=example_results(student_answers, examples, student_scores))
+    if base_model is None:
+        return report, student_answers, student_scores
+    # first, as the student is asked (what training must beat: the gate compares with it) ...
+    base_answers = await ask_model(api_base, base_model, examples, max_tokens=max_tokens, api_key=api_key)
+    name = f"base model ({base_model})" + (" without the task's system prompt" if system_prompt else "")
+    report.baselines.append(model_report(name, base_answers,
+                                         await score_answers(scorer, base_answers, examples, system_prompt)))
+    if system_prompt:  # ... then, for a prompt-distilled task, with the prompt it was trained without
+        system = {"role": "system", "content": system_prompt}
+        prompted = [dataclasses.replace(e, messages=[system, *e.messages]) for e in examples]
+        answers = await ask_model(api_base, base_model, prompted, max_tokens=max_tokens, api_key=api_key)
+        report.baselines.append(model_report(f"base model ({base_model}) with the task's system prompt", answers,
+                                             await score_answers(scorer, answers, examples, system_prompt)))
+    report.baselines.append(await majority_report(scorer, load_split(dataset_dir, "train"), examples, system_prompt))
+    if scorer.kind in ("similarity", "judge") and len(examples) > 1:
+        report.baselines.append(await random_report(scorer, examples, system_prompt))
+    return report, student_answers, student_scores

@@ -25,17 +25,19 @@ import httpx
 from distiller.calibrate import Calibration, Observation, calibrate
 from distiller.costs import RelativeCost, hosted_list_price, relative_student_cost, run_costs
 from distiller.dataset import CurationConfig, curate_task, write_dataset
-from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split, score_answers
+from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split
 from distiller.registry import Gate, find_trained, next_version, register, served_name
+from distiller.scorers import ScorerSetupError, run_scorer, scorer_lines
 from distiller.sufficiency import Minimums, shortfall
 from distiller.trainers import JobStatus, TrainingJob, TrainingResult, get_trainer
 from distiller.trainers.base import JOB_FILE, read_json, write_json_atomic
 from gateway import students as students_ops
 from gateway.compute_price import ComputePricing, read_throughput
-from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig, TaskConfig
+from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig, Settings, TaskConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
 from gateway.pricing import Price
 from gateway.router import validate_output
+from gateway.scoring import Score, ScorerChoice
 from gateway.store import GateResult, ServingPrice, Store, StudentDetails, StudentVersion
 
 
@@ -58,7 +60,9 @@ class DistillOptions:
     trainer: str = "local"
     trainer_config: dict[str, Any] = field(default_factory=dict)
     curation: CurationConfig = field(default_factory=CurationConfig)
-    tasks: Mapping[str, TaskConfig] = field(default_factory=dict)  # per-task settings (the feedback floor)
+    tasks: Mapping[str, TaskConfig] = field(default_factory=dict)  # per-task settings (floor, scorer, judge)
+    settings: Settings = field(default_factory=Settings)  # the teachers (scale, judge) and `scoring`
+    scorer: ScorerChoice | None = None  # `--scorer`: outranks the task's setting
     base_model: str | None = None  # local folder; None: SmolLM2-135M-Instruct
     gate: Gate = field(default_factory=Gate)
     target_parity: float = 0.95
@@ -69,6 +73,9 @@ class DistillOptions:
     cascade: CascadeConfig = field(default_factory=CascadeConfig)  # how the gateway prices the student
     max_eval_tokens: int = 256
     poll_interval_s: float = 1.0
+
+    def task(self, task: str) -> TaskConfig:
+        return self.tasks.get(task) or TaskConfig()
 
     def curation_for(self, task: str) -> CurationConfig:
         """The curation options with the task's own settings applied."""
@@ -148,22 +155,32 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         base = (await students_ops.base_model_name(api_base, api_key=api_key) if options.trainer == "local"
                 else result.base_model)
         evaluation_started = time.monotonic()
-        progress("evaluating on the validation split (calibration)", None)
-        _, val_answers = await evaluate(api_base, student_model=model, base_model=None, dataset_dir=dataset_dir,
-                                        split="validation", max_tokens=options.max_eval_tokens, api_key=api_key)
+        rows = {e.request_id: e for e in await store.list_exchanges(task=task, bodies=False)}  # costs only
+        try:
+            scoring = await run_scorer(options.settings, options.task(task), options.scorer, dataset_dir, stack,
+                                       local=options.trainer == "local", api_base=api_base, api_key=api_key,
+                                       base_model=options.base_model, models=[r.upstream_model for r in rows.values()],
+                                       cache_file=options.runs_dir / task / "judge-cache.jsonl",
+                                       max_tokens=options.max_eval_tokens, progress=progress)
+        except ScorerSetupError as exc:
+            raise DistillError(str(exc)) from exc
+        progress(f"evaluating on the validation split (calibration; scorer: {scoring.spec.kind})", None)
+        _, val_answers, val_scores = await evaluate(
+            api_base, scorer=scoring.scorer, student_model=model, base_model=None, dataset_dir=dataset_dir,
+            split="validation", max_tokens=options.max_eval_tokens, api_key=api_key)
         progress("evaluating on the test split", None)
-        report, _ = await evaluate(api_base, student_model=model, base_model=base or EMBEDDED_MODEL_NAME,
-                                   dataset_dir=dataset_dir, split="test", max_tokens=options.max_eval_tokens,
-                                   api_key=api_key)
+        report, _, _ = await evaluate(api_base, scorer=scoring.scorer, student_model=model,
+                                      base_model=base or EMBEDDED_MODEL_NAME, dataset_dir=dataset_dir, split="test",
+                                      max_tokens=options.max_eval_tokens, api_key=api_key)
+        report.scorer = scoring.report()
         evaluation_s = time.monotonic() - evaluation_started
         student_price, price_source = await _student_price(options, api_base, api_key, result.base_model)
 
-    rows = {e.request_id: e for e in await store.list_exchanges(task=task, bodies=False)}  # costs only
     relative = relative_student_cost(
         [(a.prompt_tokens, a.completion_tokens) for a in val_answers if a.error is None],
         [rows[e.request_id].cost_usd if e.request_id in rows else None for e in dataset.validation],
         student_price, price_source)
-    calibration = _calibrate(val_answers, dataset_dir, options.target_parity, relative)
+    calibration = _calibrate(val_answers, val_scores, dataset_dir, options.target_parity, relative)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
     score = report.student.score
     passed, gate_message = options.gate.check(score.mean, score.ci_low, score.ci_high, base_parity)
@@ -171,13 +188,18 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
     costs = run_costs(trainer=options.trainer, metrics=result.metrics, training_s=training_s, evaluation_s=evaluation_s,
                       data_costs=[e.cost_usd for e in rows.values() if e.request_id in examples],
                       compute=options.compute)
+    evaluation_usd, sources = costs.evaluation_usd, {**costs.sources, "scoring": scoring.cost_source()}
+    if evaluation_usd is not None:
+        scoring_usd = scoring.cost_usd
+        evaluation_usd = None if scoring_usd is None else evaluation_usd + scoring_usd
     details = StudentDetails(
         evaluation=report.to_dict(), calibration=calibration.to_dict() if calibration else None,
         gate=GateResult(passed=passed, message=gate_message, min_parity=options.gate.min_parity),
         trainer_config=job.details.get("config", options.trainer_config), job=job.to_dict(),
         training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report,
-        training_cost_usd=costs.training_usd, evaluation_cost_usd=costs.evaluation_usd, data_cost_usd=costs.data_usd,
-        cost_sources=costs.sources, serving_price=_serving_price(options, result.base_model))
+        training_cost_usd=costs.training_usd, evaluation_cost_usd=evaluation_usd, data_cost_usd=costs.data_usd,
+        cost_sources=sources, serving_price=_serving_price(options, result.base_model),
+        scorer=scoring.spec.to_json())
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,
@@ -283,13 +305,12 @@ async def _student_price(options: DistillOptions, api_base: str, api_key: str | 
     return pricing.price(measured)
 
 
-def _calibrate(answers: list[ModelAnswer], dataset_dir: Path, target: float,
+def _calibrate(answers: list[ModelAnswer], scores: list[Score], dataset_dir: Path, target: float,
                relative: RelativeCost) -> Calibration | None:
     """The threshold from the validation split. Every request counts, the failed ones (an error, no logprobs,
     an answer the cascade's validators reject) as deferred; None when no answer can be calibrated on."""
     examples = load_split(dataset_dir, "validation")
-    scores = score_answers(answers, examples)
-    observations = [Observation(a.logprobs, s, failed=_failed(a, e))
+    observations = [Observation(a.logprobs, s.value, failed=_failed(a, e))
                     for a, e, s in zip(answers, examples, scores, strict=True)]
     if not any(o.usable for o in observations):
         return None
@@ -311,7 +332,8 @@ def write_reports(outcome: DistillOutcome) -> None:
              f"- dataset hash: `{outcome.dataset_hash}`; prompt-distilled: {student.prompt_distilled}",
              f"- training time: {outcome.training_s:.1f} s", ""]
     if outcome.evaluation is not None:
-        lines += ["## Parity with the teacher (test split)", "", outcome.evaluation.to_markdown()]
+        lines += ["## Parity with the teacher (test split)", "", *scorer_lines(outcome.evaluation.scorer),
+                  outcome.evaluation.to_markdown()]
     if outcome.calibration is not None:
         c = outcome.calibration
         lines += ["## Calibration (validation split)", "",

@@ -29,7 +29,7 @@ def _day(ts: float | None) -> str:
 
 
 COLUMNS = ("task", "requests", "actual", "teacher only", "savings", "upfront", "break-even (requests)",
-           "break-even (days)", "parity (gate)", "live parity (n)")
+           "break-even (days)", "parity (gate)", "live parity (n)", "scorer")
 
 
 def _cells(t: TaskReport) -> list[str]:
@@ -37,7 +37,7 @@ def _cells(t: TaskReport) -> list[str]:
     live = "—" if t.live_parity is None else f"{t.live_parity:.3f} ({t.live_comparisons})"
     return [t.task if t.version is None else f"{t.task} (v{t.version})", f"{t.requests:,}", _usd(t.actual_usd),
             _usd(t.counterfactual_usd), _usd(t.savings_usd), _usd(t.upfront_usd), _num(t.breakeven_requests, 0),
-            _num(t.breakeven_days), parity, live]
+            _num(t.breakeven_days), parity, live, t.scorer or "—"]
 
 
 def _total_cells(report: Report) -> list[str]:

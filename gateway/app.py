@@ -22,6 +22,7 @@ from gateway.anthropic.routes import MESSAGES_PATH, build_anthropic_router
 from gateway.auth import KeyRing
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
+from gateway.chat.live_scoring import LiveScorers
 from gateway.chat.service import ChatService
 from gateway.chat.types import Students, Teacher, TeacherSet
 from gateway.compute_price import ComputePricer, ComputePricing
@@ -171,9 +172,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         await pricer.start()
         limits = settings.rate_limits
         tracing = build_tracing(settings.tracing, os.environ)
+        scorers = LiveScorers(settings, teacher_set, metrics)
         service = ChatService(teacher_set, capture, metrics, settings.retry, students,
                               RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits,
-                              tracing)
+                              tracing, scorers)
         feedback = FeedbackDesk(the_store, capture, metrics, settings.task, redact_pii=settings.capture.redact_pii)
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
                                          keys=keys, service=service, feedback=feedback)
@@ -182,6 +184,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         finally:
             await pricer.aclose()
             await service.drain()
+            await scorers.aclose()
             await feedback.drain()
             await teacher_set.aclose()
             if students is not None:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gateway.errors import ConfigError, StoreError
+from gateway.scoring.base import ScorerChoice
 from gateway.store import check_store_url
 
 
@@ -186,8 +187,38 @@ class EmbeddedConfig(_Strict):
 DEFAULT_MIN_RATING = 0.5
 
 
+class JudgeConfig(_Strict):
+    """An LLM judge: one of the configured teachers, asked through its provider (`tasks.<task>.judge`)."""
+
+    teacher: str = Field(description="served name of a configured teacher (or the embedded model's) to ask")
+    prompt_file: Path | None = Field(default=None, description="the judge prompt, with {{request}}, "
+                                     "{{answer_a}} and {{answer_b}}; default: the one shipped in gateway/scoring")
+    max_tokens: int = Field(default=200, ge=16, le=4096)
+
+
+class ScoringConfig(_Strict):
+    """How free-text answers are compared (`scoring:`)."""
+
+    embeddings_api_base: str | None = Field(default=None, description="an OpenAI-compatible /v1 base serving the "
+                                            "embeddings model; default: the student server (the model server "
+                                            "serves all-MiniLM-L6-v2)")
+    embeddings_model: str = "all-MiniLM-L6-v2"
+    reference_temperature: float = Field(default=0.7, gt=0, le=2, description="temperature of the second teacher "
+                                         "answer the similarity scale is measured with")
+    reference_requests: int = Field(default=32, ge=2, le=1000, description="validation requests the teacher is "
+                                    "asked again to measure its own variability (one call each, priced)")
+
+
 class TaskConfig(_Strict):
     """One task's own settings (`tasks: {<task>: {...}}`); a task not listed has the defaults."""
+
+    scorer: ScorerChoice = Field(
+        default="auto", description="how the task's answers are compared with the teacher's; auto: from its "
+        "traffic (tool calls → tools, JSON → fields, short labels → exact, free text → judge when one is set, "
+        "else similarity)")
+    judge: JudgeConfig | None = None
+    scorer_check: Path | None = Field(default=None, description="a labelled JSON-lines check set the scorer is "
+                                      "measured on (default: the shipped support-reply set)")
 
     min_rating: float | None = Field(default=DEFAULT_MIN_RATING, allow_inf_nan=False, description=(
         "an exchange the app rated below this (POST /v1/feedback) is left out of training data; in the app's own "
@@ -215,6 +246,7 @@ class Settings(_Strict):
     compute: ComputeConfig = ComputeConfig()
     tracing: TracingConfig = TracingConfig()
     tasks: dict[str, TaskConfig] = Field(default_factory=dict, description="per-task settings, by task name")
+    scoring: ScoringConfig = ScoringConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     body_timeout_s: float = Field(default=30, gt=0, description="a request body must arrive within this time")
     header_timeout_s: float = Field(default=10, gt=0, description="a request's headers must arrive within this "

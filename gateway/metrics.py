@@ -83,6 +83,13 @@ class Metrics:
                                         ["task", "version"], registry=registry)
         self.live_parity = Gauge("protege_live_parity", "Mean agreement of student and teacher on shadowed traffic",
                                  ["task", "version"], registry=registry, multiprocess_mode="liveall")
+        self.shadow_unscored = Counter("protege_shadow_unscored", "Shadow comparisons that could not be scored on "
+                                       "the version's scorer, by reason (no embeddings endpoint, judge not "
+                                       "configured or failing)", ["task", "reason"], registry=registry)
+        self.judge_calls = Counter("protege_judge_calls", "Calls to a task's LLM judge, by outcome (called, "
+                                   "cached, failed)", ["task", "outcome"], registry=registry)
+        self.judge_cost = Counter("protege_judge_cost_usd", "What the LLM judge's calls cost, at the judge "
+                                  "teacher's price", ["task"], registry=registry)
         self.feedback = Counter("protege_feedback", "Feedback recorded on captured exchanges, by task, where it came "
                                 "from (api, header, admin) and verdict (ok, low: below the task's min_rating, "
                                 "corrected, unrated)", ["task", "source", "verdict"], registry=registry)

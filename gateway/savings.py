@@ -98,6 +98,7 @@ class TaskReport:
     unpriced_rows: int = 0
     version: int | None = None
     parity: float | None = None  # offline evaluation of the active version
+    scorer: str | None = None  # the scorer parity (offline and live) is measured with
     gate: float | None = None
     live_parity: float | None = None  # shadowed traffic in the window
     live_comparisons: int = 0
@@ -168,7 +169,7 @@ class TaskReport:
             "first_year_net_usd": self.first_year_net, "price_sources": self.price_sources,
             "estimated_rows": self.estimated_rows,
             "unpriced_rows": self.unpriced_rows, "version": self.version, "parity": self.parity,
-            "gate": self.gate, "live_parity": self.live_parity, "live_comparisons": self.live_comparisons,
+            "scorer": self.scorer, "gate": self.gate, "live_parity": self.live_parity, "live_comparisons": self.live_comparisons,
             "notes": self.notes,
         }
 
@@ -318,6 +319,7 @@ def report_from_rows(task: str, rows: list[Row], unpriced: int, students: Sequen
     if shown is not None:
         report.version = shown.version
         report.parity, report.gate = shown.details.offline_parity, shown.details.min_parity
+        report.scorer = shown.details.scorer_kind
         tally = live(shown.version)
         report.live_comparisons, report.live_parity = tally.comparisons, tally.mean
     return report

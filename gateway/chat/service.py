@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.capture import CaptureWriter, StreamAssembler
 from gateway.chat.accounting import Accounting, StudentOutcome, TeacherOutcome
 from gateway.chat.bodies import for_client, student_body, upstream_body
+from gateway.chat.live_scoring import LiveScorers
 from gateway.chat.shadow import ShadowScorer
 from gateway.chat.types import (
     ROUTE_FALLBACK,
@@ -46,7 +47,8 @@ STUDENT_SYSTEM = "protege.student"  # gen_ai.provider.name of a student attempt:
 class ChatService:
     def __init__(self, teachers: TeacherSet, capture: CaptureWriter, metrics: Metrics, retry: RetryConfig,
                  students: Students | None = None, limiter: RateLimiter | None = None,
-                 limits: LimitsConfig | None = None, tracing: Tracing | None = None) -> None:
+                 limits: LimitsConfig | None = None, tracing: Tracing | None = None,
+                 scorers: LiveScorers | None = None) -> None:
         self.teachers = teachers
         self.tracing = tracing or Tracing()
         self.limits = limits or LimitsConfig()
@@ -63,7 +65,8 @@ class ChatService:
         self.retry = retry
         self.students = students
         self.accounting = Accounting(capture, metrics, self.limiter, students, self.tracing)
-        self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting, self.tracing)
+        self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting, self.tracing,
+                                   scorers)
 
     async def drain(self) -> None:
         """Wait for background shadow calls (graceful shutdown)."""

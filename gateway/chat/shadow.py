@@ -1,6 +1,6 @@
 """Shadow scoring: for a share of the requests a student served, the teacher is asked too, in the background;
-their agreement is this process's live parity per task and version (`gateway.parity`), and the teacher's
-answer is captured as training data like any other."""
+their agreement on the version's own scorer (`gateway.chat.live_scoring`) is this process's live parity per
+task and version (`gateway.parity`), and the teacher's answer is captured as training data like any other."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Any
 
 from gateway.chat.accounting import Accounting, TeacherOutcome
 from gateway.chat.bodies import upstream_body
+from gateway.chat.live_scoring import LiveScorers
 from gateway.chat.types import ROUTE_SHADOW, ChatRequest, RouteInfo, StudentAttempt, Teacher
 from gateway.errors import ProtegeError
 from gateway.metrics import Metrics
 from gateway.parity import LiveParity
-from gateway.scoring import agreement
+from gateway.scoring import Comparison, Scorer, ScorerUnavailableError, StructuralScorer
 from gateway.store import ExchangeExtra, ShadowNote
 from gateway.tracing import Tracing, annotate, current, end, request_attributes
 
@@ -24,8 +25,10 @@ log = logging.getLogger("protege.service")
 
 
 class ShadowScorer:
-    def __init__(self, rate: float, metrics: Metrics, accounting: Accounting, tracing: Tracing | None = None) -> None:
+    def __init__(self, rate: float, metrics: Metrics, accounting: Accounting, tracing: Tracing | None = None,
+                 scorers: LiveScorers | None = None) -> None:
         self.rate = rate
+        self.scorers = scorers
         self.tracing = tracing or Tracing()
         self.metrics = metrics
         self.accounting = accounting
@@ -67,13 +70,34 @@ class ShadowScorer:
             end(shadow_req.span, error=exc.message)
             return
         try:
-            self._compare(req, shadow_req, teacher, attempt, result, started)
+            score = await self._score(req, attempt, result)
+            self._compare(req, shadow_req, teacher, attempt, result, started, score)
         finally:
             end(shadow_req.span)
 
+    async def _score(self, req: ChatRequest, attempt: StudentAttempt, result: dict[str, Any]) -> float | None:
+        """The comparison on the version's scorer; None when this gateway cannot score it (counted, logged)."""
+        try:
+            scorer: Scorer = self.scorers.for_student(attempt.student) if self.scorers else StructuralScorer()
+            messages = req.body.get("messages")
+            comparison = Comparison(messages if isinstance(messages, list) else [], _message(attempt.completion),
+                                    _message(result))
+            return (await scorer.score([comparison]))[0].value
+        except ScorerUnavailableError:
+            reason = "unavailable"
+        except ProtegeError as exc:  # the embeddings endpoint or the judge failed
+            log.info("shadow scoring failed: %s", exc.message)
+            reason = "scorer_failed"
+        self.metrics.shadow_unscored.labels(self.metrics.task_label(req.task), reason).inc()
+        return None
+
     def _compare(self, req: ChatRequest, shadow_req: ChatRequest, teacher: Teacher, attempt: StudentAttempt,
-                 result: dict[str, Any], started: float) -> None:
-        score = agreement(attempt.completion, result)
+                 result: dict[str, Any], started: float, score: float | None) -> None:
+        info = RouteInfo(ROUTE_SHADOW, attempt.student, attempt.confidence)
+        if score is None:  # still training data; the row notes no comparison
+            self.accounting.teacher_served(TeacherOutcome(shadow_req, teacher, info, "ok", 200, result,
+                                                          time.perf_counter() - started))
+            return
         annotate(shadow_req.span, {"protege.agreement": score})
         version = attempt.student.version
         labels = (self.metrics.task_label(req.task), str(version))
@@ -83,7 +107,12 @@ class ShadowScorer:
         parity.add(score)
         self.metrics.live_parity.labels(*labels).set(parity.mean or 0.0)
         # the teacher's answer is training data like any other; the row notes the comparison
-        info = RouteInfo(ROUTE_SHADOW, attempt.student, attempt.confidence)
         self.accounting.teacher_served(TeacherOutcome(shadow_req, teacher, info, "ok", 200, result,
                                                       time.perf_counter() - started,
                                                       extra=ExchangeExtra(shadow=ShadowNote(version, score))))
+
+
+def _message(completion: dict[str, Any] | None) -> dict[str, Any] | None:
+    choices = (completion or {}).get("choices") or [{}]
+    message = choices[0].get("message")
+    return message if isinstance(message, dict) else None

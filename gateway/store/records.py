@@ -171,6 +171,7 @@ class StudentDetails:
     data_cost_usd: float | None = None  # what the teacher answers in the dataset cost when they were served
     cost_sources: dict[str, Any] | None = None  # how each cost was made (measured, configured, assumed)
     serving_price: ServingPrice | None = None  # a hosted student's per-token price at its provider
+    scorer: dict[str, Any] | None = None  # `gateway.scoring.ScorerSpec`: how its answers are scored, everywhere
 
     @property
     def offline_parity(self) -> float | None:
@@ -186,6 +187,12 @@ class StudentDetails:
         return (self.training_cost_usd or 0.0) + (self.evaluation_cost_usd or 0.0)
 
     @property
+    def scorer_kind(self) -> str:
+        """How its answers are compared with the teacher's (`gateway.scoring`); structural before scorers existed."""
+        kind = (self.scorer or {}).get("kind")
+        return kind if isinstance(kind, str) else "fields"
+
+    @property
     def min_parity(self) -> float | None:
         return self.gate.min_parity if self.gate else None
 
@@ -196,7 +203,7 @@ class StudentDetails:
                     training_s=self.training_s, training_cost_usd=self.training_cost_usd,
                     evaluation_cost_usd=self.evaluation_cost_usd, data_cost_usd=self.data_cost_usd,
                     cost_sources=self.cost_sources,
-                    serving_price=self.serving_price.to_json() if self.serving_price else None)
+                    serving_price=self.serving_price.to_json() if self.serving_price else None, scorer=self.scorer)
 
     @classmethod
     def from_json(cls, data: object) -> StudentDetails:
@@ -209,4 +216,4 @@ class StudentDetails:
                    training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")),
                    evaluation_cost_usd=_float(data.get("evaluation_cost_usd")),
                    data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")),
-                   serving_price=ServingPrice.from_json(data.get("serving_price")))
+                   serving_price=ServingPrice.from_json(data.get("serving_price")), scorer=_dict(data.get("scorer")))

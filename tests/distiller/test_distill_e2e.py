@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import yaml
 
 from distiller.costs import ASSUMED_STUDENT_COST
 from tests.conftest import teacher_flags
@@ -62,11 +63,23 @@ def run_distill(store: Path, runs: Path, *flags: str, env: dict[str, str] | None
     return dict(json.loads(out.stdout))
 
 
-def distill(store: Path, tiny_model: Path, runs: Path) -> dict[str, object]:
+def teacher_config(path: Path, upstream: Server, model: str = "openai/gpt-4o-mini",
+                   embeddings: Server | None = None) -> Path:
+    """The gateway's teacher as a config file, for the distiller: the similarity scorer asks it again (and
+    `embeddings`, a model server, embeds the answers: a hosted student has no model server of its own)."""
+    settings: dict[str, object] = {"teachers": [{"model": model, "api_base": f"{upstream.url}/v1",
+                                                 "api_key": "sk-upstream-secret-123456"}]}
+    if embeddings is not None:
+        settings["scoring"] = {"embeddings_api_base": f"{embeddings.url}/v1"}
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def distill(store: Path, tiny_model: Path, runs: Path, config: Path) -> dict[str, object]:
     # one torch thread for training and the embedded model server: two threads on two shared cores crawl
     # a random model writes until max_tokens: 16 tokens an answer are enough to score it
-    return run_distill(store, runs, "--base-model", str(tiny_model), "--epochs", "1", "--max-steps", "3",
-                       "--max-eval-tokens", "16", *SMALL_DATA, env={"OMP_NUM_THREADS": "1"})
+    return run_distill(store, runs, "--config", str(config), "--base-model", str(tiny_model), "--epochs", "1",
+                       "--max-steps", "3", "--max-eval-tokens", "16", *SMALL_DATA, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_capture_then_distill_registers_an_evaluated_student(
@@ -78,14 +91,20 @@ def test_capture_then_distill_registers_an_evaluated_student(
     rows = captured(store, task=TASK)
     assert len(rows) == 64 and {tuple(m["role"] for m in r.request["messages"]) for r in rows} == {("system", "user")}
 
-    first = distill(store, tiny_model, tmp_path / "runs")
+    config = teacher_config(tmp_path / "protege.yaml", katan)
+    first = distill(store, tiny_model, tmp_path / "runs", config)
     assert first["version"] == 1 and first["reused"] is False
     # a few steps on a random tiny model cannot reach the gate: registered, but rejected
     assert first["status"] == "rejected" and "below the gate" in str(first["gate"])
     run_dir = Path(str(first["run_dir"]))
     report = json.loads((run_dir / "report.json").read_text())
     names = [b["name"] for b in report["evaluation"]["baselines"]]
-    assert names[-1] == "majority answer" and names[0].startswith("base model")
+    # free text (llm-katan echoes): the similarity scorer, on a scale measured by asking the teacher again
+    scorer = report["evaluation"]["scorer"]
+    assert scorer["kind"] == "similarity" and scorer["chosen_by"] == "auto: free text"
+    assert scorer["reference"]["teacher"] == "gpt-4o-mini" and scorer["reference"]["answered"] >= 2
+    assert scorer["scale"]["same"] > scorer["scale"]["other"] and scorer["check"]["items"] == 56
+    assert names[-2] == "majority answer" and names[-1].startswith("random answer") and names[0].startswith("base")
     # prompt-distilled: the base model as the student is asked (without the prompt), then with the prompt
     assert names[0].endswith("without the task's system prompt") and names[1].endswith("with the task's system prompt")
     assert report["evaluation"]["student"]["score"]["n"] > 0
@@ -111,7 +130,7 @@ def test_capture_then_distill_registers_an_evaluated_student(
     assert f"a student request costing {calibration['student_cost']:.4g} of a teacher's (measured" in markdown
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
-    second = distill(store, tiny_model, tmp_path / "runs")
+    second = distill(store, tiny_model, tmp_path / "runs", config)
     assert second["reused"] is True and second["dataset_hash"] == first["dataset_hash"]
     assert second["version"] == 1
 

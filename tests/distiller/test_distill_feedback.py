@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tests.distiller.fake_openai_ft import start_fake_openai_ft
-from tests.distiller.test_distill_e2e import SMALL_DATA, TASK, run_distill, tickets
+from tests.distiller.test_distill_e2e import SMALL_DATA, TASK, run_distill, teacher_config, tickets
 from tests.inprocess import inprocess_gateway, settings_for
 from tests.servers import Server, stop
 
@@ -18,8 +18,8 @@ KEY_ENV = "PROTEGE_TEST_FEEDBACK_FT_KEY"
 CORRECTION = "Dear customer, we are sorry: a replacement ships today. Kind regards, the ACME support team"
 
 
-def test_distill_leaves_out_the_low_rated_exchange_and_trains_on_the_correction(katan: Server,
-                                                                                  tmp_path: Path) -> None:
+def test_distill_leaves_out_the_low_rated_exchange_and_trains_on_the_correction(
+        katan: Server, tiny_student: Server, tmp_path: Path) -> None:
     store = tmp_path / "store.db"
     with inprocess_gateway(settings_for(katan, store)) as gateway:
         client = gateway.openai()
@@ -39,7 +39,10 @@ def test_distill_leaves_out_the_low_rated_exchange_and_trains_on_the_correction(
 
     service = start_fake_openai_ft(tmp_path, KEY, run_s=0.5)
     try:
-        outcome = run_distill(store, tmp_path / "runs", "--trainer", "openai", "--model", "gpt-4o-mini-2024-07-18",
+        # the teacher, for the similarity scale; a model server's embeddings (a hosted student has none)
+        config = teacher_config(tmp_path / "protege.yaml", katan, embeddings=tiny_student)
+        outcome = run_distill(store, tmp_path / "runs", "--config", str(config), "--trainer", "openai",
+                              "--model", "gpt-4o-mini-2024-07-18",
                               "--base-url", f"{service.url}/v1", "--api-key-env", KEY_ENV, *SMALL_DATA,
                               env={KEY_ENV: KEY})
     finally:

@@ -21,7 +21,7 @@ import pytest
 from gateway.store import StudentVersion, open_store
 from model_server.names import DEFAULT_SERVED_NAME
 from tests.conftest import teacher_flags
-from tests.distiller.test_distill_e2e import SMALL_DATA, SYSTEM, TASK, run_distill, send_all, tickets
+from tests.distiller.test_distill_e2e import SMALL_DATA, SYSTEM, TASK, run_distill, send_all, teacher_config, tickets
 from tests.servers import Server, start_model_server, stop
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,9 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     stop(gateway.proc)
     server = smollm2_server()
 
-    outcome = run_distill(store, tmp_path / "runs", "--student-api-base", f"{server.url}/v1", "--epochs", "2",
+    config = teacher_config(tmp_path / "protege.yaml", katan)
+    outcome = run_distill(store, tmp_path / "runs", "--config", str(config), "--student-api-base",
+                          f"{server.url}/v1", "--epochs", "2",
                           "--max-steps", str(MAX_STEPS), "--batch-size", str(BATCH_SIZE), "--learning-rate", "1e-3",
                           "--gate", str(GATE), "--promote", *SMALL_DATA, env=ONE_THREAD)
     assert outcome["version"] == 1 and outcome["reused"] is False
@@ -97,7 +99,8 @@ def test_distill_smollm2_registers_an_evaluated_student_with_its_lineage(
     parity = evaluation["student"]["score"]
     assert parity["n"] > 0 and parity["ci_low"] <= parity["mean"] <= parity["ci_high"]
     assert evaluation["student"]["errors"] == 0 and evaluation["student"]["completion_tokens_mean"] > 0
-    base, prompted, majority = evaluation["baselines"]
+    base, prompted, majority, random_answer = evaluation["baselines"]  # free text (echoes): similarity's floor too
+    assert evaluation["scorer"]["kind"] == "similarity" and random_answer["name"].startswith("random answer")
     assert base["name"] == f"base model ({DEFAULT_SERVED_NAME}) without the task's system prompt"
     assert prompted["name"] == f"base model ({DEFAULT_SERVED_NAME}) with the task's system prompt"
     assert base["score"]["n"] == prompted["score"]["n"] == parity["n"]

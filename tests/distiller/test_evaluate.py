@@ -16,7 +16,10 @@ from distiller.evaluate import (
     majority_answer,
     majority_report,
 )
+from gateway.scoring import StructuralScorer
 from tests.servers import start_model_server, stop
+
+FIELDS = StructuralScorer("fields")
 
 
 def example(content: str, user: str = "q") -> EvalExample:
@@ -39,7 +42,7 @@ def test_majority_answer_for_text_and_json() -> None:
              example('{"queue": "tech", "urgent": false}')]
     assert json.loads(majority_answer(train)["content"]) == {"queue": "billing", "urgent": False}
     test = [example('{"queue": "billing", "urgent": false}'), example('{"queue": "tech", "urgent": true}')]
-    report = majority_report(train, test)
+    report = asyncio.run(majority_report(FIELDS, train, test))
     assert report.score.mean == pytest.approx((1.0 + 0.0) / 2)
 
 
@@ -50,7 +53,7 @@ def test_majority_answer_ignores_a_few_answers_that_are_not_json() -> None:
     assert json.loads(majority_answer(train)["content"]) == {"queue": "billing", "urgent": False}
     test = [example('{"queue": "billing", "urgent": false}'), example('{"queue": "tech", "urgent": true}'),
             example("Sorry, I cannot read this ticket.")]
-    assert majority_report(train, test).score.mean == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    assert asyncio.run(majority_report(FIELDS, train, test)).score.mean == pytest.approx((1.0 + 0.0 + 0.0) / 3)
 
 
 def test_majority_answer_is_whole_text_when_almost_nothing_is_json() -> None:
@@ -83,11 +86,12 @@ def test_evaluate_against_a_real_model_server(tiny_model: Path, tmp_path: Path) 
     assert [e.reference["content"] for e in load_split(dataset, "test")] == ["Oslo", "Paris", "Oslo"]
     server = start_model_server(tmp_path, "--model", str(tiny_model), "--served-model-name", "tiny", "--threads", "1")
     try:
-        report, answers = asyncio.run(evaluate(f"{server.url}/v1", student_model="tiny", base_model="tiny",
-                                               dataset_dir=dataset, max_tokens=8))
+        report, answers, scores = asyncio.run(evaluate(f"{server.url}/v1", scorer=FIELDS, student_model="tiny",
+                                                       base_model="tiny", dataset_dir=dataset, max_tokens=8))
     finally:
         stop(server.proc)
     assert len(answers) == 3 and all(a.error is None and a.logprobs for a in answers)
+    assert [s.value for s in scores] == [e.score for e in report.examples]
     assert report.student.score.n == 3 and report.student.score.mean == 0.0  # a random model never says "Oslo"
     assert report.student.latency_p50_s is not None and report.student.prompt_tokens_mean is not None
     names = [b.name for b in report.baselines]

@@ -23,6 +23,8 @@ import openai
 import pytest
 
 from gateway.config import Settings
+from gateway.scoring import ScorerSpec, SimilarityScale
+from gateway.scoring.similarity import cosine
 from gateway.store import ServingPrice, StudentDetails, StudentVersion, open_store
 from gateway.tasks import text_hash
 from tests.inprocess import InProcessGateway, inprocess_gateway, poll, settings_for
@@ -123,7 +125,8 @@ ACCEPT_ANY = -1000.0
 
 
 def register(store: Path, *, threshold: float | None = ACCEPT_ANY, distilled: bool = False, version: int = 1,
-             model: str = "tiny", serving_price: ServingPrice | None = None) -> None:
+             model: str = "tiny", serving_price: ServingPrice | None = None,
+             scorer: dict[str, Any] | None = None) -> None:
     """An active student version, written to the store through a connection of its own (as the CLI or a
     training run elsewhere writes it)."""
     async def run() -> None:
@@ -134,7 +137,7 @@ def register(store: Path, *, threshold: float | None = ACCEPT_ANY, distilled: bo
             task=TASK, version=version, status="candidate", model=model, created_at=now, updated_at=now,
             threshold=threshold, prompt_distilled=distilled,
             system_prompt_hash=text_hash(SYSTEM) if distilled else None,
-            details=StudentDetails(serving_price=serving_price)))
+            details=StudentDetails(serving_price=serving_price, scorer=scorer)))
         await db.set_student_status(TASK, version, "active")
         await db.close()
 
@@ -166,9 +169,10 @@ def cascade(katan: Server, student_server: Server, tmp_path: Path,
                  teacher: Server | Link | None = None, degraded: bool = False,
                  student: Server | Link | None = None, shadow: float = 0,
                  student_prices: tuple[float, float] | None = None,
-                 serving_price: ServingPrice | None = None) -> tuple[InProcessGateway, Path]:
+                 serving_price: ServingPrice | None = None,
+                 scorer: dict[str, Any] | None = None) -> tuple[InProcessGateway, Path]:
             store = tmp_path / "store.db"
-            register(store, threshold=threshold, distilled=distilled, serving_price=serving_price)
+            register(store, threshold=threshold, distilled=distilled, serving_price=serving_price, scorer=scorer)
             settings = cascade_settings(teacher or katan, student or student_server, store, degraded_mode=degraded,
                                         shadow_rate=shadow,  # None: no student price, as when not configured
                                         input_cost_per_token=student_prices[0] if student_prices else None,
@@ -363,6 +367,40 @@ def test_shadow_scoring_measures_live_parity_and_captures_the_teacher(
     assert task["students"][0]["live_parity"] == {"comparisons": 2, "mean_agreement": 0.0}
     export = tmp_export(store, tmp_path / "export.jsonl")
     assert len(export) == 2 and all(line["messages"][-1]["content"].startswith("[echo]") for line in export)
+
+
+def test_shadow_scoring_uses_the_versions_own_scorer(cascade: Callable[..., tuple[InProcessGateway, Path]],
+                                                     student_server: Server) -> None:
+    """A version registered with the similarity scorer is compared on its scale, with embeddings from the student
+    server: live parity is the same figure its gate saw, not exact match."""
+    scale = SimilarityScale(same=0.95, other=0.05, pairs=8, source="test")
+    spec = ScorerSpec("similarity", "test", scale=scale, embeddings_model="all-MiniLM-L6-v2")
+    gateway, _ = cascade(percent=100, shadow=1.0, scorer=spec.to_json())
+    answer, headers = chat(gateway)
+    assert headers["x-protege-route"] == "student"
+    poll(lambda: len(gateway.rows()) >= 2, what="the shadow row")
+    [shadow] = [r for r in gateway.rows() if r.route == "shadow"]
+    teacher = shadow.response["choices"][0]["message"]["content"]
+    vectors = httpx.post(f"{student_server.url}/v1/embeddings", json={"model": "all-MiniLM-L6-v2",
+                         "input": [answer, teacher]}, timeout=60).json()["data"]
+    expected = scale.agreement(cosine(vectors[0]["embedding"], vectors[1]["embedding"]))
+    assert shadow.extra.shadow is not None and shadow.extra.shadow.agreement == pytest.approx(expected, abs=1e-3)
+    assert 0 < expected < 1  # a random answer to an echo is neither nothing nor the teacher: exact match says 0
+    assert f'protege_live_parity{{task="{TASK}",version="1"}} {shadow.extra.shadow.agreement}' in gateway.metrics_text()
+
+
+def test_a_shadow_comparison_the_gateway_cannot_score_is_counted_not_guessed(
+        cascade: Callable[..., tuple[InProcessGateway, Path]]) -> None:
+    """A version judged by an LLM judge this gateway has no config for: the teacher's answer is still captured,
+    but no agreement is recorded (an exact-match 0 would pull live parity down for nothing)."""
+    gateway, _ = cascade(percent=100, shadow=1.0, scorer=ScorerSpec("judge", "test", judge="gpt-4o").to_json())
+    assert chat(gateway)[1]["x-protege-route"] == "student"
+    poll(lambda: len(gateway.rows()) >= 2, what="the shadow row")
+    [shadow] = [r for r in gateway.rows() if r.route == "shadow"]
+    assert shadow.extra.shadow is None and shadow.status == "ok"
+    metrics = gateway.metrics_text()
+    assert f'protege_shadow_unscored_total{{reason="unavailable",task="{TASK}"}} 1.0' in metrics
+    assert "protege_live_parity{" not in metrics
 
 
 def tmp_export(store: Path, out: Path) -> list[dict[str, Any]]:

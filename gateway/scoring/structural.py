@@ -1,13 +1,15 @@
-"""Agreement between a student's and the teacher's answer to the same request, in [0, 1]. Used for
-live parity (shadow scoring) and shared with the distiller's evaluation."""
+"""The structural scorers: exact match, JSON fields and tool calls, computed from the two answers alone."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
+from gateway.scoring.base import Comparison, Score, ScorerKind
 
 _SPACE = re.compile(r"\s+")
 
@@ -62,3 +64,31 @@ def agreement(student_completion: dict[str, Any] | None, teacher_completion: dic
     if teacher_json is not None:
         return field_agreement(student_json, teacher_json) if student_json is not None else 0.0
     return 1.0 if normalise_text(student.get("content") or "") == normalise_text(teacher.get("content") or "") else 0.0
+
+
+def exact_agreement(student_completion: dict[str, Any] | None, teacher_completion: dict[str, Any] | None) -> float:
+    """1 when the two answers are the same text (normalised) or the same tool calls, else 0."""
+    student, teacher = _message(student_completion), _message(teacher_completion)
+    if student.get("tool_calls") or teacher.get("tool_calls"):
+        return 1.0 if _tool_calls(student) == _tool_calls(teacher) else 0.0
+    return 1.0 if normalise_text(student.get("content") or "") == normalise_text(teacher.get("content") or "") else 0.0
+
+
+class StructuralScorer:
+    """`exact`, `fields` or `tools`: no model involved, so it is the same in every process."""
+
+    def __init__(self, kind: ScorerKind = "fields") -> None:
+        if kind not in ("exact", "fields", "tools"):
+            raise ValueError(f"not a structural scorer: {kind}")
+        self._kind: ScorerKind = kind
+
+    @property
+    def kind(self) -> ScorerKind:
+        return self._kind
+
+    def score_one(self, student: dict[str, Any] | None, teacher: dict[str, Any] | None) -> float:
+        measure = exact_agreement if self._kind == "exact" else agreement
+        return measure({"choices": [{"message": student or {}}]}, {"choices": [{"message": teacher or {}}]})
+
+    async def score(self, comparisons: Sequence[Comparison]) -> list[Score]:
+        return [Score(self.score_one(c.student, c.teacher)) for c in comparisons]
