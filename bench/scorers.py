@@ -27,6 +27,7 @@ from gateway.embedded import EmbeddedModelServer
 from gateway.pricing import resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
+from gateway.scoring import Comparison
 from gateway.scoring.judge import JudgeModel, JudgeScorer
 from gateway.scoring.similarity import HttpEmbedder, SimilarityScorer, fit_scale
 from gateway.students import student_client
@@ -53,6 +54,8 @@ async def measure(server: EmbeddedModelServer, judge_items: int, judge_max_token
     price = resolve_price(teacher.model, teacher.input_cost_per_token, teacher.output_cost_per_token)
     judge = JudgeScorer(JudgeModel(teacher.served_name, complete, teacher.upstream_model, price, judge_max_tokens))
     chosen = items[:judge_items]
+    samples = await judge.score([Comparison(i.request, {"role": "assistant", "content": i.candidate},
+                                            {"role": "assistant", "content": i.teacher}) for i in chosen[:3]])
     started = time.perf_counter()
     verdicts = await check_scorer(judge, chosen)
     seconds = time.perf_counter() - started
@@ -61,6 +64,7 @@ async def measure(server: EmbeddedModelServer, judge_items: int, judge_max_token
     result["judge"] = {"model": teacher.served_name, "max_tokens": judge_max_tokens, "seconds": round(seconds, 1),
                        "rescore_seconds": round(time.perf_counter() - again, 3), "usage": judge.usage.to_json(),
                        "price_note": "the embedded model's simulated price (embedded.input/output_cost_per_token)",
+                       "sample_rationales": [s.rationale for s in samples],
                        **verdicts}
     await provider.aclose()
     return result
@@ -81,7 +85,7 @@ def main() -> None:
         r = result[name]
         kinds = ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in r["by_kind"].items())
         print(f"{name}: accuracy {r['accuracy']:.3f} on {r['items']} items ({kinds}); "
-              f"swap consistency {r['swap_consistency']}")
+              f"swap consistency {r['swap_consistency']}; rejecting everything: {r['reject_all_accuracy']}")
     print(f"judge: {result['judge']['usage']}, {result['judge']['seconds']} s; rescored from the cache in "
           f"{result['judge']['rescore_seconds']} s")
     print(write_result("scorers", result))

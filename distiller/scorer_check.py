@@ -2,7 +2,7 @@
 person labelled acceptable or not — paraphrases of the good answer and a different good answer (acceptable);
 fluent text with wrong facts, a truncated answer, another request's answer, an empty one and the generic
 majority reply (not). A scorer "accepts" a candidate when it scores it ≥ 0.5; its accuracy is the share of
-items where that matches the label. For the judge, the share of items whose verdict did not change when the
+items where that matches the label, beside what rejecting everything would score (5 of 7 on the shipped set). For the judge, the share of items whose verdict did not change when the
 order was swapped is its agreement with itself.
 
 The shipped set (`scorer_checks/support_replies.jsonl`) is 8 hand-written support replies × those 7 kinds
@@ -61,4 +61,7 @@ async def check_scorer(scorer: Scorer, items: Sequence[CheckItem], *, source: st
             "accuracy": round(right / len(items), 4) if items else None,
             "by_kind": {kind: {"items": len(v), "accuracy": round(sum(c for c, _ in v) / len(v), 4),
                                "mean_score": round(sum(s for _, s in v) / len(v), 4)} for kind, v in by_kind.items()},
-            "swap_consistency": round(sum(consistent) / len(consistent), 4) if consistent else None}
+            "swap_consistency": round(sum(consistent) / len(consistent), 4) if consistent else None,
+            # what a scorer that rejects (accepts) everything would get: the floor an accuracy must beat
+            "reject_all_accuracy": round(sum(not i.acceptable for i in items) / len(items), 4) if items else None,
+            "accept_all_accuracy": round(sum(i.acceptable for i in items) / len(items), 4) if items else None}

@@ -129,7 +129,7 @@ def task_teacher(models: Sequence[str], settings: Settings, embedded: TeacherCon
         match = next((t for t in configs if name in _names(t)), None)
         if match is not None:
             return _teacher(match, settings)
-    if not configs and embedded is not None and named[:1] == [EMBEDDED_MODEL_NAME]:
+    if not configs and embedded is not None and named and named[0] in _names(embedded):
         return _teacher(embedded, settings)
     return None
 
@@ -292,7 +292,8 @@ def scorer_lines(report: dict[str, Any] | None) -> list[str]:
                      f"{usage['failed']} failed, cost {usage['cost_usd']} USD ({usage['price_source']})")
     check = report.get("check")
     if check:
-        lines.append(f"- accuracy on the labelled check set ({check['items']} items): {check['accuracy']:.3f}"
+        lines.append(f"- accuracy on the labelled check set ({check['items']} items): {check['accuracy']:.3f} "
+                     f"(rejecting everything: {check['reject_all_accuracy']:.3f})"
                      + (f"; judge agrees with itself with the order swapped on {check['swap_consistency']:.3f}"
                         if check.get("swap_consistency") is not None else ""))
     return [*lines, ""]

@@ -36,7 +36,7 @@ class Compared:
     teacher: str
     student: str
     score: float | None  # agreement 0-1; None for a fallback (the cascade rejected it before any comparison)
-    note: str = ""  # the fallback's reason and confidence, an evaluation error
+    note: str = ""  # the fallback's reason and confidence, an evaluation error, the judge's rationale
     version: int | None = None
     at: float | None = None
 
@@ -78,7 +78,7 @@ def heldout(student: StudentVersion) -> list[Compared]:
     kept = (student.details.evaluation or {}).get("examples") or []
     return [Compared(e.get("request_id"), str(e.get("request", "")), str(e.get("teacher", "")),
                      str(e.get("student", "")), float(e["score"]) if isinstance(e.get("score"), int | float) else None,
-                     note=str(e.get("error") or ""), version=student.version)
+                     note=str(e.get("error") or e.get("rationale") or ""), version=student.version)
             for e in kept if isinstance(e, dict)]
 
 

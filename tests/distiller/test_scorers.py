@@ -34,7 +34,7 @@ async def test_the_teacher_is_the_one_that_answered_the_task() -> None:
     only = task_teacher(["anything"], Settings(teachers=[a]), embedded)
     assert only is not None and only.config.served_name == "gpt-4o-mini"
     # no teacher configured: the embedded model only when it is what answered; otherwise nobody can say
-    mine = task_teacher([EMBEDDED_MODEL_NAME], Settings(), embedded)
+    mine = task_teacher([f"openai/{EMBEDDED_MODEL_NAME}"], Settings(), embedded)  # as its rows record it
     assert mine is not None and mine.config.served_name == EMBEDDED_MODEL_NAME
     assert task_teacher(["gpt-4o-mini"], Settings(), embedded) is None
     assert teacher_named("claude", two, embedded) is not None and teacher_named("nobody", two, embedded) is None

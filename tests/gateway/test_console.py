@@ -288,6 +288,7 @@ def test_operator_moves_the_rollout_promotes_and_rolls_back(setup: Setup, browse
     navigating(driver, driver.find_element(By.ID, "promote-v2").click)
     assert text_of(driver, "#action-notice") == "Version promoted."
     assert text_of(driver, "#active-student") == "tiny v2"
+    assert text_of(driver, "#scorer") == "fields"  # registered without a scorer: judged field by field
     assert text_of(driver, 'tr[data-version="1"] .badge') == "retired"
     eventually(lambda: chat(gateway, "d").headers["x-protege-student"] == "tiny@v2")
 
