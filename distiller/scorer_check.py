@@ -2,8 +2,9 @@
 person labelled acceptable or not — paraphrases of the good answer and a different good answer (acceptable);
 fluent text with wrong facts, a truncated answer, another request's answer, an empty one and the generic
 majority reply (not). A scorer "accepts" a candidate when it scores it ≥ 0.5; its accuracy is the share of
-items where that matches the label, beside what rejecting everything would score (5 of 7 on the shipped set). For the judge, the share of items whose verdict did not change when the
-order was swapped is its agreement with itself.
+items where that matches the label, beside what rejecting everything would score (5 of 7 on the shipped
+set). For the judge, the share of items whose verdict did not change when the order was swapped is its
+agreement with itself.
 
 The shipped set (`scorer_checks/support_replies.jsonl`) is 8 hand-written support replies × those 7 kinds
 (the truncated, off-task, empty and majority candidates are derived from the written ones); a task names its

@@ -169,7 +169,8 @@ class TaskReport:
             "first_year_net_usd": self.first_year_net, "price_sources": self.price_sources,
             "estimated_rows": self.estimated_rows,
             "unpriced_rows": self.unpriced_rows, "version": self.version, "parity": self.parity,
-            "scorer": self.scorer, "gate": self.gate, "live_parity": self.live_parity, "live_comparisons": self.live_comparisons,
+            "scorer": self.scorer, "gate": self.gate, "live_parity": self.live_parity,
+            "live_comparisons": self.live_comparisons,
             "notes": self.notes,
         }
 

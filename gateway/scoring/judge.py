@@ -62,7 +62,7 @@ def _content(message: dict[str, Any]) -> str:
 
 
 def parse_verdict(text: str) -> tuple[Verdict | None, str]:
-    """The verdict and rationale from the judge's reply: a JSON object, else a `verdict: X` line."""
+    """The verdict and rationale from the judge's reply: a JSON object, a verdict alone, or a `verdict: X` line."""
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
         try:
@@ -74,6 +74,9 @@ def parse_verdict(text: str) -> tuple[Verdict | None, str]:
             normal = "tie" if verdict.lower() == "tie" else verdict.upper()
             if normal in ("A", "B", "tie"):
                 return normal, str(data.get("rationale") or "")[:500]  # type: ignore[return-value]
+    bare = text.strip().strip("\"'`.*").strip()
+    if bare.upper() in ("A", "B") or bare.lower() == "tie":  # a verdict alone (small models answer so)
+        return ("tie" if bare.lower() == "tie" else bare.upper()), ""  # type: ignore[return-value]
     found = _VERDICT.search(text)
     if found is None:
         return None, text.strip()[:500]

@@ -120,6 +120,8 @@ def test_parse_verdict_and_prompt_file(tmp_path: Path) -> None:
     assert parse_verdict('Sure! {"verdict": "TIE", "rationale": "same"} hope that helps') == ("tie", "same")
     assert parse_verdict("verdict: A because it is polite")[0] == "A"
     assert parse_verdict("no idea")[0] is None
+    assert parse_verdict(' "A"\n')[0] == "A" and parse_verdict("**tie**")[0] == "tie"  # a verdict alone
+    assert parse_verdict("A lot of both")[0] is None
     mine = tmp_path / "prompt.md"
     mine.write_text("Judge {{request}} between {{answer_a}} and {{answer_b}}.")
     assert read_prompt(mine).startswith("Judge")
