@@ -76,7 +76,7 @@ def parse_verdict(text: str) -> tuple[Verdict | None, str]:
                 return normal, str(data.get("rationale") or "")[:500]  # type: ignore[return-value]
     bare = text.strip().strip("\"'`.*").strip()
     if bare.upper() in ("A", "B") or bare.lower() == "tie":  # a verdict alone (small models answer so)
-        return ("tie" if bare.lower() == "tie" else bare.upper()), ""  # type: ignore[return-value]
+        return ("tie" if bare.lower() == "tie" else bare.upper()), text.strip()  # type: ignore[return-value]
     found = _VERDICT.search(text)
     if found is None:
         return None, text.strip()[:500]
