@@ -44,7 +44,10 @@ class HttpEmbedder:
                 raise UpstreamError(f"embeddings endpoint unreachable: {type(exc).__name__}") from exc
             if response.status_code != 200:
                 raise UpstreamError(f"embeddings endpoint answered {response.status_code}: {response.text[:200]}")
-            rows = sorted(response.json().get("data") or [], key=lambda d: int(d.get("index", 0)))
+            try:
+                rows = sorted(response.json().get("data") or [], key=lambda d: int(d.get("index", 0)))
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise UpstreamError("embeddings endpoint answered something that is not an embeddings list") from exc
             if len(rows) != len(batch):
                 raise UpstreamError(f"embeddings endpoint returned {len(rows)} vectors for {len(batch)} texts")
             vectors += [_vector(row.get("embedding")) for row in rows]
