@@ -43,6 +43,7 @@ from gateway.pricing import Price, resolve_price
 from gateway.providers import build_provider
 from gateway.providers.base import redactor
 from gateway.providers.openai_compat import OpenAICompatibleProvider
+from gateway.ramp import RampController
 from gateway.ratelimit import RateLimiter
 from gateway.responses.routes import build_responses_router
 from gateway.routing_table import RoutingTable
@@ -177,11 +178,17 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                               RateLimiter(limits.requests_per_minute, limits.tokens_per_minute), settings.limits,
                               tracing, scorers)
         feedback = FeedbackDesk(the_store, capture, metrics, settings.task, redact_pii=settings.capture.redact_pii)
+        ramps = None if students is None else RampController(the_store, metrics, settings.cascade.ramp_check_s,
+                                                             on_change=lambda: students.table.refresh(force=True))
+        if ramps is not None:
+            ramps.start()
         app.state.protege = GatewayState(settings=settings, store=the_store, metrics=metrics, capture=capture,
-                                         keys=keys, service=service, feedback=feedback)
+                                         keys=keys, service=service, feedback=feedback, ramps=ramps)
         try:
             yield
         finally:
+            if ramps is not None:
+                await ramps.aclose()
             await pricer.aclose()
             await service.drain()
             await scorers.aclose()

@@ -1,5 +1,5 @@
 """The gateway's commands: `serve`, `keys`, `tasks`, `export` and the student routing commands (`students`,
-`rollout`, `promote`, `rollback`); the data commands (`forget`, `prune`, `migrate-store`) are in
+`rollout` with its ramps, `promote`, `rollback`); the data commands (`forget`, `prune`, `migrate-store`) are in
 `gateway.data_cli`. `protege.cli`
 composes them with the distiller's and the model server's; the helpers here are shared with those."""
 
@@ -21,7 +21,15 @@ from gateway import students as students_ops
 from gateway.auth import new_key
 from gateway.config import Settings, load_settings
 from gateway.export import EXPORT_FORMATS, ExportFormat, export_lines
+from gateway.ramp import describe_ramp, format_duration, parse_steps
+from gateway.savings import parse_duration
 from gateway.store import Store, open_store, user_hash
+from gateway.store.records import (
+    DEFAULT_MAX_FALLBACK_RATE,
+    DEFAULT_MIN_COMPARISONS,
+    DEFAULT_PARITY_FLOOR,
+    DEFAULT_RAMP_SHADOW_RATE,
+)
 from gateway.students import student_view
 
 if TYPE_CHECKING:
@@ -198,12 +206,66 @@ def cmd_students(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    settings = settings_from(args, student_api_base=args.student_api_base)
+
     async def work(store: Store) -> int:
-        await students_ops.set_rollout(store, args.task, args.percent)
-        print(f"task {args.task}: rollout {args.percent:g}% (gateways pick it up within their refresh interval)")
+        if args.percent is not None:
+            await students_ops.set_rollout(store, args.task, args.percent)
+            print(f"task {args.task}: rollout {args.percent:g}% (gateways pick it up within their refresh interval)")
+            return 0
+        if args.ramp is not None:
+            request = students_ops.RampRequest(
+                steps=list(args.ramp), dwell_s=args.dwell, version=args.version, parity_floor=args.parity_floor,
+                max_fallback_rate=args.max_fallback_rate, min_comparisons=args.min_comparisons,
+                shadow_rate=None if args.shadow_rate is None or args.shadow_rate < 0 else args.shadow_rate)
+            ramp = await students_ops.start_ramp(store, args.task, request.plan(), version=args.version,
+                                                 student_api_base=settings.student_api_base,
+                                                 student_api_key=settings.student_key)
+        elif args.stop_ramp:
+            stopped = await students_ops.stop_ramp(store, args.task, "stopped with protege rollout --stop-ramp")
+            if stopped is None:
+                print(f"task {args.task} has no running rollout ramp", file=sys.stderr)
+                return 1
+            ramp = stopped
+        else:
+            found = await store.list_ramps(task=args.task)
+            if not found:
+                print(f"task {args.task}: rollout {(await store.rollouts()).get(args.task, 0.0):g}%, no ramp")
+                return 0
+            ramp = found[0]
+        view = await describe_ramp(store, ramp)
+        print(orjson.dumps(view).decode() if args.json else ramp_text(view))
         return 0
 
-    return with_store(settings_from(args), work)
+    return with_store(settings, work)
+
+
+def ramp_text(view: dict[str, Any]) -> str:
+    """A ramp for people: where it stands, what it does next, and what it did."""
+    steps = ", ".join(f"{s:g}" for s in view["steps"])
+    lines = [f"task {view['task']}: ramp of version {view['version']} {view['state']} at {view['percent']:g}% "
+             f"(steps {steps} %, dwell {format_duration(view['dwell_s'])}, parity floor {view['parity_floor']:g}, "
+             f"fallback rate at most {view['max_fallback_rate']:g})"]
+    if "next" in view:
+        lines.append(f"  next: {view['next']['action']}: {view['next']['reason']}")
+    lines += [f"  {utc_time(e['at'])}  {e['kind']:<8} {e['percent']:g}%  {e.get('detail', '')}"
+              for e in view["history"]]
+    lines.append("gateways move the ramp at their next check (cascade.ramp_check_s)")
+    return "\n".join(lines)
+
+
+def _steps(text: str) -> tuple[float, ...]:
+    try:
+        return parse_steps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -235,10 +297,38 @@ def add_student_commands(sub: Subparsers) -> None:
     p.add_argument("--task", help="only this task")
     p.set_defaults(func=cmd_students)
 
-    p = sub.add_parser("rollout", help="set the share of a task's traffic sent to its active student")
+    p = sub.add_parser("rollout", help="set the share of a task's traffic sent to its active student, or start, "
+                       "show and stop a rollout ramp that raises it step by step while live parity holds",
+                       description="Without --percent, --ramp or --stop-ramp: show the task's ramp. A ramp is moved "
+                       "by the running gateways: each step holds at least --dwell, then goes on when the step's "
+                       "shadow comparisons show live parity (on the version's scorer) at or above --parity-floor "
+                       "and the fallback rate at or below --max-fallback-rate; it waits while evidence is short "
+                       "and rolls back (to the version active before, at its rollout, or to the teacher alone) as "
+                       "soon as a floor is breached. Setting a rollout, promoting or rolling back stops it.")
     store_flags(p)
+    json_flag(p)
     p.add_argument("--task", required=True)
-    p.add_argument("--percent", required=True, type=float, help="0-100; sticky per user")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--percent", type=float, help="0-100; sticky per user")
+    action.add_argument("--ramp", type=_steps, metavar="STEPS", help="start a ramp over these percentages, e.g. "
+                        "5,25,50,100 (it replaces the task's previous ramp)")
+    action.add_argument("--stop-ramp", action="store_true", help="stop the running ramp where it stands")
+    p.add_argument("--dwell", type=_duration, default=3600.0, metavar="DURATION",
+                   help="the least time each step holds: 90s, 30m, 1h, 2d (default 1h)")
+    p.add_argument("--version", type=int, help="the version to ramp, promoted at the first step (default: the "
+                   "active one)")
+    p.add_argument("--parity-floor", type=float, default=DEFAULT_PARITY_FLOOR,
+                   help=f"live parity each step must hold (default {DEFAULT_PARITY_FLOOR:g})")
+    p.add_argument("--max-fallback-rate", type=float, default=DEFAULT_MAX_FALLBACK_RATE,
+                   help="the most of the student's requests that may fall back "
+                   f"(default {DEFAULT_MAX_FALLBACK_RATE:g})")
+    p.add_argument("--min-comparisons", type=int, default=DEFAULT_MIN_COMPARISONS,
+                   help=f"shadow comparisons and student requests a step needs (default {DEFAULT_MIN_COMPARISONS})")
+    p.add_argument("--shadow-rate", type=float, default=DEFAULT_RAMP_SHADOW_RATE,
+                   help=f"while the ramp runs, at least this share of student answers is shadowed (default "
+                   f"{DEFAULT_RAMP_SHADOW_RATE:g}; -1: the gateway's cascade.shadow_rate)")
+    p.add_argument("--student-api-base", metavar="URL", help="student server to load --version's adapter into "
+                   "(env PROTEGE_STUDENT_API_BASE)")
     p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("promote", help="make a student version active (loading its adapter first)")

@@ -116,6 +116,8 @@ class CascadeConfig(_Strict):
     shadow_rate: float = Field(default=0.05, ge=0, le=1, description="share of student answers also sent to the "
                                "teacher in the background to measure live parity (and capture training data)")
     refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")
+    ramp_check_s: float = Field(default=15, gt=0, description="how often this gateway checks the running rollout "
+                                "ramps (`protege rollout --ramp`) and makes their next move")
     input_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student input token")
     output_cost_per_token: float | None = Field(default=None, ge=0, description="USD per student output token")
     hardware: Literal["cpu", "gpu"] | None = Field(default=None, description="without a per-token price, the "

@@ -124,6 +124,7 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
           f"  gateway keys:    {counts['api_keys']} added\n"
           f"  students:        {counts['students']} added\n"
           f"  rollouts:        {counts['rollouts']} set\n"
+          f"  rollout ramps:   {counts['ramps']} copied\n"
           f"  forgotten users: {counts['forgotten_users']} added\n"
           f"  responses:       {counts['responses']} added (Responses API conversation state)")
     return 0
@@ -159,7 +160,8 @@ def add_data_commands(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("migrate-store", help="copy one store into another, e.g. SQLite to PostgreSQL",
-                       description="Copy exchanges, gateway keys, students, rollouts and forgotten users from one "
+                       description="Copy exchanges, gateway keys, students, rollouts, rollout ramps, forgotten users, "
+                       "feedback and stored responses from one "
                        "store to another (typically sqlite:///… to postgresql://… when adding gateway replicas). "
                        "Safe to re-run: only what the destination lacks is added, so a second run after stopping "
                        "the old gateway picks up what it captured meanwhile. Exchanges of forgotten users are not "

@@ -77,6 +77,9 @@ class Metrics:
                                 ["task"], registry=registry)
         self.rollout = Gauge("protege_rollout_percent", "Share of a task's traffic routed to its student",
                              ["task"], registry=registry, multiprocess_mode="livemax")
+        self.ramp_moves = Counter("protege_rollout_ramp_moves", "Moves of rollout ramps, by task and move (advance, "
+                                  "finish, rollback, stop), each counted once across replicas", ["task", "move"],
+                                  registry=registry)
         self.shadow = Counter("protege_shadow_comparisons", "Student answers compared with a shadow teacher call",
                               ["task", "version"], registry=registry)
         self.shadow_agreement = Counter("protege_shadow_agreement", "Sum of agreement scores of shadow comparisons",

@@ -1,5 +1,6 @@
 """Which student serves each task and at what rollout: read from the store, cached for a few
-seconds, so every replica picks up a promotion, rollback, threshold or rollout change quickly."""
+seconds, so every replica picks up a promotion, rollback, threshold or rollout change quickly — and the shadow
+rate of each running rollout ramp (`gateway.ramp`), which gathers its evidence."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class RoutingTable:
         self._loaded: set[tuple[str, int]] = set()
         self._routes: dict[str, TaskRoute] = {}
         self._rollouts: dict[str, float] = {}
+        self._shadow_rates: dict[str, float] = {}
         self._loaded_at = float("-inf")
         self.on_refresh: RefreshHook | None = None  # told every student version and rollout after a read
 
@@ -45,10 +47,13 @@ class RoutingTable:
         try:
             students = await self._store.list_students()
             rollouts = await self._store.rollouts()
+            ramps = await self._store.list_ramps()
         except StoreError as exc:  # keep routing on the last known table
             log.warning("routing table not refreshed: %s", exc)
             return
         self._rollouts = rollouts
+        self._shadow_rates = {r.task: r.plan.shadow_rate for r in ramps
+                              if r.state == "running" and r.plan.shadow_rate is not None}
         if self.on_refresh is not None:
             self.on_refresh(students, rollouts)
         active = [s for s in students if s.status == "active" and await self._ready(s)]
@@ -80,3 +85,7 @@ class RoutingTable:
 
     def rollouts(self) -> dict[str, float]:
         return dict(self._rollouts)
+
+    def shadow_rate(self, task: str) -> float | None:
+        """The shadow rate a running ramp of the task asks for, if any."""
+        return self._shadow_rates.get(task)

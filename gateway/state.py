@@ -12,6 +12,7 @@ from gateway.chat.service import ChatService
 from gateway.config import Settings
 from gateway.feedback import FeedbackDesk
 from gateway.metrics import Metrics
+from gateway.ramp import RampController
 from gateway.store import Store
 
 
@@ -24,5 +25,6 @@ class GatewayState:
     keys: KeyRing
     service: ChatService
     feedback: FeedbackDesk
+    ramps: RampController | None = None  # moves rollout ramps (with a student server)
     started_at: float = field(default_factory=time.time)
     sign_ins: SignInThrottle = field(default_factory=SignInThrottle)

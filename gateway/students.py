@@ -1,8 +1,12 @@
-"""Promotion, rollback and rollout of student versions: the operations both the admin API and the
-`protege` CLI perform on the store (running gateways pick the change up from there)."""
+"""Promotion, rollback and rollout of student versions, and rollout ramps: the operations the admin API, the
+console and the `protege` CLI perform on the store (running gateways pick the change up from there). A change
+made by hand stops a running ramp of the task: the person's word wins over the ramp's next move."""
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +14,14 @@ import httpx
 from pydantic import BaseModel, Field
 
 from gateway.errors import BadRequestError, NotFoundError, UpstreamError
-from gateway.store import Store, StudentVersion
+from gateway.ramp.decision import check_steps
+from gateway.store import RampEvent, RampPlan, RolloutRamp, Store, StudentVersion
+from gateway.store.records import (
+    DEFAULT_MAX_FALLBACK_RATE,
+    DEFAULT_MIN_COMPARISONS,
+    DEFAULT_PARITY_FLOOR,
+    DEFAULT_RAMP_SHADOW_RATE,
+)
 from gateway.tasks import check_task_name
 
 if TYPE_CHECKING:
@@ -44,6 +55,7 @@ async def promote(store: Store, task: str, version: int, *, student_api_base: st
                               param="version")
     if student_api_base:
         await load_student(student_api_base, chosen, api_key=student_api_key)
+    await stop_ramp(store, task, f"version {version} promoted outside the ramp")
     await store.set_student_status(task, version, "active")
     return chosen
 
@@ -54,6 +66,7 @@ async def rollback(store: Store, task: str) -> RollbackResult:
     active = next((s for s in students if s.status == "active"), None)
     if active is None:
         raise BadRequestError(f"task {task!r} has no active student to roll back", param="task")
+    await stop_ramp(store, task, f"version {active.version} rolled back outside the ramp")
     previous = max((s for s in students if s.status == "retired" and s.version < active.version),
                    key=lambda s: s.version, default=None)
     if previous is not None:
@@ -72,11 +85,65 @@ async def set_threshold(store: Store, task: str, version: int | None, threshold:
     return chosen
 
 
-async def set_rollout(store: Store, task: str, percent: float) -> None:
+async def set_rollout(store: Store, task: str, percent: float, *, stops_ramp: bool = True) -> None:
     check_task_name(task)
     if not 0 <= percent <= 100:
         raise BadRequestError("rollout percent must be between 0 and 100", param="percent")
+    if stops_ramp:
+        await stop_ramp(store, task, f"rollout set to {percent:g} % outside the ramp")
     await store.set_rollout(task, percent)
+
+
+# --- rollout ramps (moved by every gateway's `gateway.ramp.RampController`) ------------------------------
+
+async def start_ramp(store: Store, task: str, plan: RampPlan, *, version: int | None = None,
+                     student_api_base: str | None = None, student_api_key: str | None = None) -> RolloutRamp:
+    """Start a ramp of `version` (promoted first, at the first step's rollout) or of the active version; it
+    replaces the task's previous ramp. What a rollback restores is noted now: the version active before (or, when
+    the active one is ramped, the one `rollback` would reactivate) at the task's current rollout."""
+    students = await task_students(store, task)
+    active = next((s for s in students if s.status == "active"), None)
+    ramped = version if version is not None else (active.version if active else None)
+    if ramped is None:
+        raise BadRequestError(f"task {task!r} has no active student: name the version to ramp", param="version")
+    chosen = next((s for s in students if s.version == ramped), None)
+    if chosen is None:
+        raise NotFoundError(f"task {task!r} has no version {ramped}", param="version")
+    if chosen.status == "rejected":
+        raise BadRequestError(f"version {ramped} of task {task!r} was rejected by the quality gate", param="version")
+    if chosen.threshold is None:
+        raise BadRequestError(f"version {ramped} of task {task!r} has no confidence threshold, so it serves no "
+                              "routed traffic: set one first", param="version")
+    if active is not None and active.version != ramped:
+        previous: int | None = active.version
+    else:
+        previous = max((s.version for s in students if s.status == "retired" and s.version < ramped), default=None)
+    previous_percent = (await store.rollouts()).get(task, 0.0)
+    if chosen.status != "active" and student_api_base:  # before anything changes: the server must have it
+        await load_student(student_api_base, chosen, api_key=student_api_key)
+    await set_rollout(store, task, plan.steps[0])  # stops a ramp already running
+    if chosen.status != "active":
+        await store.set_student_status(task, ramped, "active")
+    now = time.time()
+    ramp = RolloutRamp(ramp_id=secrets.token_hex(8), task=task, version=ramped, plan=plan, state="running", step=0,
+                       started_at=now, step_started_at=now, updated_at=now, previous_version=previous,
+                       previous_percent=previous_percent,
+                       history=(RampEvent(now, "start", plan.steps[0], f"ramp of version {ramped} over "
+                                          f"{', '.join(f'{s:g}' for s in plan.steps)} %"),))
+    await store.put_ramp(ramp)
+    return ramp
+
+
+async def stop_ramp(store: Store, task: str, why: str) -> RolloutRamp | None:
+    """Stop the task's running ramp where it stands (its rollout stays); None when none was running."""
+    for ramp in await store.list_ramps(task=task):
+        if ramp.state == "running":
+            now = time.time()
+            stopped = dataclasses.replace(ramp, state="stopped", updated_at=now,
+                                          history=(*ramp.history, RampEvent(now, "stop", ramp.percent, why)))
+            if await store.replace_ramp(ramp, stopped):
+                return stopped
+    return None
 
 
 def student_client(api_base: str, api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
@@ -121,6 +188,30 @@ async def base_model_name(api_base: str, timeout_s: float = 10, *, api_key: str 
 
 class RolloutUpdate(BaseModel):
     percent: float = Field(ge=0, le=100)
+
+
+class RampRequest(BaseModel):
+    steps: list[float] = Field(min_length=1, description="rollout percentages in order, e.g. [5, 25, 50, 100]")
+    dwell_s: float = Field(default=3600, ge=0, description="the least time each step holds, in seconds")
+    version: int | None = Field(default=None, ge=1, description="the version to ramp (promoted at the first step); "
+                                "default: the active version")
+    parity_floor: float = Field(default=DEFAULT_PARITY_FLOOR, ge=0, le=1, description="live parity, on the "
+                                "version's scorer, that each step must hold")
+    max_fallback_rate: float = Field(default=DEFAULT_MAX_FALLBACK_RATE, ge=0, le=1, description="the highest "
+                                     "share of the student's routed requests that may fall back")
+    min_comparisons: int = Field(default=DEFAULT_MIN_COMPARISONS, ge=2, description="shadow comparisons (and "
+                                 "student requests) a step needs before it is judged")
+    shadow_rate: float | None = Field(default=DEFAULT_RAMP_SHADOW_RATE, ge=0, le=1, description="while the ramp "
+                                      "runs, at least this share of the student's answers is shadowed; null: the "
+                                      "gateway's cascade.shadow_rate")
+
+    def plan(self) -> RampPlan:
+        try:
+            steps = check_steps(tuple(self.steps))
+        except ValueError as exc:
+            raise BadRequestError(str(exc), param="steps") from None
+        return RampPlan(steps, self.dwell_s, self.parity_floor, self.max_fallback_rate, self.min_comparisons,
+                        self.shadow_rate)
 
 
 class PromoteRequest(BaseModel):

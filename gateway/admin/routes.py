@@ -9,13 +9,23 @@ from fastapi import APIRouter, Request
 
 from gateway import students as students_ops
 from gateway.admin_auth import require_admin
+from gateway.errors import BadRequestError, NotFoundError
 from gateway.feedback import feedback_json
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_json_object, validate
 from gateway.openai.errors import OPENAI
+from gateway.ramp import describe_ramp
 from gateway.state import GatewayState
 from gateway.store import StudentVersion
-from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed, student_view
+from gateway.students import (
+    PromoteRequest,
+    RampRequest,
+    RolloutUpdate,
+    ThresholdUpdate,
+    routing_changed,
+    student_view,
+)
+from gateway.tasks import check_task_name
 
 
 async def _state(request: Request) -> GatewayState:
@@ -34,6 +44,7 @@ def build_admin_router() -> APIRouter:
         tasks = {t.name: t for t in await state.store.list_tasks()}
         students = await state.store.list_students()
         rollouts = await state.store.rollouts()
+        ramps = {r.task: r for r in await state.store.list_ramps()}
         names = sorted(set(tasks) | {s.task for s in students} | set(rollouts))
         parity = state.service.live_parity()
 
@@ -48,6 +59,7 @@ def build_admin_router() -> APIRouter:
             "captured": tasks[name].captured if name in tasks else 0,
             "good": tasks[name].good if name in tasks else 0,
             "rollout_percent": rollouts.get(name, 0.0),
+            "ramp": await describe_ramp(state.store, ramps[name]) if name in ramps else None,
             "students": [view(s) for s in students if s.task == name],
         } for name in names]}
 
@@ -70,6 +82,35 @@ def build_admin_router() -> APIRouter:
         await students_ops.set_rollout(state.store, task, update.percent)
         await routing_changed(state)
         return {"task": task, "rollout_percent": update.percent}
+
+    @router.post("/tasks/{task}/ramp")
+    async def start_ramp(task: str, request: Request) -> dict[str, Any]:
+        """Start a rollout ramp (it replaces the task's previous one); every gateway on the store moves it."""
+        state = await _state(request)
+        wanted = validate(RampRequest, await read_json_object(request, state))
+        ramp = await students_ops.start_ramp(state.store, task, wanted.plan(), version=wanted.version,
+                                             student_api_base=state.settings.student_api_base,
+                                             student_api_key=state.settings.student_key)
+        await routing_changed(state)
+        return await describe_ramp(state.store, ramp)
+
+    @router.get("/tasks/{task}/ramp")
+    async def show_ramp(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        check_task_name(task)
+        found = await state.store.list_ramps(task=task)
+        if not found:
+            raise NotFoundError(f"task {task!r} has no rollout ramp", param="task")
+        return await describe_ramp(state.store, found[0])
+
+    @router.delete("/tasks/{task}/ramp")
+    async def stop_ramp(task: str, request: Request) -> dict[str, Any]:
+        state = await _state(request)
+        check_task_name(task)
+        stopped = await students_ops.stop_ramp(state.store, task, "stopped through the admin API")
+        if stopped is None:
+            raise BadRequestError(f"task {task!r} has no running rollout ramp", param="task")
+        return await describe_ramp(state.store, stopped)
 
     @router.post("/tasks/{task}/promote")
     async def promote(task: str, request: Request) -> dict[str, Any]:

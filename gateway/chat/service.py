@@ -66,7 +66,7 @@ class ChatService:
         self.students = students
         self.accounting = Accounting(capture, metrics, self.limiter, students, self.tracing)
         self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting, self.tracing,
-                                   scorers)
+                                   scorers, students.table.shadow_rate if students else None)
 
     async def drain(self) -> None:
         """Wait for background shadow calls (graceful shutdown)."""

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.chat.accounting import Accounting, TeacherOutcome
@@ -26,8 +27,9 @@ log = logging.getLogger("protege.service")
 
 class ShadowScorer:
     def __init__(self, rate: float, metrics: Metrics, accounting: Accounting, tracing: Tracing | None = None,
-                 scorers: LiveScorers | None = None) -> None:
+                 scorers: LiveScorers | None = None, rate_for: Callable[[str], float | None] | None = None) -> None:
         self.rate = rate
+        self.rate_for = rate_for  # a task's own rate while a rollout ramp gathers evidence (the higher one counts)
         self.scorers = scorers
         self.tracing = tracing or Tracing()
         self.metrics = metrics
@@ -37,7 +39,9 @@ class ShadowScorer:
 
     def maybe(self, req: ChatRequest, teacher: Teacher, attempt: StudentAttempt) -> None:
         """Also ask the teacher, in the background, for a `rate` share of student-served requests."""
-        if self.rate <= 0 or random.random() >= self.rate:
+        ramp_rate = self.rate_for(req.task) if self.rate_for is not None else None
+        rate = self.rate if ramp_rate is None else max(self.rate, ramp_rate)
+        if rate <= 0 or random.random() >= rate:
             return
         task = asyncio.get_running_loop().create_task(self._shadow(req, teacher, attempt))
         self._background.add(task)

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
@@ -38,10 +39,11 @@ from gateway.feedback import verdict
 from gateway.http_errors import dialect_route
 from gateway.http_utils import read_body, validate
 from gateway.parity import LiveParity
-from gateway.savings import Report, TaskReport  # `protege report`'s figures
+from gateway.ramp import describe_ramp, parse_steps
+from gateway.savings import Report, TaskReport, parse_duration  # `protege report`'s figures
 from gateway.state import GatewayState
 from gateway.store import Exchange, Feedback, StudentVersion, TaskSummary
-from gateway.students import PromoteRequest, RolloutUpdate, ThresholdUpdate, routing_changed
+from gateway.students import PromoteRequest, RampRequest, RolloutUpdate, ThresholdUpdate, routing_changed
 from gateway.window_report import window_report
 
 log = logging.getLogger("protege.console")
@@ -56,6 +58,7 @@ DEFAULT_WINDOW = "30d"
 RECENT_FALLBACKS = 20
 EXAMPLE_LIMIT = 200  # rows of a live list (shadow, fallbacks): the newest of the window
 NOTICES = {"rollout": "Rollout updated.", "promote": "Version promoted.", "rollback": "Rolled back.",
+           "ramp": "Ramp started: the gateways move it at their next checks.", "stop-ramp": "Ramp stopped.",
            "threshold": "Threshold updated."}
 
 
@@ -123,6 +126,17 @@ class TaskPage:
     fallbacks: list[Exchange] = field(default_factory=list)
     feedback: list[tuple[Feedback, str]] = field(default_factory=list)  # the newest, with their verdicts
     feedback_counts: dict[str, int] = field(default_factory=dict)  # every feedback of the task, by verdict
+    ramp: dict[str, Any] | None = None  # `gateway.ramp.describe_ramp` of the task's newest ramp
+
+
+def ramp_request(fields: dict[str, str]) -> RampRequest:
+    """The console's ramp form: steps as "5,25,50,100" and the dwell as "1h" or "30m"."""
+    try:
+        steps, dwell_s = parse_steps(fields.get("steps", "")), parse_duration(fields.get("dwell", "1h"))
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    return validate(RampRequest, {"steps": list(steps), "dwell_s": dwell_s,
+                                  **{k: fields[k] for k in ("parity_floor", "max_fallback_rate") if fields.get(k)}})
 
 
 # --- the router ---------------------------------------------------------------------------------
@@ -188,8 +202,10 @@ def build_console_router() -> APIRouter:
         fallbacks = await store.newest_exchanges(task=task, routes=["fallback"], since=start, limit=RECENT_FALLBACKS)
         config = session.state.settings.task(task)
         judged = [(f, verdict(f, config)) for f in await store.list_feedback(task=task)]
+        ramps = await store.list_ramps(task=task)
         return TaskPage(task, row, students, row.active or (students[-1] if students else None), fallbacks,
-                        judged[::-1][:RECENT_FALLBACKS], dict(Counter(v for _, v in judged)))
+                        judged[::-1][:RECENT_FALLBACKS], dict(Counter(v for _, v in judged)),
+                        await describe_ramp(store, ramps[0], now) if ramps else None)
 
     async def task_view(request: Request, session: Session, task: str, *, status: int = 200,
                         error: str | None = None) -> Response:
@@ -224,6 +240,13 @@ def build_console_router() -> APIRouter:
                                            student_api_key=state.settings.student_key)
             elif name == "rollback":
                 await students_ops.rollback(store, task)
+            elif name == "ramp":
+                await students_ops.start_ramp(store, task, ramp_request(fields).plan(),
+                                              student_api_base=state.settings.student_api_base,
+                                              student_api_key=state.settings.student_key)
+            elif name == "stop-ramp":
+                if await students_ops.stop_ramp(store, task, "stopped in the console") is None:
+                    raise BadRequestError(f"task {task!r} has no running rollout ramp")
             else:
                 raw = fields.get("threshold", "").strip()
                 threshold = validate(ThresholdUpdate, {"version": fields.get("version") or None,

@@ -14,6 +14,8 @@ from gateway.store.base import (
     ExchangeStatus,
     Feedback,
     FeedbackSource,
+    RampState,
+    RolloutRamp,
     Store,
     StoredResponse,
     StudentStatus,
@@ -26,6 +28,8 @@ from gateway.store.records import (
     NO_EXTRA,
     ExchangeExtra,
     GateResult,
+    RampEvent,
+    RampPlan,
     ServingPrice,
     ShadowNote,
     StudentDetails,
@@ -33,9 +37,10 @@ from gateway.store.records import (
 )
 
 __all__ = ["NO_EXTRA", "STORE_SCHEMES", "ApiKeyRecord", "ConfidenceMethod", "Exchange", "ExchangeExtra",
-           "ExchangeGroup", "ExchangeStatus", "Feedback", "FeedbackSource", "GateResult", "ServingPrice",
-           "ShadowNote", "Store", "StoreError", "StoredResponse", "StudentDetails", "StudentNote", "StudentStatus",
-           "StudentVersion", "TaskSummary", "check_store_url", "open_store", "redacted_url", "user_hash"]
+           "ExchangeGroup", "ExchangeStatus", "Feedback", "FeedbackSource", "GateResult", "RampEvent", "RampPlan",
+           "RampState", "RolloutRamp", "ServingPrice", "ShadowNote", "Store", "StoreError", "StoredResponse",
+           "StudentDetails", "StudentNote", "StudentStatus", "StudentVersion", "TaskSummary", "check_store_url",
+           "open_store", "redacted_url", "user_hash"]
 
 StoreFactory = Callable[[str], Store]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.store.records import ExchangeExtra, StudentDetails
+from gateway.store.records import ExchangeExtra, RampEvent, RampPlan, StudentDetails
 
 ExchangeStatus = Literal["ok", "failed", "incomplete"]
 DeleteProgress = Callable[[int], None]
@@ -74,6 +74,7 @@ class ExchangeGroup:
     counterfactual_usd: float  # the sum of extra.counterfactual_cost_usd
     agreements: int  # shadow rows with an agreement
     agreement_sum: float
+    agreement_sq_sum: float = 0.0  # the sum of the agreements' squares (a rollout ramp's interval)
 
 
 @dataclass(slots=True)
@@ -148,6 +149,35 @@ class StudentVersion:
     threshold: float | None = None  # calibrated confidence threshold; None → serves no routed traffic
     confidence_method: ConfidenceMethod = "mean_logprob"
     details: StudentDetails = field(default_factory=StudentDetails)  # lineage: evaluation, gate, training
+
+
+RampState = Literal["running", "done", "rolled_back", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRamp:
+    """A rollout that moves itself (`gateway.ramp`): one per task, the newest started; the ended ones stay as the
+    record of what happened. Replicas move it by compare-and-set (`Store.replace_ramp`) on (ramp_id, state, step),
+    so each move is made, recorded and counted once. `previous_version`/`previous_percent` are what a rollback
+    restores: the version active before the ramp started and its rollout (no version: teacher only)."""
+
+    ramp_id: str
+    task: str
+    version: int
+    plan: RampPlan
+    state: RampState
+    step: int
+    started_at: float
+    step_started_at: float
+    updated_at: float
+    previous_version: int | None = None
+    previous_percent: float = 0.0
+    history: tuple[RampEvent, ...] = ()
+
+    @property
+    def percent(self) -> float:
+        """The rollout of the current step."""
+        return self.plan.steps[min(self.step, len(self.plan.steps) - 1)] if self.plan.steps else 0.0
 
 
 def redacted_url(url: str) -> str:
@@ -331,3 +361,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def rollouts(self) -> dict[str, float]:
         """Rollout percentage per task that has one."""
+
+    @abc.abstractmethod
+    async def put_ramp(self, ramp: RolloutRamp) -> None:
+        """Record a task's new ramp (it replaces the task's previous one, running or ended)."""
+
+    @abc.abstractmethod
+    async def list_ramps(self, *, task: str | None = None) -> list[RolloutRamp]:
+        """The ramp of each task that has one (by task)."""
+
+    @abc.abstractmethod
+    async def replace_ramp(self, old: RolloutRamp, new: RolloutRamp) -> bool:
+        """Compare-and-set: write `new` only while the stored ramp is still `old` (same ramp id, state and step);
+        False when another writer moved it first."""

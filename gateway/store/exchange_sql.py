@@ -105,7 +105,8 @@ def groups_query(dialect: Dialect, *, task: str, since: float | None, bucket_s: 
     query = (f"SELECT route, status, {bucket} AS b, {q.text('price_source')} AS src, {version} AS sv, "
              f"cost_usd IS NOT NULL AS priced, {counterfactual} IS NOT NULL AS has_cf, COUNT(*), MIN(created_at), "
              f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM({q.number('student', 'cost_usd')}), 0), "
-             f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0) "
+             f"COALESCE(SUM({counterfactual}), 0), COUNT({agreement}), COALESCE(SUM({agreement}), 0), "
+             f"COALESCE(SUM({agreement} * {agreement}), 0) "
              f"FROM exchanges WHERE {where} "
              "GROUP BY route, status, b, src, sv, priced, has_cf ORDER BY b, route, status")
     return query, q.params

@@ -2,9 +2,10 @@
 
 Re-running is safe: exchanges are keyed by request_id, keys by key_id, students by (task, version), forgotten
 users by their hash, stored Responses API responses by their id, feedback by its request id (newer feedback
-replaces older), so only what the destination lacks is added;
-rollouts are set to the source's values. Exchanges and responses of users forgotten in either store are not
-copied: a re-run after `protege forget` on the destination must not bring the user's rows back from the source.
+replaces older), so only what the destination lacks is added; rollouts are set to the source's values, and a
+task's rollout ramp is copied when the source's is newer. Exchanges and responses of users forgotten in either
+store are not copied: a re-run after `protege forget` on the destination must not bring the user's rows back from
+the source.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from gateway.store import Store, StoreError, open_store, user_hash
 
 async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Copy exchanges, keys, students, task routing, forgotten users, feedback and stored responses from
-    `source_url` to `dest_url`.
+    """Copy exchanges, keys, students, task routing, rollout ramps, forgotten users, feedback and stored responses
+    from `source_url` to `dest_url`.
 
     `progress(done, total)` is called after each batch of exchanges. Returns how many of each were added
-    (`exchanges`, `api_keys`, `students`, `rollouts`, `forgotten_users`, `feedback`, `responses`), how many
+    (`exchanges`, `api_keys`, `students`, `rollouts`, `ramps`, `forgotten_users`, `feedback`, `responses`), how many
     exchanges were read (`exchanges_read`) and how many of those were left out because their user is forgotten
     (`exchanges_forgotten`).
     """
@@ -43,7 +44,7 @@ async def migrate_store(source_url: str, dest_url: str, *, batch_size: int = 500
 async def _copy(source: Store, dest: Store, batch_size: int,
                 progress: Callable[[int, int], None] | None) -> dict[str, int]:
     counts = {"exchanges": 0, "exchanges_read": 0, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-              "rollouts": 0, "forgotten_users": 0, "feedback": 0, "responses": 0}
+              "rollouts": 0, "ramps": 0, "forgotten_users": 0, "feedback": 0, "responses": 0}
 
     # Forgotten users before anything else: from the first copied row on, curation on the destination
     # already keeps them out of datasets.
@@ -73,6 +74,12 @@ async def _copy(source: Store, dest: Store, batch_size: int,
     for task, percent in (await source.rollouts()).items():
         await dest.set_rollout(task, percent)
         counts["rollouts"] += 1
+
+    dest_ramps = {r.task: r.updated_at for r in await dest.list_ramps()}
+    for ramp in await source.list_ramps():
+        if ramp.updated_at > dest_ramps.get(ramp.task, float("-inf")):  # the newer record of a task's ramp wins
+            await dest.put_ramp(ramp)
+            counts["ramps"] += 1
 
     # Exchanges in keyset pages: constant memory, and rows captured meanwhile are picked up, not skipped.
     total = await source.count_exchanges()

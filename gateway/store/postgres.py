@@ -38,6 +38,7 @@ from gateway.store.base import (
 from gateway.store.exchange_sql import groups_query, newest_query, where_clause
 from gateway.store.feedback_sql import FeedbackTable
 from gateway.store.postgres_schema import LATEST_VERSION, MIGRATION_LOCK, MIGRATIONS
+from gateway.store.ramp_sql import RampTable
 from gateway.store.records import ExchangeExtra
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
@@ -104,7 +105,7 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-class PostgresStore(FeedbackTable, Store):
+class PostgresStore(FeedbackTable, RampTable, Store):
     dialect = "postgres"
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0) -> None:

@@ -125,6 +125,23 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX feedback_exchange_created ON feedback (exchange_created_at)",
         "CREATE INDEX feedback_user ON feedback (user_id) WHERE user_id IS NOT NULL",
     ],
+    # 8: rollout ramps (`gateway.ramp`): one row per task, its newest ramp; replicas move it by compare-and-set
+    [
+        """CREATE TABLE rollout_ramps (
+            task TEXT COLLATE "C" PRIMARY KEY,
+            ramp_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            step_started_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            previous_version INTEGER,
+            previous_percent DOUBLE PRECISION NOT NULL,
+            plan_json JSON NOT NULL,
+            history_json JSON NOT NULL
+        )""",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

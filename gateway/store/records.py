@@ -217,3 +217,76 @@ class StudentDetails:
                    evaluation_cost_usd=_float(data.get("evaluation_cost_usd")),
                    data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")),
                    serving_price=ServingPrice.from_json(data.get("serving_price")), scorer=_dict(data.get("scorer")))
+
+
+# --- rollout ramps (`gateway.ramp`) -------------------------------------------------------------------------
+
+DEFAULT_PARITY_FLOOR = 0.85  # the retrain scheduler's live-parity floor too
+DEFAULT_MAX_FALLBACK_RATE = 0.5
+DEFAULT_MIN_COMPARISONS = 20
+DEFAULT_RAMP_SHADOW_RATE = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RampPlan:
+    """How a rollout ramp moves: the percentages in order, how long each holds at least (`dwell_s`), and what its
+    evidence must show to go on: live parity on the version's scorer at or above `parity_floor` and a fallback
+    rate at or below `max_fallback_rate`, each over at least `min_comparisons` observations. While the ramp runs,
+    `shadow_rate` of the student's answers are shadowed (None: the gateway's `cascade.shadow_rate`)."""
+
+    steps: tuple[float, ...]
+    dwell_s: float
+    parity_floor: float = DEFAULT_PARITY_FLOOR
+    max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE
+    min_comparisons: int = DEFAULT_MIN_COMPARISONS
+    shadow_rate: float | None = DEFAULT_RAMP_SHADOW_RATE
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(steps=list(self.steps), dwell_s=self.dwell_s, parity_floor=self.parity_floor,
+                    max_fallback_rate=self.max_fallback_rate, min_comparisons=self.min_comparisons,
+                    shadow_rate=self.shadow_rate)
+
+    @classmethod
+    def from_json(cls, data: object) -> RampPlan:
+        """A plan that cannot be read holds at no step: `steps` empty, which the ramp treats as ended."""
+        data = _dict(data) or {}
+        raw_steps = data.get("steps")
+        steps = tuple(s for s in (_float(v) for v in (raw_steps if isinstance(raw_steps, list) else []))
+                      if s is not None)
+        parity, fallback = _float(data.get("parity_floor")), _float(data.get("max_fallback_rate"))
+        minimum = _int(data.get("min_comparisons"))
+        return cls(steps, _float(data.get("dwell_s")) or 0.0,
+                   DEFAULT_PARITY_FLOOR if parity is None else parity,
+                   DEFAULT_MAX_FALLBACK_RATE if fallback is None else fallback,
+                   DEFAULT_MIN_COMPARISONS if minimum is None else minimum, _float(data.get("shadow_rate")))
+
+
+@dataclass(frozen=True, slots=True)
+class RampEvent:
+    """One move of a ramp, as recorded: when, what (start, advance, finish, rollback, stop), the rollout after it,
+    why, and the evidence it was decided on."""
+
+    at: float
+    kind: str
+    percent: float
+    detail: str = ""
+    parity: float | None = None
+    comparisons: int | None = None
+    fallback_rate: float | None = None
+    student_requests: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _set(at=self.at, kind=self.kind, percent=self.percent, detail=self.detail or None, parity=self.parity,
+                    comparisons=self.comparisons, fallback_rate=self.fallback_rate,
+                    student_requests=self.student_requests)
+
+    @classmethod
+    def from_json(cls, data: object) -> RampEvent | None:
+        if not isinstance(data, dict):
+            return None
+        at, kind, percent = _float(data.get("at")), _str(data.get("kind")), _float(data.get("percent"))
+        if at is None or kind is None or percent is None:
+            return None
+        return cls(at, kind, percent, _str(data.get("detail")) or "", _float(data.get("parity")),
+                   _int(data.get("comparisons")), _float(data.get("fallback_rate")),
+                   _int(data.get("student_requests")))

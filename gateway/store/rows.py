@@ -113,7 +113,7 @@ def row_to_response(row: Sequence[Any]) -> StoredResponse:
 
 def group_of(r: Sequence[Any]) -> ExchangeGroup:
     """An `ExchangeGroup` from its query row (route, status, bucket, source, version, priced, has_cf, rows,
-    first_at, cost, student cost, counterfactual, agreements, agreement sum)."""
+    first_at, cost, student cost, counterfactual, agreements, agreement sum, sum of squared agreements)."""
     return ExchangeGroup(str(r[0]), str(r[1]), int(r[2]), r[3], None if r[4] is None else int(r[4]), bool(r[5]),
                          bool(r[6]), int(r[7]), float(r[8]), float(r[9]), float(r[10]), float(r[11]), int(r[12]),
-                         float(r[13]))
+                         float(r[13]), float(r[14]))

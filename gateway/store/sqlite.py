@@ -28,6 +28,7 @@ from gateway.store.base import (
 )
 from gateway.store.exchange_sql import groups_query, newest_query, where_clause
 from gateway.store.feedback_sql import FeedbackTable
+from gateway.store.ramp_sql import RampTable
 from gateway.store.rows import (
     EXCHANGE_COLUMNS,
     RESPONSE_COLUMNS,
@@ -84,7 +85,7 @@ async def _read_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-class SQLiteStore(FeedbackTable, Store):
+class SQLiteStore(FeedbackTable, RampTable, Store):
     dialect = "sqlite"
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:

@@ -159,7 +159,7 @@ def test_migrate_store_copies_sqlite_into_postgresql(tmp_path: Path, capsys: pyt
         counts = json.loads(out)
         assert counts == {"from": sqlite_url, "to": postgres_url, "exchanges": 23, "exchanges_read": 23,
                           "exchanges_forgotten": 0, "api_keys": 2, "students": 3, "rollouts": 2,
-                          "forgotten_users": 1, "feedback": 2, "responses": 7}
+                          "ramps": 1, "forgotten_users": 1, "feedback": 2, "responses": 7}
         assert asyncio.run(snapshot(postgres_url)) == asyncio.run(snapshot(sqlite_url))
 
         again = ok(capsys, "migrate-store", "--from", sqlite_url, "--to", postgres_url)

@@ -308,6 +308,17 @@ def test_operator_moves_the_rollout_promotes_and_rolls_back(setup: Setup, browse
     submit(driver, "threshold-form")  # an empty threshold: validators only, as registered
     assert text_of(driver, "#action-notice") == "Threshold updated."
 
+    submit(driver, "ramp-form")  # the form's defaults: 5,25,50,100 % with a 1 h dwell, on the active version
+    assert text_of(driver, "#action-notice").startswith("Ramp started")
+    assert "running at 5%" in text_of(driver, "#ramp-state") and text_of(driver, "#rollout-value") == "5%"
+    assert "dwelling at 5 %" in text_of(driver, "#ramp-next")
+    audit(driver)
+    screenshot(driver, "ramp")
+    submit(driver, "stop-ramp-form")
+    assert text_of(driver, "#action-notice") == "Ramp stopped."
+    assert "stopped at 5%" in text_of(driver, "#ramp-state")
+    assert "stopped in the console" in text_of(driver, "#ramp-history")
+
     navigating(driver, driver.find_element(By.CSS_SELECTOR, ".logout button").click)
     assert driver.current_url.endswith("/admin/ui/login") and not driver.get_cookies()
     driver.get(f"{gateway.url}/admin/ui/tasks/{TASK}")

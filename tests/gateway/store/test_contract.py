@@ -20,6 +20,8 @@ from gateway.store import (
     ExchangeExtra,
     Feedback,
     GateResult,
+    RampPlan,
+    RolloutRamp,
     Store,
     StoredResponse,
     StoreError,
@@ -58,7 +60,7 @@ async def opened(url: str) -> Store:
 DETAILS = StudentDetails(evaluation={"student": {"score": {"mean": 0.9}}}, gate=GateResult(True, "ok", 0.85),
                          training_s=12.5, training_cost_usd=0.25, run_dir="/runs/1")
 TABLES = ("exchanges", "api_keys", "students", "task_routing", "forgotten_users", "console_sessions", "responses",
-          "feedback", "schema_version")
+          "feedback", "rollout_ramps", "schema_version")
 
 
 def drop_every_table(url: str) -> None:
@@ -456,14 +458,15 @@ async def test_an_older_schema_is_upgraded(store_url: str) -> None:
     await store.insert_exchanges([exchange(1)])
     await store.close()
     # back to version 2, as an older Protégé left it
-    for statement in ("DROP TABLE feedback", "DROP TABLE responses", "DROP TABLE console_sessions",
+    for statement in ("DROP TABLE rollout_ramps", "DROP TABLE feedback", "DROP TABLE responses",
+                      "DROP TABLE console_sessions",
                       "DROP TABLE forgotten_users",
                       "DROP INDEX exchanges_user",
                       "DROP INDEX exchanges_created",
                       "UPDATE schema_version SET version = 2"):
         execute_raw(store_url, statement)
     again = await opened(store_url)
-    assert await again.schema_version() == LATEST_VERSION == 7
+    assert await again.schema_version() == LATEST_VERSION == 8
     assert await again.forget_user("u") == 1 and await again.forgotten_user_hashes() == {user_hash("u")}
     await again.insert_exchanges([exchange(2)])
     assert await again.delete_exchanges_before(2000.0) == 1
@@ -471,6 +474,8 @@ async def test_an_older_schema_is_upgraded(store_url: str) -> None:
     assert await again.get_response("resp_1") is not None
     await again.put_feedback(Feedback("req_2", "t", 1.0, 1.0, "api", rating=1.0))
     assert len(await again.list_feedback()) == 1
+    await again.put_ramp(RolloutRamp("r", "t", 1, RampPlan((50.0,), 0.0), "running", 0, 1.0, 1.0, 1.0))
+    assert [r.ramp_id for r in await again.list_ramps()] == ["r"]
     await again.close()
 
 
@@ -518,6 +523,11 @@ async def test_every_driver_error_becomes_a_store_error(store_url: str) -> None:
         "get_exchange": lambda: store.get_exchange("req_1"),
         "put_feedback": lambda: store.put_feedback(Feedback("req_1", "t", 1.0, 1.0, "api", rating=1.0)),
         "list_feedback": store.list_feedback,
+        "put_ramp": lambda: store.put_ramp(RolloutRamp("r", "t", 1, RampPlan((50.0,), 0.0), "running", 0, 1.0, 1.0,
+                                                        1.0)),
+        "list_ramps": store.list_ramps,
+        "replace_ramp": lambda: store.replace_ramp(*[RolloutRamp("r", "t", 1, RampPlan((50.0,), 0.0), "running", 0,
+                                                                 1.0, 1.0, 1.0)] * 2),
     }
     escaped: list[str] = []
     try:

@@ -11,6 +11,9 @@ from gateway.auth import new_key
 from gateway.store import (
     Feedback,
     GateResult,
+    RampEvent,
+    RampPlan,
+    RolloutRamp,
     Store,
     StoreError,
     StudentDetails,
@@ -45,6 +48,9 @@ async def fill(url: str) -> None:
                                                details=StudentDetails(training_s=1.5, gate=GateResult(min_parity=0.9))))
     await store.set_rollout("a", 25)
     await store.set_rollout("b", 0)
+    await store.put_ramp(RolloutRamp("r1", "a", 2, RampPlan((25.0, 100.0), 60.0), "running", 0, 30.0, 30.0, 30.0,
+                                     previous_version=1, previous_percent=100.0,
+                                     history=(RampEvent(30.0, "start", 25.0, "ramp of version 2"),)))
     await store.add_forgotten_users({"0" * 64: 5.0})
     for i in range(7):  # two pages of 5, two of them sharing a timestamp across the boundary
         await store.put_response(stored_response(f"resp_{i}", created_at=100.0 + min(i, 4), user=f"r{i}"))
@@ -59,7 +65,7 @@ async def snapshot(url: str) -> tuple[object, ...]:
     try:
         return (await store.list_exchanges(), await store.list_api_keys(), await store.list_students(),
                 await store.rollouts(), await store.list_tasks(), await store.forgotten_users(),
-                await store.list_responses(limit=100), await store.list_feedback())
+                await store.list_responses(limit=100), await store.list_feedback(), await store.list_ramps())
     finally:
         await store.close()
 
@@ -74,13 +80,13 @@ async def test_copy_is_complete_and_idempotent(direction: str, postgres_url: str
     counts = await migrate_store(source, dest, batch_size=5, progress=lambda done, total: calls.append((done, total)))
 
     assert counts == {"exchanges": 23, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 2, "students": 3,
-                      "rollouts": 2, "forgotten_users": 1, "feedback": 2, "responses": 7}
+                      "rollouts": 2, "ramps": 1, "forgotten_users": 1, "feedback": 2, "responses": 7}
     assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
     assert await snapshot(dest) == await snapshot(source)
 
     again = await migrate_store(source, dest)
     assert again == {"exchanges": 0, "exchanges_read": 23, "exchanges_forgotten": 0, "api_keys": 0, "students": 0,
-                     "rollouts": 2, "forgotten_users": 0, "feedback": 0, "responses": 0}
+                     "rollouts": 2, "ramps": 0, "forgotten_users": 0, "feedback": 0, "responses": 0}
     assert await snapshot(dest) == await snapshot(source)
 
     # what changed in the source since is carried over by the next run
