@@ -103,7 +103,7 @@ def build_students(settings: Settings, store: Store) -> Students | None:
 
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
                     price_configured=price is not None,
-                    degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate,
+                    degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate, early_stop=cascade.early_stop,
                     breaker=build_breaker("student", settings))
 
 

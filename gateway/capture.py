@@ -59,27 +59,36 @@ def normalise_response(completion: dict[str, Any]) -> dict[str, Any]:
 
 
 class StreamAssembler:
-    """Rebuilds a chat.completion from stream chunks, for capture."""
+    """Rebuilds a chat.completion from stream chunks: for capture, and for the student's answer that early stop
+    watched (`gateway.chat.early_stop`), which the client may get as the completion it asked for."""
 
     def __init__(self) -> None:
-        self.id: str | None = None
-        self.model: str | None = None
+        self.head: dict[str, Any] = {}  # id, created, model, system_fingerprint: of the first chunk that has them
         self.usage: dict[str, Any] | None = None
         self._choices: dict[int, dict[str, Any]] = {}
 
+    @property
+    def id(self) -> str | None:
+        return self.head.get("id")
+
     def add(self, chunk: dict[str, Any]) -> None:
-        self.id = self.id or chunk.get("id")
-        self.model = self.model or chunk.get("model")
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if key in chunk and self.head.get(key) is None:
+                self.head[key] = chunk[key]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             state = self._choices.setdefault(int(choice.get("index", 0)),
-                                             {"content": [], "tool_calls": {}, "finish_reason": None})
+                                             {"content": [], "tool_calls": {}, "finish_reason": None,
+                                              "logprobs": None})
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 state["content"].append(delta["content"])
             for call in delta.get("tool_calls") or []:
                 self._add_tool_call(state["tool_calls"], call)
+            entries = (choice.get("logprobs") or {}).get("content")
+            if isinstance(entries, list):
+                state["logprobs"] = (state["logprobs"] or []) + entries
             if choice.get("finish_reason"):
                 state["finish_reason"] = choice["finish_reason"]
 
@@ -103,9 +112,15 @@ class StreamAssembler:
                                        "content": "".join(state["content"]) if state["content"] else None}
             if state["tool_calls"]:
                 message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
-            choices.append({"index": index, "message": message, "finish_reason": state["finish_reason"]})
-        return {"id": self.id, "object": "chat.completion", "model": self.model, "choices": choices,
-                "usage": self.usage}
+            choice: dict[str, Any] = {"index": index, "message": message}
+            if state["logprobs"] is not None:  # streamed with logprobs: kept as a completion keeps them
+                choice["logprobs"] = {"content": state["logprobs"]}
+            choices.append({**choice, "finish_reason": state["finish_reason"]})
+        head = self.head
+        return {"id": head.get("id"), "object": "chat.completion",
+                **({"created": head["created"]} if "created" in head else {}), "model": head.get("model"),
+                **({"system_fingerprint": head["system_fingerprint"]} if "system_fingerprint" in head else {}),
+                "choices": choices, "usage": self.usage}
 
 
 def redact_exchange(exchange: Exchange) -> Exchange:

@@ -113,6 +113,9 @@ class CascadeConfig(_Strict):
 
     timeout_s: float = Field(default=10, gt=0, description="a slower student falls back to the teacher")
     degraded_mode: bool = Field(default=False, description="serve the student's answer when the teacher is down")
+    early_stop: bool = Field(default=True, description="stream the student's answer inside the gateway and stop it "
+                             "as soon as it can no longer be accepted (confidence bound, JSON prefix, tool name), "
+                             "so a fallback pays for a few student tokens; an accepted answer is the same either way")
     shadow_rate: float = Field(default=0.05, ge=0, le=1, description="share of student answers also sent to the "
                                "teacher in the background to measure live parity (and capture training data)")
     refresh_s: float = Field(default=2, gt=0, description="how often rollout and students are re-read from the store")

@@ -73,6 +73,11 @@ class Metrics:
                                  ["task", "reason"], registry=registry)
         self.confidence = Histogram("protege_student_confidence", "Student confidence scores (log-probability)",
                                     ["task"], buckets=CONFIDENCE_BUCKETS, registry=registry)
+        self.early_stops = Counter("protege_student_early_stops", "Student answers stopped before their end because "
+                                   "they could no longer be accepted, by reason (low_confidence, validator)",
+                                   ["task", "reason"], registry=registry)
+        self.early_stop_tokens = Counter("protege_student_early_stop_tokens", "Tokens the student generated before "
+                                         "an early stop", ["task"], registry=registry)
         self.degraded = Counter("protege_degraded_answers", "Student answers served because the teacher was down",
                                 ["task"], registry=registry)
         self.rollout = Gauge("protege_rollout_percent", "Share of a task's traffic routed to its student",

@@ -155,9 +155,11 @@ def create_model_server_app(engine: Engine, *, served_model_name: str = DEFAULT_
         stream = RequestStream(engine, prompt_ids, params, adapter, on_submit=unsubmitted.discard)
         unsubmitted.add(stream)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            options = body.stream_options
+            include_usage = bool(options and options.include_usage)
             return StreamingResponse(
-                _sse(engine, stream, body, model, len(prompt_ids), include_usage),
+                _sse(engine, stream, body, model, len(prompt_ids), include_usage,
+                     continuous=include_usage and bool(options and options.continuous_usage_stats)),
                 media_type="text/event-stream", headers={"cache-control": "no-cache"},
             )
         return await _complete(request, engine, stream, body, model, len(prompt_ids))
@@ -313,14 +315,18 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def _sse(engine: Engine, stream: RequestStream, body: p.ChatCompletionRequest, model: str,
-               prompt_len: int, include_usage: bool) -> AsyncIterator[bytes]:
+               prompt_len: int, include_usage: bool, *, continuous: bool = False) -> AsyncIterator[bytes]:
     cid, created, n = p.completion_id(), p.now(), body.n or 1
     tokens = [0] * n
+
+    def so_far() -> dict[str, int] | None:
+        return p.usage(prompt_len, sum(tokens)) if continuous else None
+
     try:
         for i in range(n):
             first = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None}
-            yield p.chunk(cid, created, model, [first], with_usage=include_usage)
+            yield p.chunk(cid, created, model, [first], so_far(), with_usage=include_usage)
         async for index, update in stream.updates():
             if update.finish_reason == "error":
                 yield b"data: " + orjson.dumps(_error_for(update).to_body()) + b"\n\n"
@@ -335,7 +341,7 @@ async def _sse(engine: Engine, stream: RequestStream, body: p.ChatCompletionRequ
             delta = {"content": update.text} if update.text or update.finish_reason is None else {}
             choice = {"index": index, "delta": delta, "logprobs": logprobs,
                       "finish_reason": update.finish_reason}
-            yield p.chunk(cid, created, model, [choice], with_usage=include_usage)
+            yield p.chunk(cid, created, model, [choice], so_far(), with_usage=include_usage)
         else:
             if include_usage:
                 yield p.chunk(cid, created, model, [], p.usage(prompt_len, sum(tokens)), with_usage=True)

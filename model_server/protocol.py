@@ -36,6 +36,7 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's: the usage so far on every chunk (with include_usage)
 
 
 class ChatCompletionRequest(BaseModel):

@@ -149,7 +149,9 @@ class ScriptedUpstream:
         delta = {k: v for k, v in message.items() if v is not None}
         if "tool_calls" in delta:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
-        frames = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+        first = {"index": 0, "delta": delta, "finish_reason": None,  # logprobs beside their tokens, as servers do
+                 **({"logprobs": choice["logprobs"]} if "logprobs" in choice else {})}
+        frames = [{**base, "choices": [first]},
                   {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
                   {**base, "choices": [], "usage": usage}]
         return 200, "text/event-stream", b"", [f"data: {json.dumps(f)}\n\n".encode() for f in frames] + [

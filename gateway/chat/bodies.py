@@ -39,6 +39,14 @@ def student_body(body: dict[str, Any], student: StudentVersion, messages: list[d
     return out
 
 
+def streamed(student_body: dict[str, Any]) -> dict[str, Any]:
+    """The student's request as a stream (for early stop), with its usage in every chunk where the server can
+    (vLLM's `continuous_usage_stats`, which Protégé's model server speaks too): a stopped answer is still billed
+    for the tokens it used."""
+    return {**student_body, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+
+
 def for_client(completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
     """The student's answer as the client asked for it (logprobs only if requested)."""
     if request.get("logprobs"):

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.capture import CaptureWriter, StreamAssembler
 from gateway.chat.accounting import Accounting, StudentOutcome, TeacherOutcome
-from gateway.chat.bodies import for_client, student_body, upstream_body
+from gateway.chat.bodies import for_client, streamed, student_body, upstream_body
+from gateway.chat.early_stop import EarlyStop, Stop, stream_until_stopped
 from gateway.chat.live_scoring import LiveScorers
 from gateway.chat.shadow import ShadowScorer
 from gateway.chat.types import (
@@ -33,7 +34,15 @@ from gateway.parity import LiveParity
 from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
 from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, check_request_size
-from gateway.router import Verdict, confidence, in_rollout, judge, student_messages, validate_output
+from gateway.router import (
+    Verdict,
+    confidence,
+    in_rollout,
+    judge,
+    student_messages,
+    token_logprobs,
+    validate_output,
+)
 from gateway.store import ExchangeStatus, StudentVersion
 from gateway.tracing import Tracing, annotate, current, end, event, request_attributes, usage_attributes
 
@@ -144,17 +153,23 @@ class ChatService:
         messages = student_messages(req.body.get("messages") or [], route.student)
         return None if messages is None else (route.student, messages)
 
-    async def _ask_student(self, req: ChatRequest, student: StudentVersion,
-                           messages: list[dict[str, Any]]) -> StudentAttempt:
+    async def _ask_student(self, req: ChatRequest, student: StudentVersion, messages: list[dict[str, Any]], *,
+                           early_stop: bool = True) -> StudentAttempt:
         assert self.students is not None
         started = time.perf_counter()
         body, provider = student_body(req.body, student, messages), self.students.provider
         span = None if req.span is None else self.tracing.child(req.span, f"chat {student.model}", {
             **request_attributes(body), "gen_ai.provider.name": STUDENT_SYSTEM, "gen_ai.system": STUDENT_SYSTEM,
             "protege.student.version": student.version})
+        stop: Stop | None = None
         try:
             with current(span):
-                completion = await self.students.breaker.call(lambda: provider.complete(body))
+                if early_stop and self.students.early_stop:
+                    completion, stop = await self.students.breaker.call(lambda: stream_until_stopped(
+                        provider.stream(streamed(body)), EarlyStop(req.body, student.threshold,
+                                                                   student.confidence_method)))
+                else:
+                    completion = await self.students.breaker.call(lambda: provider.complete(body))
         except ProtegeError as exc:
             if exc.status_code == 404:
                 self.students.table.forget_loaded(student)
@@ -167,9 +182,15 @@ class ChatService:
                                   messages)
         self.metrics.upstream_latency.labels(ROUTE_STUDENT).observe(time.perf_counter() - started)
         score = confidence(completion, student.confidence_method)
-        if score is not None:
-            self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
-        verdict = judge(score, student.threshold, validate_output(req.body, completion))
+        if stop is not None:  # a partial answer: its confidence so far is not the answer's
+            task = self.metrics.task_label(req.task)
+            self.metrics.early_stops.labels(task, stop.reason).inc()
+            self.metrics.early_stop_tokens.labels(task).inc(len(token_logprobs(completion)))
+            verdict = Verdict(False, stop.reason, stop.detail)  # type: ignore[arg-type]
+        else:
+            if score is not None:
+                self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
+            verdict = judge(score, student.threshold, validate_output(req.body, completion))
         if span is not None:
             annotate(span, {**usage_attributes(completion), "protege.confidence": score,
                             "protege.threshold": student.threshold, "protege.accepted": verdict.accept,
@@ -177,7 +198,7 @@ class ChatService:
                             "protege.fallback_detail": verdict.detail[:200]})
             self.tracing.content(span, "gen_ai.output.messages", [c.get("message") for c in completion["choices"]])
             end(span)
-        return StudentAttempt(student, completion, score, verdict, messages)
+        return StudentAttempt(student, completion, score, verdict, messages, stopped=stop is not None)
 
     def _fell_back(self, req: ChatRequest, attempt: StudentAttempt) -> RouteInfo:
         reason = attempt.verdict.reason or "student_error"
@@ -262,11 +283,11 @@ class ChatService:
             return None
         if exc.status_code < 500:
             return None
-        if attempt is None:
+        if attempt is None or attempt.stopped:  # a stopped answer is unfinished: the whole one is wanted now
             plan = await self._student_plan(req, rollout=False)
             if plan is None:
                 return None
-            attempt = await self._ask_student(req, *plan)
+            attempt = await self._ask_student(req, *plan, early_stop=False)
         if attempt.completion is None:
             return None
         self.metrics.degraded.labels(self.metrics.task_label(req.task)).inc()

@@ -76,6 +76,7 @@ class Students:
     price_configured: bool = False
     degraded_mode: bool = False
     shadow_rate: float = 0.0
+    early_stop: bool = False  # `gateway.chat.early_stop`
     breaker: CircuitBreaker = field(default_factory=_no_breaker)
 
     def price_for(self, student: StudentVersion) -> Price | None:
@@ -112,6 +113,7 @@ class StudentAttempt:
     confidence: float | None
     verdict: Verdict
     messages: list[dict[str, Any]] = field(default_factory=list)  # as sent (a distilled system prompt dropped)
+    stopped: bool = False  # stopped early (`gateway.chat.early_stop`): `completion` is the start of an answer
 
 
 class TeacherSet:

@@ -30,7 +30,10 @@ def completion_as_chunks(completion: dict[str, Any]) -> list[dict[str, Any]]:
             delta["content"] = message["content"]
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        chunks.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        first: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
+        if choice.get("logprobs") is not None:  # as a streaming server sends them, beside their tokens
+            first["logprobs"] = choice["logprobs"]
+        chunks.append({**base, "choices": [first]})
         chunks.append({**base, "choices": [{"index": index, "delta": {},
                                             "finish_reason": choice.get("finish_reason")}]})
     if completion.get("usage"):

@@ -80,6 +80,21 @@ def test_streaming_matches_non_streaming(tiny_server: Server) -> None:
     assert last.usage.model_dump() == plain.usage.model_dump()
 
 
+def test_continuous_usage_counts_the_tokens_so_far_on_every_chunk(tiny_server: Server) -> None:
+    chunks = list(client(tiny_server).chat.completions.create(
+        model=TINY_NAME, messages=user("Count to ten."), max_tokens=6, temperature=0, stream=True, logprobs=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+    ))
+    assert all(c.usage is not None for c in chunks)  # vLLM's field: the gateway bills a stopped answer by it
+    prompt = chunks[0].usage.prompt_tokens  # type: ignore[union-attr]
+    seen = 0
+    for c in chunks:
+        if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content:
+            seen += len(c.choices[0].logprobs.content)
+        assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (prompt, seen)  # type: ignore[union-attr]
+    assert seen == 6
+
+
 def test_streaming_wire_format(tiny_server: Server) -> None:
     body = {"model": TINY_NAME, "messages": user("hi"), "max_tokens": 5, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{tiny_server.url}/v1/chat/completions", json=body, timeout=30) as r:
