@@ -10,7 +10,14 @@ Measures completion tokens per second of wall time for three ways of generating:
 * server, 8 clients: 8 concurrent clients, one request each.
 
 The three are interleaved, round by round (raw, 1 client, 8 clients, raw, ...), so that load from
-other processes on a shared machine hits all of them alike. Every request generates exactly
+other processes on a shared machine hits all of them alike.
+
+    python -m bench.model_server --prefix-reuse [--rounds 4]
+
+measures teacher-style traffic instead — the demo task's long system prompt before every ticket, the way
+the embedded model answers as a teacher — on two servers, prefix reuse on (`--prefix-cache-mb` default)
+and off (`0`), alternated round by round: each round streams the same tickets one at a time (time to the
+first token, p50/p95) and 8 at once (completion tokens per second of wall time). Every request generates exactly
 `--max-tokens` tokens (`min_new_tokens` for raw, vLLM's `ignore_eos` for the server). The server's
 peak RSS is read from /proc/<pid>/status (VmHWM). Results are printed as a table and written to
 bench/results/model_server-<date>-<commit>.json.
@@ -79,9 +86,9 @@ def raw_generator(max_tokens: int, threads: int) -> Callable[[str], int]:
     return one
 
 
-def start_server(threads: int, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(threads: int, max_batch: int, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     cmd = [sys.executable, "-m", "model_server.server", "--port", "0", "--threads", str(threads),
-           "--max-batch", str(max_batch), "--log-level", "warning"]
+           "--max-batch", str(max_batch), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     assert proc.stdout is not None
     for raw in proc.stdout:
@@ -151,8 +158,98 @@ def peak_rss_mib(pid: int) -> dict[str, float]:
     return {"peak_rss_mib": fields.get("VmHWM", 0.0), "rss_mib": fields.get("VmRSS", 0.0)}
 
 
+# --- prefix reuse: teacher-style traffic, the cache on and off ------------------------------------------
+
+async def _streamed(api: openai.AsyncOpenAI, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int]:
+    """(seconds to the first content token, completion tokens) of one streamed answer."""
+    started, first = time.perf_counter(), None
+    stream = await api.chat.completions.create(
+        model=SERVED, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,  # type: ignore[call-overload]
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    tokens = 0
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return (first if first is not None else time.perf_counter() - started), tokens
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def prefix_rounds(urls: dict[str, str], tickets: list[list[dict[str, str]]], rounds: int, max_tokens: int,
+                        console: Console) -> dict[str, dict[str, Any]]:
+    ttft: dict[str, list[float]] = {name: [] for name in urls}
+    tally = {name: Tally() for name in urls}
+    apis = {name: openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+            for name, url in urls.items()}
+    for api in apis.values():  # warm-up (and, with reuse on, the first sight of the system prompt)
+        await _streamed(api, tickets[0], 4)
+    for r in range(rounds):
+        batch = tickets[(r * 8) % len(tickets):][:8]
+        for name, api in apis.items():
+            for messages in batch:  # one at a time: time to first token
+                seconds, _ = await _streamed(api, messages, max_tokens)
+                ttft[name].append(seconds)
+            started = time.perf_counter()
+            done = await asyncio.gather(*(_streamed(api, m, max_tokens) for m in batch))
+            tally[name].add(len(batch), sum(t for _, t in done), time.perf_counter() - started)
+        console.print(f"round {r + 1}/{rounds}: " + ", ".join(
+            f"{name}: TTFT p50 {_percentile(ttft[name], 0.5) * 1000:.0f} ms, "
+            f"{tally[name].tokens / tally[name].wall:.1f} tokens/s (8 clients)" for name in urls))
+    for api in apis.values():
+        await api.close()
+    return {name: {**tally[name].summary(clients=8), "ttft_ms": {
+        "p50": _percentile(ttft[name], 0.5) * 1000, "p95": _percentile(ttft[name], 0.95) * 1000,
+        "n": len(ttft[name])}} for name in urls}
+
+
+def prefix_reuse(args: argparse.Namespace, console: Console) -> int:
+    from distiller.demo.workload import SYSTEM_PROMPT, build_workload
+
+    workload = build_workload(64, seed=1)
+    tickets = [workload.messages(t) for t in workload.tickets]
+    console.print(f"teacher-style requests: a {len(SYSTEM_PROMPT)}-character system prompt before every ticket")
+    servers = {"reuse on": start_server(args.threads, 8),
+               "reuse off": start_server(args.threads, 8, "--prefix-cache-mb", "0")}
+    try:
+        measured = asyncio.run(prefix_rounds({n: url for n, (_, url) in servers.items()}, tickets, args.rounds,
+                                             args.max_tokens, console))
+        engines = {name: httpx.get(f"{url}/readyz").json().get("engine", {}) for name, (_, url) in servers.items()}
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=30)
+    on, off = measured["reuse on"], measured["reuse off"]
+    table = Table(title=f"model server, teacher-style requests, {args.threads} threads, {args.max_tokens} new "
+                        f"tokens/request, {args.rounds} rounds")
+    for column in ("prefix reuse", "TTFT p50 ms", "TTFT p95 ms", "tokens/s (8 clients)", "prompt tokens reused"):
+        table.add_column(column, justify="left" if column == "prefix reuse" else "right")
+    for name, figures in measured.items():
+        engine = engines[name]
+        table.add_row(name, f"{figures['ttft_ms']['p50']:.0f}", f"{figures['ttft_ms']['p95']:.0f}",
+                      f"{figures['tokens_per_s']:.1f}",
+                      f"{engine.get('prefix_tokens_reused', 0)} of {engine.get('prompt_tokens', 0)}")
+    console.print(table)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version()},
+        "workload": {"system_prompt_chars": len(SYSTEM_PROMPT), "tickets": len(tickets),
+                     "max_tokens": args.max_tokens, "rounds": args.rounds},
+        "reuse_on": on, "reuse_off": off, "engines": engines,
+        "ttft_p50_speedup": off["ttft_ms"]["p50"] / on["ttft_ms"]["p50"],
+        "tokens_per_s_ratio": on["tokens_per_s"] / off["tokens_per_s"],
+    }
+    console.print(f"wrote {write_result('model_server_prefix', result, args.output)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.model_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--prefix-reuse", action="store_true", help="teacher-style requests with prefix reuse on "
+                        "and off, instead of the raw / 1 client / 8 clients comparison")
     parser.add_argument("--max-tokens", type=int, default=96, help="completion tokens per request (default 96)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="rounds of (raw, 1 client, 8 clients) (default 4)")
@@ -167,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging: Any = transformers.utils.logging
     hf_logging.disable_progress_bar()
     console = Console()
+    if args.prefix_reuse:
+        return prefix_reuse(args, console)
     console.print("loading SmolLM2 for the raw baseline (builds the cache on first use) …")
     raw = raw_generator(args.max_tokens, args.threads)
     console.print("starting the model server …")

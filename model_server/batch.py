@@ -15,8 +15,19 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from model_server.prefix_cache import Layers, Past
+
 # forward(input_ids, attention_mask, position_ids, cache, adapter names) -> last-position logits (B, V)
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, list[str]], torch.Tensor]
+
+
+def _past_layer(layers: Layers | None, like: Layers, index: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's known keys and values of a layer, left-padded to `width` positions (all padding for a row
+    without a past; `like` is another row's, for the shape)."""
+    keys, values = (layers or like)[index]
+    if layers is None:
+        keys, values = keys[:, :0], values[:, :0]
+    return _pad_left(keys, width - keys.shape[1], 1), _pad_left(values, width - values.shape[1], 1)
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -47,19 +58,39 @@ class BatchState:
         return int(self.mask.shape[1])
 
     @classmethod
-    def prefill(cls, forward: Forward, prompts: list[list[int]], adapters: list[str],
-                pad_id: int) -> tuple[BatchState, torch.Tensor]:
+    def prefill(cls, forward: Forward, prompts: list[list[int]], adapters: list[str], pad_id: int,
+                pasts: list[Past | None] | None = None) -> tuple[BatchState, torch.Tensor]:
         """Run the prompts (left-padded) through the model; returns the state (pending tokens unset)
-        and the logits for each row's first generated token."""
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        and the logits for each row's first generated token.
+
+        A row with a `Past` (`model_server.prefix_cache`) feeds only the tokens after it: the known keys and
+        values go into the cache first, left-padded to the longest past, so a row's mask may hold padding
+        between its past and the rest of its prompt; positions count real tokens only, as without a past."""
+        known = [p.length if p is not None else 0 for p in (pasts or [None] * len(prompts))]
+        rests = [prompt[k:] for prompt, k in zip(prompts, known, strict=True)]
+        longest_past, width = max(known), max(len(r) for r in rests)
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rests], dtype=torch.long)
+        rest_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], dtype=torch.long)
+        past_mask = torch.tensor([[0] * (longest_past - k) + [1] * k for k in known], dtype=torch.long)
+        position_ids = (torch.tensor(known)[:, None] + rest_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        if longest_past:
+            layers = [p.layers if p is not None else None for p in (pasts or [])]
+            like = next(found for found in layers if found is not None)
+            for index in range(len(like)):
+                keys, values = zip(*(_past_layer(found, like, index, longest_past) for found in layers), strict=True)
+                cache.update(torch.stack(keys), torch.stack(values), index)
+        mask = torch.cat([past_mask, rest_mask], dim=1)
         logits = forward(ids, mask, position_ids, cache, adapters)
         positions = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         pending = torch.zeros(len(prompts), dtype=torch.long)
         return cls(cache, mask, positions, pending, list(adapters)), logits
+
+    def row_layers(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The keys and values of a row's real tokens, per layer, each (heads, tokens, dim): what the prefix
+        cache keeps of a prompt just prefilled."""
+        columns = torch.nonzero(self.mask[row]).flatten()
+        return [(layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in self.cache.layers]
 
     def step(self, forward: Forward) -> torch.Tensor:
         """Feed every row's pending token; returns the logits for the next token, (B, V)."""

@@ -31,6 +31,7 @@ from model_server.adapters import BASE, AdapterError, AdapterManager, AdapterNot
 from model_server.batch import BatchState
 from model_server.detokenize import TextState, TokenTable
 from model_server.model_loading import LoadedModel
+from model_server.prefix_cache import PrefixCache
 from model_server.sampling import LogprobEntry, Sampler, SamplingParams, sample_batch
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Engine:
     """Owns the model on a dedicated thread; thread-safe `submit`, `cancel` and adapter operations."""
 
     def __init__(self, loaded: LoadedModel, *, max_batch: int = 8, threads: int | None = None,
-                 max_new_tokens: int = 512, batch_wait_s: float = 0.005) -> None:
+                 max_new_tokens: int = 512, batch_wait_s: float = 0.005, prefix_cache_bytes: int = 0) -> None:
         self.tokenizer = loaded.tokenizer
         self.source = loaded.source
         self.load_seconds = loaded.load_seconds
@@ -94,6 +95,7 @@ class Engine:
         self.tokenizer_lock = threading.Lock()
         self.tokens = TokenTable(self.tokenizer, self.decode)
         self._adapters = AdapterManager(loaded.model)
+        self._prefix = PrefixCache(prefix_cache_bytes)
         self._adapter_names: dict[str, str] = {}  # visible to requests; guarded by _names_lock
         self._names_lock = threading.Lock()
         self._inbox: queue.Queue[Sequence | _AdapterOp | None] = queue.Queue()
@@ -128,7 +130,8 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         """Counters for /readyz: rows decoding now, requests waiting, and totals since start."""
-        return {"running": len(self._rows), "waiting": len(self._waiting) + self._inbox.qsize(), **self.counters}
+        return {"running": len(self._rows), "waiting": len(self._waiting) + self._inbox.qsize(), **self.counters,
+                **self._prefix.counters}
 
     def throughput(self) -> dict[str, float | str | None]:
         """Tokens (prompt and generated) per second of busy engine time since start: what a self-hosted model's
@@ -246,6 +249,7 @@ class Engine:
                         self._adapter_names[op.name] = str(op.path)
                 else:
                     self._adapters.unload(op.name)
+                self._prefix.drop_adapter(op.name)  # its KV was computed through that adapter
             except Exception as exc:
                 op.future.set_exception(exc)
             else:
@@ -283,15 +287,19 @@ class Engine:
             return
         rows = [_Row(s, Sampler(s.params), TextState(self.decode, list(s.params.stop))) for s in admitted]
         adapters = [s.adapter or BASE for s in admitted]
+        pasts = [self._prefix.lookup(adapter, s.prompt_ids) for adapter, s in zip(adapters, admitted, strict=True)]
         try:
             state, logits = BatchState.prefill(
-                self._adapters.forward, [s.prompt_ids for s in admitted], adapters, self.pad_id
+                self._adapters.forward, [s.prompt_ids for s in admitted], adapters, self.pad_id, pasts
             )
         except Exception as exc:
             log.exception("prefill failed")
             for seq in admitted:
                 _deliver(seq, Update("", [], 0, "error", f"generation failed: {exc}"))
             return
+        if self._prefix.enabled:
+            for i, (adapter, seq, past) in enumerate(zip(adapters, admitted, pasts, strict=True)):
+                self._prefix.store(adapter, seq.prompt_ids, state.row_layers(i), past.length if past else 0)
         if self._batch is None:
             self._batch = state
         else:

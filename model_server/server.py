@@ -70,6 +70,9 @@ def add_model_server_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="how long an idle server waits for more requests to batch (default: %(default)s)")
+    parser.add_argument("--prefix-cache-mb", type=float, default=256.0, metavar="MB",
+                        help="memory for the KV cache of prompt starts seen before, reused when a prompt begins "
+                        "the same way (a task's long system prompt); 0 turns it off (default: %(default)s)")
     parser.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
                         help="load a LoRA adapter at start, served as model NAME (repeatable)")
     parser.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
@@ -121,7 +124,8 @@ def build_engine(args: argparse.Namespace) -> tuple[Engine, str]:
         loaded = load_default_model(args.cache_dir.expanduser() if args.cache_dir else None)
         served = args.served_model_name or DEFAULT_SERVED_NAME
     engine = Engine(loaded, max_batch=args.max_batch, threads=args.threads,
-                    max_new_tokens=args.max_new_tokens, batch_wait_s=args.batch_wait_ms / 1000.0)
+                    max_new_tokens=args.max_new_tokens, batch_wait_s=args.batch_wait_ms / 1000.0,
+                    prefix_cache_bytes=int(args.prefix_cache_mb * 1024 * 1024))
     engine.start()
     for spec in args.lora:
         name, path = _parse_lora(spec)

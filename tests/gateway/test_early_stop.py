@@ -166,6 +166,10 @@ def test_an_accepted_answer_is_the_same_with_early_stop_on_or_off(gateways: Any)
         response = ask(gateways(threshold=ACCEPT_ANY, early_stop=early_stop), stop=["e"])
         assert response.headers["x-protege-route"] == "student"
         body = response.json()
-        answers.append((body["choices"], body["usage"], body["model"], list(body)))
-    assert answers[0] == answers[1]
-    assert answers[0][0][0]["message"]["content"] and answers[0][0][0]["logprobs"]["content"]
+        [choice] = body["choices"]
+        logprobs = [entry.pop("logprob") for entry in choice["logprobs"]["content"]]
+        answers.append((choice, logprobs, body["usage"], body["model"], list(body)))
+    (on, on_logprobs, *on_rest), (off, off_logprobs, *off_rest) = answers
+    assert on == off and on_rest == off_rest and on["message"]["content"]
+    # the student server's prefix cache may reuse the first request's prompt start: float noise at most
+    assert on_logprobs == pytest.approx(off_logprobs, abs=1e-4)
