@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import urllib.request
 from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -67,3 +70,58 @@ def test_anthropic_teacher_through_litellm(katan: Server, tmp_path: Path, stream
     assert row.status == "ok" and row.upstream_model == "anthropic/claude-sonnet-4-5"
     assert row.response is not None and row.response["choices"][0]["message"]["content"] == text
     assert row.cost_usd is not None and row.cost_usd > 0  # claude-sonnet-4-5 is in the bundled price map
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on a real socket: it takes absolute-form requests (`POST http://host/path`), notes
+    them and relays them upstream (without a proxy of its own)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                proxy.seen.append(self.path)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
+                direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                with direct.open(urllib.request.Request(self.path, data=body, headers=headers, method="POST")) as up:
+                    payload, status, content_type = up.read(), up.status, up.headers.get("content-type", "")
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_the_environment_s_proxy_carries_the_teacher_calls(katan: Server, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = ForwardProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)  # the direct (httpx) path honours it
+        with gateway_with(katan, tmp_path, "direct") as gateway:
+            reply = ask(gateway, messages=[{"role": "user", "content": "through the proxy"}])
+        assert "through the proxy" in (reply.choices[0].message.content or "")
+        assert proxy.seen == [f"{katan.url}/v1/chat/completions"]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # exempt: straight to the teacher
+        with gateway_with(katan, tmp_path, "direct") as gateway:
+            ask(gateway, messages=[{"role": "user", "content": "not through it"}])
+        assert len(proxy.seen) == 1
+    finally:
+        proxy.close()
