@@ -4,7 +4,7 @@ metering and pricing, and a judge that fails or talks nonsense never passing a s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from gateway.chat.bodies import upstream_body
 from gateway.config import Settings, TeacherConfig
 from gateway.pricing import Price
-from gateway.providers import build_provider
+from gateway.providers import ChatProvider, build_provider
 from gateway.providers.base import redactor
 from gateway.scoring import Comparison
 from gateway.scoring.judge import JudgeCache, JudgeModel, JudgeScorer, parse_verdict, read_prompt
@@ -26,6 +26,14 @@ GOOD = {"role": "assistant", "content": "Sorry about the delay; it ships today. 
 PLAIN = {"role": "assistant", "content": "Sorry about the delay; it ships today."}
 WRONG = {"role": "assistant", "content": "WRONG: your parcel was never ordered. Best regards, Northwind"}
 PRICE = Price(2e-6, 8e-6, source="configured")
+OPENED: list[ChatProvider] = []  # the providers `scorer` made, closed after each test
+
+
+@pytest.fixture(autouse=True)
+async def providers_closed() -> AsyncIterator[None]:
+    yield
+    while OPENED:
+        await OPENED.pop().aclose()
 
 
 def judge_server(tmp_path: Path, rule: str) -> Server:
@@ -42,6 +50,7 @@ def quality_judge(tmp_path: Path) -> Iterator[Server]:
 def scorer(server: Server, cache: JudgeCache | None = None, key: str = "judge-key") -> JudgeScorer:
     teacher = TeacherConfig(model="openai/judge-model", api_base=f"{server.url}/v1", api_key=SecretStr(key))
     provider = build_provider(teacher, Settings(), redactor([key]))
+    OPENED.append(provider)
 
     async def complete(body: dict[str, object]) -> dict[str, object]:
         return await provider.complete(upstream_body(dict(body), teacher.upstream_model))
