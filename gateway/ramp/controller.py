@@ -3,7 +3,7 @@ store, gathers each one's evidence since its step started (the store's sums of t
 `decide` what to do, and makes the move by compare-and-set, so that of all the replicas and workers checking
 the same ramp one makes each move, records it and counts it. The move's effect on routing (the rollout, the
 student versions) follows the record; a process that dies between the two leaves a running ramp whose rollout
-the next check puts right (`reconcile`)."""
+the next check puts right (a held or waiting ramp's rollout is set back to its step's)."""
 
 from __future__ import annotations
 
