@@ -26,6 +26,7 @@ from distiller.calibrate import Calibration, Observation, calibrate
 from distiller.costs import RelativeCost, hosted_list_price, relative_student_cost, run_costs
 from distiller.dataset import CurationConfig, curate_task, write_dataset
 from distiller.evaluate import EvalExample, EvaluationReport, ModelAnswer, evaluate, load_split
+from distiller.predictor import Outcome, fit_predictor
 from distiller.registry import Gate, find_trained, next_version, register, served_name
 from distiller.scorers import ScorerSetupError, run_scorer, scorer_lines
 from distiller.sufficiency import Minimums, shortfall
@@ -36,7 +37,7 @@ from gateway.compute_price import ComputePricing, read_throughput
 from gateway.config import CascadeConfig, ComputeConfig, EmbeddedConfig, Settings, TaskConfig
 from gateway.embedded import EMBEDDED_MODEL_NAME, EmbeddedModelServer
 from gateway.pricing import Price
-from gateway.router import validate_output
+from gateway.router import CONFIDENCE_METHODS, validate_output
 from gateway.scoring import Score, ScorerChoice
 from gateway.store import GateResult, ServingPrice, Store, StudentDetails, StudentVersion
 
@@ -169,7 +170,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
             api_base, scorer=scoring.scorer, student_model=model, base_model=None, dataset_dir=dataset_dir,
             split="validation", max_tokens=options.max_eval_tokens, api_key=api_key)
         progress("evaluating on the test split", None)
-        report, _, _ = await evaluate(api_base, scorer=scoring.scorer, student_model=model,
+        report, test_answers, _ = await evaluate(api_base, scorer=scoring.scorer, student_model=model,
                                       base_model=base or EMBEDDED_MODEL_NAME, dataset_dir=dataset_dir, split="test",
                                       max_tokens=options.max_eval_tokens, api_key=api_key)
         report.scorer = scoring.report()
@@ -181,6 +182,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         [rows[e.request_id].cost_usd if e.request_id in rows else None for e in dataset.validation],
         student_price, price_source)
     calibration = _calibrate(val_answers, val_scores, dataset_dir, options.target_parity, relative)
+    predictor = _predictor(calibration, dataset_dir, val_answers, test_answers)
     base_parity = report.baselines[0].score.mean if len(report.baselines) > 1 else None
     score = report.student.score
     passed, gate_message = options.gate.check(score.mean, score.ci_low, score.ci_high, base_parity)
@@ -199,7 +201,7 @@ async def distill(store: Store, task: str, options: DistillOptions, *, student_a
         training_s=round(training_s, 1), metrics=result.metrics, run_dir=str(run_dir), curation=dataset.report,
         training_cost_usd=costs.training_usd, evaluation_cost_usd=evaluation_usd, data_cost_usd=costs.data_usd,
         cost_sources=sources, serving_price=_serving_price(options, result.base_model),
-        scorer=scoring.spec.to_json())
+        scorer=scoring.spec.to_json(), predictor=predictor)
     student = await register(
         store, task=task, version=version, passed=passed, artifact=result.artifact, model=model,
         base_model=result.base_model, trainer=options.trainer, dataset_hash=dataset.dataset_hash,
@@ -318,6 +320,23 @@ def _calibrate(answers: list[ModelAnswer], scores: list[Score], dataset_dir: Pat
                      student_cost_source=relative.source)
 
 
+def _predictor(calibration: Calibration | None, dataset_dir: Path, validation: list[ModelAnswer],
+               test: list[ModelAnswer]) -> dict[str, Any] | None:
+    """The version's pre-generation predictor (`distiller.predictor`), fitted on the validation split's cascade
+    outcomes at the calibrated threshold and judged on the test split's; None without a threshold."""
+    if calibration is None or calibration.threshold is None:
+        return None
+    threshold, confidence = calibration.threshold, CONFIDENCE_METHODS[calibration.method]
+
+    def outcomes(split: str, answers: list[ModelAnswer]) -> list[Outcome]:
+        return [(e.messages, not _failed(a, e) and confidence(a.logprobs) >= threshold)
+                for a, e in zip(answers, load_split(dataset_dir, split), strict=True)]
+
+    train = [e.messages for e in load_split(dataset_dir, "train")]
+    model, report = fit_predictor(train, outcomes("validation", validation), outcomes("test", test))
+    return {**report, **(model.to_json() if model is not None else {})}
+
+
 def _failed(answer: ModelAnswer, example: EvalExample) -> bool:
     if answer.error is not None or answer.message is None or not answer.logprobs:
         return True
@@ -349,10 +368,14 @@ def write_reports(outcome: DistillOutcome) -> None:
                   "|---|---|---|---|"]
         lines += [f"| {p.threshold:.4f} | {p.student_share:.2f} | {p.parity:.3f} | {p.cost_per_request:.3f} |"
                   for p in c.curve[1:]]
+    predictor = student.details.predictor
+    if predictor is not None:
+        lines += ["", "## Pre-generation predictor", "", f"- {predictor.get('reason')}"]
     (outcome.run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (outcome.run_dir / "report.json").write_text(json.dumps({
         "task": outcome.task, "version": student.version, "status": student.status, "passed": outcome.passed,
         "gate": outcome.gate_message, "dataset_hash": outcome.dataset_hash, "training_s": outcome.training_s,
         "evaluation": outcome.evaluation.to_dict() if outcome.evaluation else None,
         "calibration": outcome.calibration.to_dict() if outcome.calibration else None,
+        "predictor": {k: v for k, v in (predictor or {}).items() if k != "vocabulary"} or None,
     }, indent=2, default=str), encoding="utf-8")

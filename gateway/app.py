@@ -104,6 +104,7 @@ def build_students(settings: Settings, store: Store) -> Students | None:
     return Students(provider=provider, table=RoutingTable(store, cascade.refresh_s, load), price=price,
                     price_configured=price is not None,
                     degraded_mode=cascade.degraded_mode, shadow_rate=cascade.shadow_rate, early_stop=cascade.early_stop,
+                    predictor=cascade.predictor,
                     breaker=build_breaker("student", settings))
 
 

@@ -113,6 +113,9 @@ class CascadeConfig(_Strict):
 
     timeout_s: float = Field(default=10, gt=0, description="a slower student falls back to the teacher")
     degraded_mode: bool = Field(default=False, description="serve the student's answer when the teacher is down")
+    predictor: bool = Field(default=True, description="skip the student for requests its version's pre-generation "
+                            "predictor scores below its cutoff (only where the distiller found it measurably better "
+                            "on held-out traffic)")
     early_stop: bool = Field(default=True, description="stream the student's answer inside the gateway and stop it "
                              "as soon as it can no longer be accepted (confidence bound, JSON prefix, tool name), "
                              "so a fallback pays for a few student tokens; an accepted answer is the same either way")

@@ -73,6 +73,9 @@ class Metrics:
                                  ["task", "reason"], registry=registry)
         self.confidence = Histogram("protege_student_confidence", "Student confidence scores (log-probability)",
                                     ["task"], buckets=CONFIDENCE_BUCKETS, registry=registry)
+        self.predicted_skips = Counter("protege_student_predicted_skips", "Requests sent straight to the teacher "
+                                       "because the version's predictor expected the student to fail",
+                                       ["task"], registry=registry)
         self.early_stops = Counter("protege_student_early_stops", "Student answers stopped before their end because "
                                    "they could no longer be accepted, by reason (low_confidence, validator)",
                                    ["task", "reason"], registry=registry)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.capture import CaptureWriter, StreamAssembler
 from gateway.chat.accounting import Accounting, StudentOutcome, TeacherOutcome
-from gateway.chat.bodies import for_client, streamed, student_body, upstream_body
-from gateway.chat.early_stop import EarlyStop, Stop, stream_until_stopped
+from gateway.chat.attempts import StudentAttempts
+from gateway.chat.bodies import for_client, upstream_body
 from gateway.chat.live_scoring import LiveScorers
 from gateway.chat.shadow import ShadowScorer
 from gateway.chat.types import (
@@ -28,20 +28,15 @@ from gateway.chat.types import (
     TeacherSet,
 )
 from gateway.config import LimitsConfig, RetryConfig
-from gateway.errors import ProtegeError, UpstreamError, UpstreamTimeoutError
+from gateway.errors import ProtegeError, UpstreamError
 from gateway.metrics import Metrics
 from gateway.parity import LiveParity
 from gateway.providers.openai_compat import completion_as_chunks
 from gateway.providers.retry import open_stream, with_retries
 from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, check_request_size
 from gateway.router import (
-    Verdict,
-    confidence,
     in_rollout,
-    judge,
     student_messages,
-    token_logprobs,
-    validate_output,
 )
 from gateway.store import ExchangeStatus, StudentVersion
 from gateway.tracing import Tracing, annotate, current, end, event, request_attributes, usage_attributes
@@ -50,7 +45,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 log = logging.getLogger("protege.service")
-STUDENT_SYSTEM = "protege.student"  # gen_ai.provider.name of a student attempt: the task's own trained model
 
 
 class ChatService:
@@ -74,6 +68,7 @@ class ChatService:
         self.retry = retry
         self.students = students
         self.accounting = Accounting(capture, metrics, self.limiter, students, self.tracing)
+        self.attempts = StudentAttempts(students, metrics, self.tracing) if students is not None else None
         self.shadow = ShadowScorer(students.shadow_rate if students else 0.0, metrics, self.accounting, self.tracing,
                                    scorers, students.table.shadow_rate if students else None)
 
@@ -140,7 +135,7 @@ class ChatService:
                             ) -> tuple[StudentVersion, list[dict[str, Any]]] | None:
         """The task's active student and its messages, when it can take the request — and, with `rollout`, when
         the request is in its rollout share (degraded mode asks the student whatever the share)."""
-        if self.students is None:
+        if self.students is None or self.attempts is None:
             return None
         route = await self.students.table.route(req.task)
         if route is None:
@@ -151,54 +146,9 @@ class ChatService:
                         or not in_rollout(req.task, req.sticky_key, route.rollout_percent)):
             return None
         messages = student_messages(req.body.get("messages") or [], route.student)
-        return None if messages is None else (route.student, messages)
-
-    async def _ask_student(self, req: ChatRequest, student: StudentVersion, messages: list[dict[str, Any]], *,
-                           early_stop: bool = True) -> StudentAttempt:
-        assert self.students is not None
-        started = time.perf_counter()
-        body, provider = student_body(req.body, student, messages), self.students.provider
-        span = None if req.span is None else self.tracing.child(req.span, f"chat {student.model}", {
-            **request_attributes(body), "gen_ai.provider.name": STUDENT_SYSTEM, "gen_ai.system": STUDENT_SYSTEM,
-            "protege.student.version": student.version})
-        stop: Stop | None = None
-        try:
-            with current(span):
-                if early_stop and self.students.early_stop:
-                    completion, stop = await self.students.breaker.call(lambda: stream_until_stopped(
-                        provider.stream(streamed(body)), EarlyStop(req.body, student.threshold,
-                                                                   student.confidence_method)))
-                else:
-                    completion = await self.students.breaker.call(lambda: provider.complete(body))
-        except ProtegeError as exc:
-            if exc.status_code == 404:
-                self.students.table.forget_loaded(student)
-            reason = "student_timeout" if isinstance(exc, UpstreamTimeoutError) else "student_error"
-            log.info("student %s failed (%s): %s", student.model, reason, exc.message)
-            if span is not None:
-                annotate(span, {"protege.accepted": False, "protege.fallback_reason": reason})
-                end(span, error=exc.message)
-            return StudentAttempt(student, None, None, Verdict(False, reason, exc.message),  # type: ignore[arg-type]
-                                  messages)
-        self.metrics.upstream_latency.labels(ROUTE_STUDENT).observe(time.perf_counter() - started)
-        score = confidence(completion, student.confidence_method)
-        if stop is not None:  # a partial answer: its confidence so far is not the answer's
-            task = self.metrics.task_label(req.task)
-            self.metrics.early_stops.labels(task, stop.reason).inc()
-            self.metrics.early_stop_tokens.labels(task).inc(len(token_logprobs(completion)))
-            verdict = Verdict(False, stop.reason, stop.detail)  # type: ignore[arg-type]
-        else:
-            if score is not None:
-                self.metrics.confidence.labels(self.metrics.task_label(req.task)).observe(score)
-            verdict = judge(score, student.threshold, validate_output(req.body, completion))
-        if span is not None:
-            annotate(span, {**usage_attributes(completion), "protege.confidence": score,
-                            "protege.threshold": student.threshold, "protege.accepted": verdict.accept,
-                            "protege.fallback_reason": verdict.reason,
-                            "protege.fallback_detail": verdict.detail[:200]})
-            self.tracing.content(span, "gen_ai.output.messages", [c.get("message") for c in completion["choices"]])
-            end(span)
-        return StudentAttempt(student, completion, score, verdict, messages, stopped=stop is not None)
+        if messages is None or (rollout and self.attempts.predicted_to_fail(req, route.student)):
+            return None
+        return route.student, messages
 
     def _fell_back(self, req: ChatRequest, attempt: StudentAttempt) -> RouteInfo:
         reason = attempt.verdict.reason or "student_error"
@@ -212,9 +162,9 @@ class ChatService:
         """Ask the student when the request is routed to it: the attempt, the route so far, and the
         answer for the client when the student's is accepted."""
         plan = await self._student_plan(req)
-        if plan is None:
+        if plan is None or self.attempts is None:
             return None, RouteInfo(), None
-        attempt = await self._ask_student(req, *plan)
+        attempt = await self.attempts.ask(req, *plan)
         if attempt.verdict.accept and attempt.completion is not None:
             info = RouteInfo(ROUTE_STUDENT, attempt.student, attempt.confidence)
             self.accounting.student_served(StudentOutcome(req, attempt, info, teacher, stream=stream))
@@ -285,9 +235,9 @@ class ChatService:
             return None
         if attempt is None or attempt.stopped:  # a stopped answer is unfinished: the whole one is wanted now
             plan = await self._student_plan(req, rollout=False)
-            if plan is None:
+            if plan is None or self.attempts is None:
                 return None
-            attempt = await self._ask_student(req, *plan, early_stop=False)
+            attempt = await self.attempts.ask(req, *plan, early_stop=False)
         if attempt.completion is None:
             return None
         self.metrics.degraded.labels(self.metrics.task_label(req.task)).inc()

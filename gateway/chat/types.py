@@ -77,6 +77,7 @@ class Students:
     degraded_mode: bool = False
     shadow_rate: float = 0.0
     early_stop: bool = False  # `gateway.chat.early_stop`
+    predictor: bool = False  # use a version's pre-generation predictor where the distiller enabled it
     breaker: CircuitBreaker = field(default_factory=_no_breaker)
 
     def price_for(self, student: StudentVersion) -> Price | None:

@@ -172,6 +172,7 @@ class StudentDetails:
     cost_sources: dict[str, Any] | None = None  # how each cost was made (measured, configured, assumed)
     serving_price: ServingPrice | None = None  # a hosted student's per-token price at its provider
     scorer: dict[str, Any] | None = None  # `gateway.scoring.ScorerSpec`: how its answers are scored, everywhere
+    predictor: dict[str, Any] | None = None  # `gateway.chat.predictor`, with how it did (`distiller.predictor`)
 
     @property
     def offline_parity(self) -> float | None:
@@ -203,7 +204,8 @@ class StudentDetails:
                     training_s=self.training_s, training_cost_usd=self.training_cost_usd,
                     evaluation_cost_usd=self.evaluation_cost_usd, data_cost_usd=self.data_cost_usd,
                     cost_sources=self.cost_sources,
-                    serving_price=self.serving_price.to_json() if self.serving_price else None, scorer=self.scorer)
+                    serving_price=self.serving_price.to_json() if self.serving_price else None, scorer=self.scorer,
+                    predictor=self.predictor)
 
     @classmethod
     def from_json(cls, data: object) -> StudentDetails:
@@ -216,7 +218,8 @@ class StudentDetails:
                    training_s=_float(data.get("training_s")), training_cost_usd=_float(data.get("training_cost_usd")),
                    evaluation_cost_usd=_float(data.get("evaluation_cost_usd")),
                    data_cost_usd=_float(data.get("data_cost_usd")), cost_sources=_dict(data.get("cost_sources")),
-                   serving_price=ServingPrice.from_json(data.get("serving_price")), scorer=_dict(data.get("scorer")))
+                   serving_price=ServingPrice.from_json(data.get("serving_price")), scorer=_dict(data.get("scorer")),
+                   predictor=_dict(data.get("predictor")))
 
 
 # --- rollout ramps (`gateway.ramp`) -------------------------------------------------------------------------

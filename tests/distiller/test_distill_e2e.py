@@ -128,6 +128,14 @@ def test_capture_then_distill_registers_an_evaluated_student(
     # tiny model slower than a teacher is priced, so no bound on it is asserted here)
     assert calibration["student_cost"] > 0 and calibration["student_cost"] != ASSUMED_STUDENT_COST
     assert f"a student request costing {calibration['student_cost']:.4g} of a teacher's (measured" in markdown
+    # the pre-generation predictor, fitted on the validation outcomes at the calibrated threshold when there is one,
+    # and reported with why it is on or off
+    predictor = report["predictor"]
+    if calibration["threshold"] is None:
+        assert predictor is None
+    else:
+        assert predictor["reason"].startswith(("on:", "off:", "not fitted:")) and "vocabulary" not in predictor
+        assert "## Pre-generation predictor" in markdown
     assert (run_dir / "training" / "adapter" / "adapter_config.json").exists()
 
     second = distill(store, tiny_model, tmp_path / "runs", config)
