@@ -314,17 +314,27 @@ def add_report(sub: Subparsers) -> None:
 # --- demo --------------------------------------------------------------------------------------
 
 def add_demo(sub: Subparsers) -> None:
+    from distiller.demo.tasks import DEFAULT_TASK, TASKS
+
     p = sub.add_parser("demo", help="the whole loop on a built-in workload: capture → distil → cascade, with a report",
-                       description="Start a model server and a gateway, send support tickets with a long system "
-                       "prompt to the teacher, distil a prompt-distilled LoRA student, replay held-out tickets at "
-                       "rollout 100%% and report parity (with the base model and majority-answer baselines), cost, "
-                       "tokens and latency. Needs the local extra, openai and (for charts) matplotlib.")
-    p.add_argument("--requests", type=int, default=240, help="tickets in all; 80%% captured, 20%% held out "
-                   "(default 240)")
-    p.add_argument("--epochs", type=int, default=2, help="LoRA epochs (default 2)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+                       description="Start a model server and a gateway, send a built-in workload with a long system "
+                       "prompt to the teacher, distil a prompt-distilled LoRA student, replay held-out requests at "
+                       "rollout 100%% and report parity on the task's scorer (with the base model and majority-answer "
+                       "baselines), cost, tokens and latency. Tasks: "
+                       + "; ".join(f"{name}: {task.what}" for name, task in TASKS.items())
+                       + ". Needs the local extra, openai and (for charts) matplotlib.")
+    p.add_argument("--task", choices=list(TASKS), default=DEFAULT_TASK, help=f"the workload (default {DEFAULT_TASK}); "
+                   "the sizes below default to the task's own")
+    p.add_argument("--requests", type=int, help="requests in all; 80%% captured, 20%% held out (default 240 for "
+                   "support-extract, 360 for support-replies)")
+    p.add_argument("--epochs", type=int, help="LoRA epochs (default 2; 4 for support-replies)")
+    p.add_argument("--learning-rate", type=float, help="LoRA learning rate (default 1e-3)")
     p.add_argument("--max-steps", type=int, help="stop training after this many optimizer steps")
-    p.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each request (default 48)")
+    p.add_argument("--max-tokens", type=int, help="max_tokens of each request (default 48; 64 for support-replies)")
+    p.add_argument("--validation-fraction", type=float, metavar="FRACTION", help="share of the captured traffic "
+                   "the confidence threshold is calibrated on (default 0.2)")
+    p.add_argument("--test-fraction", type=float, metavar="FRACTION", help="share of the captured traffic the gate "
+                   "evaluates the student on (default 0.1; 0.2 for support-replies)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     p.add_argument("--teacher", metavar="MODEL", help="a hosted teacher, e.g. openai/gpt-4o-mini (key from the "
                    "provider's env var); default: the local model server (SmolLM2)")
@@ -334,9 +344,9 @@ def add_demo(sub: Subparsers) -> None:
     p.add_argument("--student-price", type=float, nargs=2, metavar=("IN", "OUT"), help="student USD per million "
                    "input and output tokens (default: priced by compute, compute.cpu_hour_usd's 0.10 USD an "
                    "hour over the throughput the model server measures)")
-    p.add_argument("--unusual", type=float, default=0.25, metavar="FRACTION", help="share of held-out tickets "
-                   "unlike any training ticket (another language, no order, several orders, garbled): what the "
-                   "cascade should hand to the teacher (default 0.25)")
+    p.add_argument("--unusual", type=float, metavar="FRACTION", help="share of held-out requests unlike any "
+                   "training request (another language, no order, several orders or an out-of-policy request, "
+                   "garbled): what the cascade should hand to the teacher (default 0.25)")
     p.add_argument("--model", metavar="PATH", help="local model folder for the model server and the student "
                    "(default SmolLM2-135M-Instruct)")
     p.add_argument("--runs-dir", default="runs/demo", help="where run folders go (default runs/demo)")

@@ -1,9 +1,11 @@
 """The demo's figures, from what the client saw, what the store holds and what `/metrics` counted.
 
-Parity is agreement with the teacher's answers (`gateway.scoring.agreement`: JSON field by field)
-on the held-out part, which the teacher answered once at rollout 0% (the reference) before it was
-replayed at rollout 100%. Costs are the store rows' `cost_usd` — the gateway's own pricing of each
-exchange — and are checked against the `protege_cost_usd_total` deltas of the same phases.
+Parity is agreement with the teacher's answers on the held-out part, which the teacher answered once at
+rollout 0% (the reference) before it was replayed at rollout 100%, on the scorer the student was registered
+with: JSON field by field (`gateway.scoring.agreement`) for the JSON task, similarity on the run's scale for
+free text (scored up front by `distiller.demo.scoring`, passed in as `score`). Costs are the store rows'
+`cost_usd` — the gateway's own pricing of each exchange — and are checked against the
+`protege_cost_usd_total` deltas of the same phases (shadow calls apart: they are the monitoring's cost).
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from distiller.calibrate import deferral_curve
-from distiller.demo.workload import Workload, expected_fields
+from distiller.demo.workload import expected_fields
 from distiller.evaluate import EvalExample, ScoreSummary, bootstrap_ci, completion_of, majority_answer
 from distiller.pipeline import DistillOutcome
 from gateway.scoring import agreement
 from gateway.store import Exchange
 
+if TYPE_CHECKING:
+    from distiller.demo.tasks import DemoWorkload
+
 ROUTES = ("student", "fallback", "teacher")
+Score = Callable[[str | None, str | None], float]  # (answer, the teacher's reference) → agreement in [0, 1]
+Checks = Callable[[str | None, Any], dict[str, bool]]  # (answer, ticket) → which of the prompt's rules it follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,9 @@ class DemoReport:
     latency_p50_s: dict[str, float | None]
     consistency: dict[str, Any]
     field_accuracy: dict[str, float | None]
+    scorer: dict[str, Any] | None = None  # the version's scorer as the distiller recorded it (scale, check set)
+    shadow: dict[str, Any] | None = None  # live parity from shadow scoring during the replay
+    rule_checks: dict[str, dict[str, float | None]] | None = None  # free text: share of answers following each rule
     charts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _curve: list[dict[str, float]] = field(default_factory=list, repr=False)  # the validation split's (calibration)
@@ -173,40 +181,82 @@ def student_message(row: Exchange | None) -> str | None:
     return str(content) if content is not None else None
 
 
-def _by_kind(workload: Workload, pairs: Sequence[tuple[Answer, Answer]],
-             row: Callable[[Answer], Exchange | None]) -> dict[str, dict[str, Any]]:
+def _by_kind(workload: DemoWorkload, pairs: Sequence[tuple[Answer, Answer]],
+             row: Callable[[Answer], Exchange | None], score: Score = agree) -> dict[str, dict[str, Any]]:
     """Per ticket kind (regular, or an unusual one): routes, and parity served and of the student alone."""
     out: dict[str, dict[str, Any]] = {}
     for kind in dict.fromkeys(workload.tickets[a.index].kind for _, a in pairs):
         mine = [(r, a) for r, a in pairs if workload.tickets[a.index].kind == kind]
         routed = [(r, a) for r, a in mine if a.route in ("student", "fallback")]
-        alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content) for r, a in routed]
+        alone = [score(_student_answer(a, row(a)), r.content) for r, a in routed]
         out[kind] = {"n": len(mine), "routes": dict(Counter(a.route or "error" for _, a in mine)),
-                     "served_parity": _mean(agree(a.content, r.content) for r, a in mine),
+                     "served_parity": _mean(score(a.content, r.content) for r, a in mine),
                      "student_alone_parity": _mean(alone)}
     return out
 
 
 # --- the report ------------------------------------------------------------------------------------------
 
-def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: DistillOutcome, promoted: bool,
+def _majority(captured: Sequence[Answer]) -> str:
+    """The majority-answer baseline's one answer, from the teacher's answers to the train part."""
+    answer = majority_answer([EvalExample([], {"role": "assistant", "content": text}) for text in
+                              [a.content for a in captured if a.error is None and a.content is not None]])
+    return str(answer.get("content") or "")
+
+
+def _paired(reference: Sequence[Answer], replayed: Sequence[Answer]) -> list[tuple[Answer, Answer]]:
+    """(the teacher's reference, the replayed answer) for each held-out request the teacher answered."""
+    refs = {a.index: a for a in reference}
+    return [(refs[a.index], a) for a in replayed if a.index in refs and refs[a.index].error is None]
+
+
+def _student_answer(answer: Answer, row: Exchange | None) -> str | None:
+    """What the student said to a routed request: its served answer, or the one the cascade rejected."""
+    return answer.content if answer.route == "student" else student_message(row)
+
+
+def answer_pairs(captured: Sequence[Answer], reference: Sequence[Answer], replayed: Sequence[Answer],
+                 rows: dict[str, Exchange]) -> list[tuple[str | None, str | None]]:
+    """Every (answer, reference) pair `build_report` scores: served, the student's own, the majority answer."""
+    majority, out = _majority(captured), []
+    for ref, answer in _paired(reference, replayed):
+        out += [(answer.content if answer.error is None else None, ref.content), (majority, ref.content)]
+        if answer.route in ("student", "fallback"):
+            out.append((_student_answer(answer, rows.get(answer.request_id or "")), ref.content))
+    return out
+
+
+def _rule_checks(checks: Checks, workload: DemoWorkload,
+                 pairs: Sequence[tuple[Answer, Answer]]) -> dict[str, dict[str, float | None]]:
+    """Per rule of the system prompt: the share of the teacher's and of the served answers that follow it."""
+    tickets = workload.tickets
+    teacher = [checks(r.content, tickets[r.index]) for r, _ in pairs]
+    served = [checks(a.content, tickets[a.index]) for _, a in pairs]
+    rules = list(dict.fromkeys(rule for found in teacher + served for rule in found))
+    return {rule: {"teacher": _mean(float(c[rule]) for c in teacher),
+                   "protege": _mean(float(c[rule]) for c in served)} for rule in rules}
+
+
+def build_report(*, run_dir: Path, workload: DemoWorkload, teacher: str, outcome: DistillOutcome, promoted: bool,
                  captured: Sequence[Answer], reference: Sequence[Answer], replayed: Sequence[Answer],
                  rows: dict[str, Exchange], metrics: dict[str, MetricsSnapshot], teacher_price: Prices,
-                 student_price: Prices, timings: dict[str, float], settings: dict[str, Any]) -> DemoReport:
+                 student_price: Prices, timings: dict[str, float], settings: dict[str, Any], score: Score = agree,
+                 json_fields: bool = True, checks: Checks | None = None,
+                 shadow: dict[str, Any] | None = None) -> DemoReport:
+    """`score` measures agreement with the teacher (JSON fields by default); `json_fields`: report the fields a
+    perfect extraction gets right; `checks`: the share of answers that follow each rule of the system prompt."""
     def row(answer: Answer) -> Exchange | None:
         return rows.get(answer.request_id) if answer.request_id else None
 
-    refs = {a.index: a for a in reference}
-    pairs = [(refs[a.index], a) for a in replayed if a.index in refs and refs[a.index].error is None]
-    served = [agree(a.content if a.error is None else None, r.content) for r, a in pairs]
+    pairs = _paired(reference, replayed)
+    served = [score(a.content if a.error is None else None, r.content) for r, a in pairs]
     routed_pairs = [(r, a) for r, a in pairs if a.route in ("student", "fallback")]
-    alone = [agree(a.content if a.route == "student" else student_message(row(a)), r.content) for r, a in routed_pairs]
+    alone = [score(_student_answer(a, row(a)), r.content) for r, a in routed_pairs]
     # the deferral curve measured on the replay: held-out traffic, which calibration never saw
     held_out_curve = deferral_curve([a.confidence if a.confidence is not None else -math.inf for _, a in routed_pairs],
                                     alone)
-    majority = majority_answer([EvalExample([], {"role": "assistant", "content": text})
-                                for text in [a.content for a in captured if a.error is None and a.content is not None]])
-    majority_scores = [agree(str(majority.get("content") or ""), r.content) for r, _ in pairs]
+    majority = _majority(captured)
+    majority_scores = [score(majority, r.content) for r, _ in pairs]
 
     routes = Counter(a.route or "error" for a in replayed)
     replay_rows = [r for a in replayed if (r := row(a)) is not None]
@@ -226,8 +276,11 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
     student_cost_each = _cost(student_rows) / len(student_rows) if student_rows else 0.0
     teacher_cost_each = teacher_cost / len(teacher_rows) if teacher_rows else 0.0
     m_teacher = metrics["teacher_pass"].total("protege_cost_usd_total")
-    m_replay = metrics["replay"].total("protege_cost_usd_total")
-    metric_routes = {k: int(v) for k, v in metrics["replay"].by_label("protege_requests_total", "route").items()}
+    # shadow calls (the teacher asked again for live parity) are counted apart, in `shadow`
+    m_replay = metrics["replay"].total("protege_cost_usd_total") - metrics["replay"].total(
+        "protege_cost_usd_total", route="shadow")
+    metric_routes = {k: int(v) for k, v in metrics["replay"].by_label("protege_requests_total", "route").items()
+                     if k != "shadow"}
 
     cumulative: dict[str, list[float]] = {"teacher_only": [], "protege": []}
     total_t = total_p = 0.0
@@ -269,7 +322,7 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
             "target_parity": calibration.target_parity, "student_share": round(calibration.point.student_share, 4),
             "parity": round(calibration.point.parity, 4), "apgr": round(calibration.apgr, 4)},
         held_out={"n": n, "routes": dict(routes), "fallback_reasons": dict(reasons),
-                  "by_kind": _by_kind(workload, pairs, row),
+                  "by_kind": _by_kind(workload, pairs, row, score),
                   "errors": sum(1 for a in replayed if a.error is not None),
                   "reference_errors": sum(1 for a in reference if a.error is not None),
                   "student_share": round(routes["student"] / n, 4) if n else 0.0,
@@ -298,7 +351,10 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
                      "cost_store_matches_metrics": abs(teacher_cost - m_teacher) < 1e-9
                      and abs(protege_cost - m_replay) < 1e-9},
         field_accuracy={"teacher": _mean(field_accuracy(r.content, messages[r.index]) for r, _ in pairs),
-                        "protege": _mean(field_accuracy(a.content, messages[a.index]) for _, a in pairs)},
+                        "protege": _mean(field_accuracy(a.content, messages[a.index]) for _, a in pairs)}
+        if json_fields else {"teacher": None, "protege": None},
+        scorer=outcome.evaluation.scorer if outcome.evaluation else None, shadow=shadow,
+        rule_checks=_rule_checks(checks, workload, pairs) if checks is not None else None,
         notes=notes,
         _curve=[{"student_share": p.student_share, "parity": p.parity, "threshold": p.threshold}
                 for p in (calibration.curve if calibration else [])],
@@ -306,195 +362,3 @@ def build_report(*, run_dir: Path, workload: Workload, teacher: str, outcome: Di
                           "threshold": p.threshold if math.isfinite(p.threshold) else None} for p in held_out_curve],
         _cumulative=cumulative)
     return report
-
-
-# --- rendering -------------------------------------------------------------------------------------------
-
-def _usd(value: float | None, digits: int = 8) -> str:
-    return "—" if value is None else f"${value:.{digits}f}"
-
-
-def _score(s: dict[str, float] | None) -> str:
-    return "—" if s is None else f"{s['mean']:.3f} [{s['ci_low']:.3f}–{s['ci_high']:.3f}] (n={int(s['n'])})"
-
-
-def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
-    return "—" if value is None else f"{value:.{digits}f}{suffix}"
-
-
-def summary_rows(report: DemoReport) -> list[tuple[str, str, str, str]]:
-    """(metric, teacher only, student alone, Protégé) rows for the final table and report.md. *Student alone* is
-    the student answering every request routed to it, its rejected answers included; Protégé is the cascade."""
-    c, t, h, lat = report.cost, report.tokens, report.held_out, report.latency_p50_s
-    evaluation = report.distill_evaluation or {}
-    base = next((b for b in evaluation.get("baselines", []) if str(b.get("name", "")).startswith("base")), None)
-    student_eval = evaluation.get("student")
-    saving = c.get("saving")
-    routed = h["routes"].get("student", 0) + h["routes"].get("fallback", 0)
-    rows = [
-        ("cost per request", _usd(c["teacher_only_per_request_usd"]), _usd(c.get("student_only_per_request_usd")),
-         _usd(c["protege_per_request_usd"]) + ("" if saving is None else f" ({saving:.0%} less)")),
-        ("input tokens per request", _num(t["teacher_only_input_per_request"]), _num(t["student_input_per_request"]),
-         _num(t["protege_input_per_request"])),
-        ("latency p50 (s)", _num(lat["teacher_only"], 2), "",
-         " / ".join(f"{r} {_num(lat[r], 2)}" for r in ROUTES if lat.get(r) is not None) or "—"),
-        ("parity with the teacher (held-out, 95% CI)", "1 (reference)", _score(report.parity["student_alone"]),
-         _score(report.parity["served"])),
-        ("majority-answer baseline", "", "", _score(report.parity["majority_answer"])),
-        ("student share / fallback rate", "0% / —", "100% / 0%" if routed else "—",
-         f"{h['student_share']:.0%} / " + ("—" if h["fallback_rate"] is None else f"{h['fallback_rate']:.0%}")),
-        ("fields right (vs the ticket)", _num(report.field_accuracy["teacher"], 3), "",
-         _num(report.field_accuracy["protege"], 3)),
-    ]
-    if student_eval is not None:
-        s = student_eval["score"]
-        rows.append(("distiller test split: student parity", "", f"{s['mean']:.3f} [{s['ci_low']:.3f}–"
-                     f"{s['ci_high']:.3f}] (n={s['n']})", ""))
-    if base is not None:
-        s = base["score"]
-        rows.append(("distiller test split: base model parity", "", f"{s['mean']:.3f} (n={s['n']})", ""))
-    return rows
-
-
-def summary_table(report: DemoReport) -> Table:
-    table = Table(title=f"Protégé demo — task {report.task}: teacher {report.teacher} → student {report.student} "
-                  f"({report.student_status})")
-    for column in ("metric", "teacher only", "student alone", "Protégé (cascade)"):
-        table.add_column(column)
-    for row in summary_rows(report):
-        table.add_row(*row)
-    return table
-
-
-def kind_rows(report: DemoReport) -> list[str]:
-    """report.md's lines on each ticket kind: where the cascade sent it and what that did to parity."""
-    lines = ["| tickets | n | routes | student alone | served (cascade) |", "|---|---|---|---|---|"]
-    for kind, k in (report.held_out.get("by_kind") or {}).items():
-        routes = ", ".join(f"{route} {count}" for route, count in k["routes"].items())
-        lines.append(f"| {kind} | {k['n']} | {routes} | {_num(k['student_alone_parity'], 2)} | "
-                     f"{_num(k['served_parity'], 2)} |")
-    return lines
-
-
-def to_markdown(report: DemoReport) -> str:
-    s = report.sizes
-    lines = [f"# Protégé demo — task `{report.task}`", "",
-             f"Teacher `{report.teacher}`; student `{report.student}` — **{report.student_status}** ({report.gate}).",
-             f"{s['requests']} tickets: {s['train']} captured for training, {s['held_out']} held out "
-             f"(answered by the teacher at rollout 0%, then replayed at rollout "
-             f"{100 if report.promoted else 0}%). Prices (USD per million tokens, input/output): teacher "
-             f"{report.prices['teacher']['input_usd_per_m']}/{report.prices['teacher']['output_usd_per_m']} "
-             f"({report.prices['teacher'].get('source', 'given')}), student "
-             f"{report.prices['student']['input_usd_per_m']}/{report.prices['student']['output_usd_per_m']} "
-             f"({report.prices['student'].get('source', 'given')}). Token counts are measured; costs are those "
-             "tokens at these prices.",
-             "", "| metric | teacher only | student alone | Protégé (cascade) |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(report)]
-    lines += ["", "Parity is agreement with the teacher's answer to the same held-out request (JSON field by field); "
-              "the majority-answer baseline answers every request with the field-by-field majority of the teacher's "
-              "JSON answers in the train part. *Student alone* scores (and prices) the student's own answers on the "
-              "requests routed to it, including those the cascade rejected: what serving it without a threshold "
-              "would give.", "", "### By kind of ticket", "",
-              f"A share of the held-out tickets ({report.settings.get('unusual_fraction', 0):.0%}) is unlike any "
-              "training ticket; the cascade should hand those to the teacher.", "", *kind_rows(report), ""]
-    c = report.curation
-    if c.get("splits"):
-        lines.append(f"Curated from {c.get('input')} captured exchanges: {c['splits']} "
-                     f"(dropped: {c.get('dropped') or 0}; prompt-distilled: {c.get('prompt_distilled')}).")
-    lines += ["", "## Held-out replay", "",
-              f"- routes (response headers): {report.held_out['routes']}; fallback reasons: "
-              f"{report.held_out['fallback_reasons'] or '—'}; errors: {report.held_out['errors']}",
-              f"- consistency: store {report.consistency['routes_in_store']}, /metrics "
-              f"{report.consistency['routes_in_metrics']}; costs in the store match /metrics: "
-              f"{report.consistency['cost_store_matches_metrics']}",
-              f"- cost: teacher only {_usd(report.cost['teacher_only_usd'], 6)}, Protégé "
-              f"{_usd(report.cost['protege_usd'], 6)} (store rows; /metrics says "
-              f"{_usd(report.cost['metrics_teacher_only_usd'], 6)} and {_usd(report.cost['metrics_protege_usd'], 6)})"]
-    if report.calibration:
-        c, served = report.calibration, report.parity["served"] or {}
-        lines.append(f"- calibration (validation split): {c['method']}, threshold {c['threshold']}, expected student "
-                     f"share {c['student_share']:.2f} at parity {c['parity']:.3f} (target {c['target_parity']}); "
-                     "measured on the held-out replay, which calibration never saw: student share "
-                     f"{report.held_out['student_share']:.2f} at parity {_num(served.get('mean'), 3)}")
-    lines += ["", "## Time", "", "| phase | seconds |", "|---|---|"]
-    lines += [f"| {k.removesuffix('_s')} | {v} |" for k, v in report.timings_s.items()]
-    if report.distill_evaluation:
-        lines += ["", "## Distiller evaluation (curated test split)", "",
-                  "| model | parity | 95% CI | n |", "|---|---|---|---|"]
-        for m in (report.distill_evaluation["student"], *report.distill_evaluation["baselines"]):
-            sc = m["score"]
-            lines.append(f"| {m['name']} | {sc['mean']:.3f} | {sc['ci_low']:.3f}–{sc['ci_high']:.3f} | {sc['n']} |")
-    if report.charts:
-        lines += ["", "## Charts", ""] + [f"![{Path(c).stem}]({Path(c).name})" for c in report.charts]
-    if report.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
-    lines += ["", f"Settings: `{json.dumps(report.settings)}`"]
-    return "\n".join(lines) + "\n"
-
-
-def write_charts(report: DemoReport) -> list[str]:
-    """cascade.png (the calibration's deferral curve with cost) and cumulative_cost.png; [] without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        report.notes.append("charts skipped: matplotlib is not installed")
-        return []
-    out = Path(report.run_dir)
-    written = []
-    ratio = report.cost.get("student_to_teacher_cost_ratio") or 0.1
-    if report._curve:
-        shares = [p["student_share"] for p in report._curve]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.plot(shares, [p["parity"] for p in report._curve], marker=".",
-                label="served parity (validation: calibrated on)")
-        if report._held_out_curve:
-            ax.plot([p["student_share"] for p in report._held_out_curve],
-                    [p["parity"] for p in report._held_out_curve], marker=".", color="tab:purple",
-                    label="served parity (held-out replay: not calibrated on)")
-        ax.set_xlabel("student share")
-        ax.set_ylabel("parity with the teacher")
-        ax.set_ylim(0, 1.05)
-        cost_ax = ax.twinx()
-        cost_ax.plot(shares, [ratio + 1 - s for s in shares], color="tab:orange", linestyle="--",
-                     label=f"cost × teacher-only (student = {ratio:.2f}× teacher, from the replay's rows)")
-        cost_ax.set_ylabel("cost relative to teacher only")
-        cost_ax.set_ylim(0, 1.2)
-        if report.calibration:
-            ax.scatter([report.calibration["student_share"]], [report.calibration["parity"]], color="tab:red",
-                       zorder=5, label="calibrated threshold")
-        served = report.parity["served"]
-        if served is not None:
-            ax.scatter([report.held_out["student_share"]], [served["mean"]], color="tab:green", marker="*", s=150,
-                       zorder=5, label="measured on the held-out replay")
-        handles = ax.get_legend_handles_labels()[0] + cost_ax.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, loc="lower left", fontsize=8)
-        ax.set_title("Cascade: student share vs parity vs cost")
-        fig.tight_layout()
-        fig.savefig(out / "cascade.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out / "cascade.png"))
-    if report._cumulative.get("teacher_only"):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        xs = range(1, len(report._cumulative["teacher_only"]) + 1)
-        ax.plot(xs, report._cumulative["teacher_only"], label="teacher only")
-        ax.plot(xs, report._cumulative["protege"], label="Protégé (student, fallback to teacher)")
-        ax.set_xlabel("held-out requests")
-        ax.set_ylabel("cumulative cost (USD)")
-        ax.legend()
-        ax.set_title("Cumulative cost over the replay")
-        fig.tight_layout()
-        fig.savefig(out / "cumulative_cost.png", dpi=110)
-        plt.close(fig)
-        written.append(str(out / "cumulative_cost.png"))
-    return written
-
-
-def write_report(report: DemoReport, *, charts: bool = True) -> None:
-    out = Path(report.run_dir)
-    if charts:
-        report.charts = write_charts(report)
-    (out / "report.md").write_text(to_markdown(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""`protege demo`: the whole loop on the built-in support-ticket workload, with real processes.
+"""`protege demo`: the whole loop on a built-in workload (`distiller.demo.tasks`), with real processes.
 
     model server ──┐ (teacher when no hosted teacher is given, and always the student server)
     gateway ───────┘ ← the openai SDK sends the workload through it
@@ -12,7 +12,9 @@
    so that it is not training data);
 5. replay: rollout 100% through the admin API, the held-out part again; routes come from the
    `x-protege-route` response headers;
-6. the report (`distiller.demo.report`): parity, baselines, cost, tokens, latency, charts.
+6. the report (`distiller.demo.report`): parity on the scorer the student was registered with (JSON fields,
+   or similarity on the run's scale for free text), baselines, cost, tokens, latency, charts; for a task
+   with shadow scoring (`support-replies`), the live parity the gateway measured on the same scale.
 
 One code path for both teachers: the model server is started here rather than by the gateway (as
 `protege serve` does when no teacher is configured), because the pipeline needs its address to load
@@ -25,17 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import openai
@@ -45,20 +44,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from distiller.dataset import CurationConfig
-from distiller.demo.report import Answer, DemoReport, MetricsSnapshot, Prices, build_report, write_report
-from distiller.demo.workload import TASK, Ticket, Workload, build_workload
+from distiller.demo.processes import REPO, Child, DemoError, start_child
+from distiller.demo.render import write_report
+from distiller.demo.report import Answer, DemoReport, MetricsSnapshot, Prices, answer_pairs, build_report
+from distiller.demo.scoring import answer_scores, shadow_summary, wait_for_shadow
+from distiller.demo.tasks import DEFAULT_TASK, DemoTask, DemoWorkload, demo_task
+from distiller.demo.workload import TASK
 from distiller.pipeline import DistillOptions, DistillOutcome, distill
 from distiller.registry import Gate
 from distiller.sufficiency import Minimums
 from distiller.trainers.base import TrainingJob
 from distiller.trainers.local import LocalLoRATrainer, process_alive
 from gateway.compute_price import ComputePricing, read_throughput
-from gateway.config import ComputeConfig
+from gateway.config import ComputeConfig, Settings
 from gateway.embedded import EMBEDDED_MODEL_NAME, free_port
 from gateway.pricing import lookup_price
 from gateway.store import Exchange, Store, open_store
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "Child", "DemoError", "DemoOptions", "DemoRun", "demo_options", "run_demo"]
+
 HOST = "127.0.0.1"
 # what the offline teacher costs: gpt-4o-mini's list price, standing in for the hosted teacher a real app pays
 DEFAULT_TEACHER_PRICE = Prices.per_million(
@@ -66,12 +70,11 @@ DEFAULT_TEACHER_PRICE = Prices.per_million(
 PRICE_REFRESH_S = 10  # how often the gateway re-reads the student server's measured throughput
 
 
-class DemoError(RuntimeError):
-    """The demo could not run; the message says why (and where the logs are)."""
-
-
 @dataclass(slots=True)
 class DemoOptions:
+    """The defaults are `support-extract`'s; `demo_options` applies another task's (`DemoTask.defaults`)."""
+
+    task: str = DEFAULT_TASK  # a name in `distiller.demo.tasks.TASKS`
     requests: int = 240  # total tickets; `train_fraction` of them are captured, the rest held out
     train_fraction: float = 0.8
     epochs: int = 2
@@ -81,6 +84,7 @@ class DemoOptions:
     # the share of captured traffic the confidence threshold is calibrated on; the distiller's default 0.1 gives ~17
     # examples here, where one confident mistake moves served parity by 6 points (more than the margin to 0.95)
     validation_fraction: float = 0.2
+    test_fraction: float = 0.1  # the share of captured traffic the gate evaluates the student on (the distiller's)
     minimums: Minimums = field(default_factory=Minimums)  # split sizes below which the distiller trains nothing
     concurrency: int = 8
     runs_dir: Path = Path("runs/demo")
@@ -93,7 +97,7 @@ class DemoOptions:
     gate: float = 0.90
     target_parity: float = 0.95
     seed: int = 0
-    stop: tuple[str, ...] | None = None  # None: one line of JSON ("\n") from the local teacher, none for hosted
+    stop: tuple[str, ...] | None = None  # None: the task's with the local teacher ("\n" for JSON), none for hosted
     threads: int | None = None  # model server torch threads; None: all cores
     startup_timeout_s: float = 300
     charts: bool = True
@@ -102,74 +106,23 @@ class DemoOptions:
     def local_teacher(self) -> bool:
         return self.teacher is None
 
+    @property
+    def spec(self) -> DemoTask:
+        return demo_task(self.task)
+
     def stop_sequences(self) -> list[str] | None:
-        stop = self.stop if self.stop is not None else (("\n",) if self.local_teacher else ())
+        stop = self.stop if self.stop is not None else (self.spec.local_stop if self.local_teacher else ())
         return list(stop) or None
 
-
-# --- child processes -------------------------------------------------------------------------------------
-
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the demo dies without cleaning up (e.g. SIGKILL)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    def build_workload(self) -> DemoWorkload:
+        return self.spec.build_workload(self.requests, train_fraction=self.train_fraction, seed=self.seed,
+                                        unusual_fraction=self.unusual_fraction)
 
 
-@dataclass(slots=True)
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    _out: IO[bytes] | None = None
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._out is not None:
-            self._out.close()
-
-
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    # the run's config file is the whole configuration: PROTEGE_* settings of the caller's shell would
-    # override it (environment beats YAML), so they are left out; provider keys pass through
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEGE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    return {**env, **extra}
-
-
-def start_child(name: str, cmd: Sequence[str], log: Path, health_url: str, timeout_s: float,
-                env: dict[str, str] | None = None) -> Child:
-    out = log.open("ab")
-    proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=_child_env(env or {}), cwd=REPO, preexec_fn=_die_with_parent)
-    child = Child(name, proc, log, out)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            child.stop()
-            raise DemoError(f"the {name} exited with code {proc.returncode}; log {log}:\n{child.tail()}")
-        try:
-            if httpx.get(health_url, timeout=1).status_code == 200:
-                return child
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    child.stop()
-    raise DemoError(f"the {name} did not answer {health_url} within {timeout_s:.0f} s; log {log}:\n{child.tail()}")
+def demo_options(task: str = DEFAULT_TASK, **given: Any) -> DemoOptions:
+    """The options of `task`: its own defaults, then every value given that is not None."""
+    values = {**demo_task(task).defaults, **{k: v for k, v in given.items() if v is not None}}
+    return DemoOptions(task=task, **values)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -179,7 +132,7 @@ class DemoRun:
     """The demo's processes and how to talk to them (also used by `bench/cascade` on a finished run)."""
 
     options: DemoOptions
-    workload: Workload
+    workload: DemoWorkload
     run_dir: Path  # config, logs and the store (unless `store_file` names another)
     store_file: Path | None = None
     children: list[Child] = field(default_factory=list)
@@ -188,6 +141,10 @@ class DemoRun:
     model_port: int = 0
     gateway_port: int = 0
     served_name: str = EMBEDDED_MODEL_NAME
+
+    @property
+    def task(self) -> str:
+        return self.workload.task
 
     @property
     def model_api_base(self) -> str:
@@ -243,7 +200,10 @@ class DemoRun:
         return {
             "host": HOST, "port": self.gateway_port, "store": self.store_url, "teachers": [teacher], **settings,
             "student_api_base": self.model_api_base, "log_level": "warning",
-            "cascade": {"refresh_s": 0.5, "shadow_rate": 0.0, "timeout_s": 60, **student_price},
+            # shadow scoring: the teacher is asked too for this share of student answers, and the pair is scored
+            # on the version's scorer (similarity through the model server's /v1/embeddings): live parity
+            "cascade": {"refresh_s": 0.5, "shadow_rate": self.options.spec.shadow_rate, "timeout_s": 60,
+                        **student_price},
             "compute": {"price_refresh_s": PRICE_REFRESH_S},
         }
 
@@ -293,15 +253,17 @@ class DemoRun:
         async with openai.AsyncOpenAI(base_url=f"{self.gateway_url}/v1", api_key="unused", max_retries=0,
                                       timeout=600) as client:
 
-            async def one(index: int, ticket: Ticket) -> Answer:
+            response_format: Any = {"type": "json_object"} if self.options.spec.json_answers else openai.omit
+
+            async def one(index: int, ticket: Any) -> Answer:
                 messages: Any = self.workload.messages(ticket)
                 async with semaphore:
                     started = time.perf_counter()
                     try:
                         raw = await client.chat.completions.with_raw_response.create(
                             model=model, messages=messages, temperature=0, max_tokens=self.options.max_tokens,
-                            stop=stop or openai.omit, response_format={"type": "json_object"},
-                            extra_headers={"X-Protege-Task": TASK})
+                            stop=stop or openai.omit, response_format=response_format,
+                            extra_headers={"X-Protege-Task": self.task})
                         completion = raw.parse()
                         confidence = raw.headers.get("x-protege-confidence")
                         answer = Answer(index, raw.headers.get("x-request-id"), raw.headers.get("x-protege-route"),
@@ -324,14 +286,14 @@ class DemoRun:
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for family in text_string_to_metric_families(response.text):
             for sample in family.samples:
-                if sample.labels.get("task", TASK) == TASK and sample.name.endswith("_total"):
+                if sample.labels.get("task", self.task) == self.task and sample.name.endswith("_total"):
                     values[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
         return MetricsSnapshot(values)
 
     async def admin(self, path: str, body: dict[str, Any]) -> None:
         """PUT an admin setting of the demo task, e.g. `rollout` or `threshold`."""
         async with httpx.AsyncClient(timeout=30) as client:
-            response = await client.put(f"{self.gateway_url}/admin/tasks/{TASK}/{path}", json=body,
+            response = await client.put(f"{self.gateway_url}/admin/tasks/{self.task}/{path}", json=body,
                                         headers={"authorization": f"Bearer {self.admin_token}"})
         if response.status_code != 200:
             raise DemoError(f"the gateway refused {path} {body}: {response.status_code} {response.text[:300]}")
@@ -340,11 +302,12 @@ class DemoRun:
         await self.admin("rollout", {"percent": percent})
 
 
-async def wait_for_rows(store: Store, request_ids: set[str], timeout_s: float = 60) -> dict[str, Exchange]:
+async def wait_for_rows(store: Store, request_ids: set[str], timeout_s: float = 60,
+                        task: str = TASK) -> dict[str, Exchange]:
     """The captured rows of these requests (capture is asynchronous and batched: wait for all of them)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = {e.request_id: e for e in await store.list_exchanges(task=TASK) if e.request_id in request_ids}
+        rows = {e.request_id: e for e in await store.list_exchanges(task=task) if e.request_id in request_ids}
         if len(rows) == len(request_ids) or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(0.2)
@@ -393,7 +356,7 @@ async def _run_phases(run: DemoRun, progress: Progress) -> DemoReport:
             failed = [a for a in captured if a.error is not None]
             if len(failed) == len(captured):
                 raise DemoError(f"every capture request failed, e.g. {failed[0].error}; logs in {run.run_dir}")
-            capture_rows = await wait_for_rows(store, {a.request_id for a in captured if a.request_id})
+            capture_rows = await wait_for_rows(store, {a.request_id for a in captured if a.request_id}, task=run.task)
 
         with _Phase(timings, "distill_s", console):
             outcome = await _distill(run, store, progress)
@@ -407,28 +370,44 @@ async def _run_phases(run: DemoRun, progress: Progress) -> DemoReport:
         promoted = outcome.student.status == "active"
         if promoted:
             await run.set_rollout(100)
+        shadow_rows: list[Exchange] = []
         with _Phase(timings, "replay_s", console):
             label = f"replay: {len(workload.held_out)} held-out tickets, rollout {100 if promoted else 0}%"
             replayed = await run.send(workload.held_out_indices, progress, label)
             after_replay = await run.metrics()
+        shadow_rate = options.spec.shadow_rate
+        if promoted and shadow_rate > 0:
+            with _Phase(timings, "shadow_wait_s", console):
+                progress.add_task("shadow scoring: waiting for the gateway's teacher calls", total=None)
+                shadow_rows = await wait_for_shadow(store, run.task, replayed, rate=shadow_rate)
+                after_replay = await run.metrics()
         ids = {a.request_id for a in (*reference, *replayed) if a.request_id}
-        rows = {**capture_rows, **await wait_for_rows(store, ids)}
+        rows = {**capture_rows, **await wait_for_rows(store, ids, task=run.task)}
         teacher_price, student_price = run.teacher_price(), await run.student_price()
+        with _Phase(timings, "scoring_s", console):
+            score = await answer_scores(outcome, run.model_api_base, answer_pairs(captured, reference, replayed, rows))
     finally:
         await store.close()
+    replay_metrics = after_teacher.delta(after_replay)
+    shadow = shadow_summary(shadow_rows, replayed, outcome.student.version, shadow_rate, replay_metrics) \
+        if promoted and shadow_rate > 0 else None
     return build_report(
         run_dir=run.run_dir, workload=workload, teacher=run.teacher_model(), outcome=outcome, promoted=promoted,
         captured=captured, reference=reference, replayed=replayed, rows=rows,
         metrics={"capture": before_capture.delta(before_teacher), "teacher_pass": before_teacher.delta(after_teacher),
-                 "replay": after_teacher.delta(after_replay)},
-        teacher_price=teacher_price, student_price=student_price, timings=dict(timings),
-        settings={"requests": options.requests, "train_fraction": options.train_fraction, "epochs": options.epochs,
+                 "replay": replay_metrics},
+        teacher_price=teacher_price, student_price=student_price, timings=dict(timings), score=score,
+        json_fields=options.spec.json_answers, checks=options.spec.checks, shadow=shadow,
+        settings={"task": options.task, "requests": options.requests, "train_fraction": options.train_fraction,
+                  "epochs": options.epochs,
                   "learning_rate": options.learning_rate,
                   "max_steps": options.max_steps, "validation_fraction": options.validation_fraction,
+                  "test_fraction": options.test_fraction,
                   "max_tokens": options.max_tokens, "concurrency": options.concurrency, "seed": options.seed,
                   "stop": options.stop_sequences(), "base_model": options.base_model or "SmolLM2-135M-Instruct",
                   "gate": options.gate, "target_parity": options.target_parity,
-                  "unusual_fraction": options.unusual_fraction})
+                  "unusual_fraction": options.unusual_fraction, "keep_truncated": options.spec.keep_truncated,
+                  "shadow_rate": shadow_rate})
 
 
 async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOutcome:
@@ -436,18 +415,22 @@ async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOut
     trainer_config: dict[str, Any] = {"epochs": options.epochs, "learning_rate": options.learning_rate}
     if options.max_steps is not None:
         trainer_config["max_steps"] = options.max_steps
+    # the gateway's settings: the distiller asks the same teacher (at its price) for the similarity scale
+    settings = Settings.model_validate(run.gateway_config())
     distill_options = DistillOptions(
         runs_dir=run.run_dir / "distill", trainer="local", trainer_config=trainer_config,
-        curation=CurationConfig(validation_fraction=options.validation_fraction),
-        base_model=options.base_model, gate=Gate(options.gate), target_parity=options.target_parity, promote=True,
-        minimums=options.minimums, max_eval_tokens=options.max_tokens, poll_interval_s=0.5)
+        curation=CurationConfig(validation_fraction=options.validation_fraction, test_fraction=options.test_fraction,
+                                keep_truncated=options.spec.keep_truncated),
+        settings=settings, base_model=options.base_model, gate=Gate(options.gate),
+        target_parity=options.target_parity, promote=True, minimums=options.minimums,
+        max_eval_tokens=options.max_tokens, poll_interval_s=0.5)
     task_id = progress.add_task("distil: curate", total=1.0)
 
     def report(message: str, fraction: float | None) -> None:
         progress.update(task_id, description=f"distil: {message}",
                         completed=fraction if fraction is not None and message.startswith("training") else None)
 
-    outcome = await distill(store, TASK, distill_options, student_api_base=run.model_api_base, progress=report)
+    outcome = await distill(store, run.task, distill_options, student_api_base=run.model_api_base, progress=report)
     progress.update(task_id, completed=1.0, description=f"distil: version {outcome.student.version} "
                     f"{outcome.student.status} ({outcome.gate_message})")
     return outcome
@@ -456,8 +439,7 @@ async def _distill(run: DemoRun, store: Store, progress: Progress) -> DistillOut
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoReport:
     """Run the demo end to end and write its report into a new folder under `options.runs_dir`."""
     console = console or Console(stderr=True)
-    workload = build_workload(options.requests, train_fraction=options.train_fraction, seed=options.seed,
-                              unusual_fraction=options.unusual_fraction)
+    workload = options.build_workload()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = options.runs_dir / stamp
     for n in range(2, 100):
@@ -486,12 +468,14 @@ def cmd_demo(args: Any) -> int:
     """`protege demo` (flags defined in `distiller.cli.add_demo`)."""
     import orjson
 
-    from distiller.demo.report import summary_table
+    from distiller.demo.render import summary_table
     from distiller.pipeline import DistillError
 
-    options = DemoOptions(
-        requests=args.requests, epochs=args.epochs, learning_rate=args.learning_rate, max_steps=args.max_steps,
-        max_tokens=args.max_tokens,
+    # flags left out (None) take the task's defaults
+    options = demo_options(
+        args.task, requests=args.requests, epochs=args.epochs, learning_rate=args.learning_rate,
+        max_steps=args.max_steps, max_tokens=args.max_tokens, validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction,
         concurrency=args.concurrency, runs_dir=Path(args.runs_dir), teacher=args.teacher,
         teacher_api_base=args.teacher_api_base,
         teacher_price=Prices.per_million(*args.teacher_price) if args.teacher_price else None,

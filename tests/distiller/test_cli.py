@@ -68,5 +68,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "rollout", "--task", TASK)
-    assert code == 2 and out == "" and "usage: protege rollout" in err and "--percent" in err
+    code, out, err = run_cli(capsys, "rollout", "--percent", "5")
+    assert code == 2 and out == "" and "usage: protege rollout" in err and "--task" in err
+    code, out, err = run_cli(capsys, "rollout", "--task", TASK, "--percent", "5", "--ramp", "5,50")
+    assert code == 2 and out == "" and "not allowed with argument" in err

@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from distiller.demo.report import Prices
-from distiller.demo.run import DemoOptions, run_demo
+from distiller.demo.run import DemoOptions, demo_options, run_demo
 from distiller.demo.workload import SYSTEM_PROMPT, TASK, UNUSUAL_KINDS, build_workload, expected_fields, unusual_ticket
 from distiller.sufficiency import Minimums
 from gateway.store import Exchange, open_store
@@ -59,11 +59,11 @@ def test_workload_is_deterministic_varied_and_mostly_copying() -> None:
     assert len(Counter(t.fields["product"] for t in held_regular)) >= 8
 
 
-async def _rows(store_url: str) -> list[Exchange]:
+async def _rows(store_url: str, task: str = TASK) -> list[Exchange]:
     store = open_store(store_url)
     await store.open()
     try:
-        return await store.list_exchanges(task=TASK)
+        return await store.list_exchanges(task=task)
     finally:
         await store.close()
 
@@ -126,3 +126,43 @@ def test_demo_runs_the_whole_loop_and_reports_what_the_store_says(katan: Server,
     # every child process is gone
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_demo_runs_the_free_text_task_on_the_similarity_scorer(katan: Server, tiny_model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`support-replies` at a tiny size: no JSON format and no stop sequence in its requests, the similarity
+    scorer chosen from the teacher's free text, its scale and labelled check set in the report, and the held-out
+    replay scored on the same scale (the random student is rejected: no shadow comparisons to report)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-upstream-secret-123456")
+    options = demo_options("support-replies", requests=40, epochs=1, max_steps=1, max_tokens=8, concurrency=4,
+                           validation_fraction=0.3,
+                           runs_dir=tmp_path / "runs", teacher="openai/echo-model",
+                           teacher_api_base=f"{katan.url}/v1", teacher_price=Prices.per_million(0.15, 0.60),
+                           base_model=str(tiny_model), threads=1, charts=False,
+                           minimums=Minimums(train=8, validation=2, test=1))
+    report = run_demo(options, console=Console(file=io.StringIO()))
+
+    assert report.task == "support-replies" and report.settings["stop"] is None
+    assert report.sizes == {"requests": 40, "train": 32, "held_out": 8, "captured_ok": 32}
+    rows = asyncio.run(_rows(f"sqlite:///{Path(report.run_dir) / 'store.db'}", "support-replies"))
+    assert len(rows) == 32 + 8 + 8
+    assert all("response_format" not in r.request and "stop" not in r.request for r in rows)
+    # the scorer: similarity, chosen from the teacher's free text, on a scale measured in this run
+    scorer = report.scorer or {}
+    assert scorer["kind"] == "similarity" and scorer["chosen_by"] == "auto: free text"
+    assert scorer["scale"]["same"] > scorer["scale"]["other"]
+    assert scorer["check"]["items"] == 56 and 0 <= scorer["check"]["accuracy"] <= 1
+    names = [b["name"] for b in (report.distill_evaluation or {})["baselines"]]
+    assert names[0].endswith("without the task's system prompt") and names[-1].startswith("random answer")
+    markdown = (Path(report.run_dir) / "report.md").read_text()
+    assert "scorer: **similarity** (auto: free text)" in markdown
+    assert "accuracy on the labelled check set (56 items)" in markdown
+    assert "### The system prompt's rules" in markdown and "fields right" not in markdown
+    # the replay, scored on the similarity scale: the rejected student left it to the teacher
+    assert report.student_status == "rejected" and report.held_out["routes"] == {"teacher": 8}
+    assert report.parity["served"] is not None and report.parity["served"]["n"] == 8
+    assert report.parity["majority_answer"] is not None and report.shadow is None
+    assert report.rule_checks is not None and len(report.rule_checks) == 4
+    assert report.consistency["cost_store_matches_metrics"] is True
+    assert report.consistency["store_rows"] == {"capture": 32, "teacher_pass": 8, "replay": 8}
