@@ -81,7 +81,7 @@ class Accounting:
             extra = dataclasses.replace(extra, student=StudentNote(
                 version=attempt.student.version, model=attempt.student.model, confidence=attempt.confidence,
                 reason=attempt.verdict.reason, detail=attempt.verdict.detail[:500], message=answer[0].get("message"),
-                cost_usd=student_cost))
+                cost_usd=student_cost, completion_tokens=usage_of(attempt.completion)[1]))
         parts = [c for c in (teacher_cost, student_cost) if c is not None]
         cost = sum(parts) if parts else None
         counterfactual = 0.0 if o.info.route == ROUTE_SHADOW else teacher_cost

@@ -47,10 +47,12 @@ class StudentNote:
     detail: str | None = None
     message: dict[str, Any] | None = None
     cost_usd: float | None = None
+    completion_tokens: int | None = None  # what the rejected attempt generated (early stop keeps it small)
 
     def to_json(self) -> dict[str, Any]:
         return _set(version=self.version, model=self.model, confidence=self.confidence, reason=self.reason,
-                    detail=self.detail, message=self.message, cost_usd=self.cost_usd)
+                    detail=self.detail, message=self.message, cost_usd=self.cost_usd,
+                    completion_tokens=self.completion_tokens)
 
     @classmethod
     def from_json(cls, data: object) -> StudentNote | None:
@@ -59,7 +61,7 @@ class StudentNote:
         return cls(version=_int(data.get("version")), model=_str(data.get("model")),
                    confidence=_float(data.get("confidence")), reason=_str(data.get("reason")),
                    detail=_str(data.get("detail")), message=_dict(data.get("message")),
-                   cost_usd=_float(data.get("cost_usd")))
+                   cost_usd=_float(data.get("cost_usd")), completion_tokens=_int(data.get("completion_tokens")))
 
 
 @dataclass(frozen=True, slots=True)

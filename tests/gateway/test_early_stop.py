@@ -147,6 +147,7 @@ def test_a_hopeless_answer_is_stopped_and_its_slot_freed(gateways: Any, tiny_stu
     [row] = [r for r in gateway.rows() if r.route == "fallback"]
     note = row.extra.student
     assert note is not None and note.reason == "low_confidence" and "stopped after 1 tokens" in note.detail
+    assert note.completion_tokens == 1  # what the rejected attempt generated, kept on the row
     # billed for what it read and generated before the stop (the server's usage on every chunk)
     assert note.cost_usd is not None and 2e-8 < note.cost_usd < 1e-8 * 100 + 2e-8 * 40
     after = engine_counters(tiny_student)
@@ -156,8 +157,11 @@ def test_a_hopeless_answer_is_stopped_and_its_slot_freed(gateways: Any, tiny_stu
 
     # early stop off: the whole answer is generated before it is rejected
     before = engine_counters(tiny_student)
-    assert ask(gateways(threshold=-0.001, early_stop=False)).headers["x-protege-route"] == "fallback"
+    whole = gateways(threshold=-0.001, early_stop=False)
+    assert ask(whole).headers["x-protege-route"] == "fallback"
     assert engine_counters(tiny_student)["generated_tokens"] - before["generated_tokens"] == 40
+    [row] = [r for r in whole.rows() if r.route == "fallback"]
+    assert row.extra.student is not None and row.extra.student.completion_tokens == 40
 
 
 def test_an_accepted_answer_is_the_same_with_early_stop_on_or_off(gateways: Any) -> None:
