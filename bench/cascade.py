@@ -14,7 +14,11 @@ responses, costs from the captured rows — the gateway's own pricing):
    confidence reaches the threshold and its answer passes the validators, otherwise it falls back and
    pays the teacher's answer too;
 3. rollout 100 % at the calibrated threshold (chosen by the distiller on the validation split, never on
-   these tickets): the measured operating point, to check against the curve's prediction.
+   these tickets): the measured operating point, to check against the curve's prediction;
+4. the same cascade four more times, the gateway restarted with early stop (`cascade.early_stop`) and the
+   pre-generation predictor (`cascade.predictor`) each off and on: what a rejected request costs in student
+   tokens and in latency (fallback p50/p99), the student's share, served parity and cost under each. The
+   predictor acts only where the distiller turned it on for the version; the result says whether it did.
 
 Parity is agreement with the reference (`gateway.scoring.agreement`, JSON field by field) with a 95 %
 bootstrap interval; a fallback's answer is the teacher's own. Cost per request is relative to the
@@ -135,7 +139,9 @@ async def measure(run: DemoRun, console: Console) -> dict[str, Any]:
             asked = await run.send(indices, progress, "student, validators only: every answer and confidence")
             await run.admin("threshold", {"threshold": calibrated})
             served = await run.send(indices, progress, f"cascade at the calibrated threshold {calibrated}")
-        ids = {a.request_id for a in (*reference, *asked, *served) if a.request_id}
+            variant_answers = await _variant_passes(run, indices, progress)
+        ids = {a.request_id for a in (*reference, *asked, *served, *(a for v in variant_answers.values() for a in v))
+               if a.request_id}
         rows = await wait_for_rows(store, ids)
         # the majority baseline learns from the train part only (the store also holds the demo's own
         # held-out passes)
@@ -144,7 +150,49 @@ async def measure(run: DemoRun, console: Console) -> dict[str, Any]:
                     and (e.request.get("messages") or [{}])[-1].get("content") in train]
     finally:
         await store.close()
-    return summarise(run, student, reference, asked, served, rows, captured)
+    result = summarise(run, student, reference, asked, served, rows, captured)
+    result["variants"] = {name: variant(answers, reference, rows) for name, answers in variant_answers.items()}
+    result["predictor"] = {k: (student.get("predictor") or {}).get(k) for k in ("enabled", "reason")}
+    return result
+
+
+VARIANTS = {"early stop off, predictor off": (False, False), "early stop on, predictor off": (True, False),
+            "early stop off, predictor on": (False, True), "early stop on, predictor on": (True, True)}
+
+
+async def _variant_passes(run: DemoRun, indices: range, progress: Any) -> dict[str, list[Answer]]:
+    answers = {}
+    for name, (early_stop, predictor) in VARIANTS.items():
+        run.restart_gateway(early_stop=early_stop, predictor=predictor)  # the store keeps rollout and threshold
+        answers[name] = await run.send(indices, progress, f"cascade, {name}")
+    return answers
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
+def variant(answers: Sequence[Answer], reference: Sequence[Answer], rows: dict[str, Exchange]) -> dict[str, Any]:
+    """One cascade pass: routes, what each rejected request cost in student tokens and time, parity, cost."""
+    refs = {a.index: a for a in reference if a.error is None}
+    teacher_total = sum(_cost(rows.get(a.request_id or "")) for a in refs.values())
+    measured = [a for a in answers if a.index in refs]
+    fallbacks = [a for a in measured if a.route == "fallback"]
+    notes = [r.extra.student for a in fallbacks if (r := rows.get(a.request_id or "")) and r.extra.student]
+    tokens = [n.completion_tokens for n in notes if n.completion_tokens is not None]
+    scores = [agree(a.content if a.error is None else None, refs[a.index].content) for a in measured]
+    parity = bootstrap_ci(scores)
+    return {
+        "requests": len(measured), "errors": sum(a.error is not None for a in answers),
+        "routes": {route: sum(a.route == route for a in measured) for route in ("student", "fallback", "teacher")},
+        "student_share": sum(a.route == "student" for a in measured) / len(measured) if measured else None,
+        "served_parity": parity.mean, "served_parity_ci": [parity.ci_low, parity.ci_high],
+        "cost": sum(_cost(rows.get(a.request_id or "")) for a in measured) / teacher_total if teacher_total else None,
+        "fallback_latency_s": {"p50": _percentile([a.latency_s for a in fallbacks], 0.5),
+                               "p99": _percentile([a.latency_s for a in fallbacks], 0.99), "n": len(fallbacks)},
+        "student_tokens_per_rejected_request": sum(tokens) / len(tokens) if tokens else None,
+    }
 
 
 def summarise(run: DemoRun, student: dict[str, Any], reference: Sequence[Answer], asked: Sequence[Answer],
@@ -234,6 +282,16 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{result['student_input_tokens_per_request']} (student). Target ≥ {TARGET_PARITY:.0%} parity at ≤ "
         f"{TARGET_COST:.0%} cost: {'met' if result['targets']['met'] else 'NOT met'}.",
         "",
+        f"Early stop and the pre-generation predictor (the version's predictor: {result['predictor']['reason']}):",
+        "",
+        "| cascade | student / fallback / teacher | served parity | cost | fallback latency p50 / p99 (s) | "
+        "student tokens per rejected request |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(f"| {name} | {v['routes']['student']} / {v['routes']['fallback']} / {v['routes']['teacher']} | "
+          f"{v['served_parity']:.3f} [{v['served_parity_ci'][0]:.3f}–{v['served_parity_ci'][1]:.3f}] | "
+          f"{_fmt(v['cost'])} | {_fmt(v['fallback_latency_s']['p50'], 2)} / {_fmt(v['fallback_latency_s']['p99'], 2)} "
+          f"| {_fmt(v['student_tokens_per_rejected_request'], 1)} |" for name, v in result["variants"].items()),
+        "",
         "| threshold | student share | parity | cost |",
         "| --- | --- | --- | --- |",
     ]
@@ -241,6 +299,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {point['threshold']:.4f} | {point['student_share']:.0%} | {point['parity']:.3f} "
                      f"| {point['cost']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def write_chart(result: dict[str, Any], path: Path) -> None:

@@ -233,7 +233,9 @@ def student_view(s: StudentVersion) -> dict[str, Any]:
             "evaluation": s.details.evaluation,
             "costs": {"training_usd": s.details.training_cost_usd, "evaluation_usd": s.details.evaluation_cost_usd,
                       "data_usd": s.details.data_cost_usd, "sources": s.details.cost_sources},
-            "serving_price": s.details.serving_price.to_json() if s.details.serving_price else None}
+            "serving_price": s.details.serving_price.to_json() if s.details.serving_price else None,
+            "predictor": {k: (s.details.predictor or {}).get(k) for k in ("enabled", "reason", "cutoff")}
+            if s.details.predictor else None}
 
 
 async def routing_changed(state: GatewayState) -> None:

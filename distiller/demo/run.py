@@ -141,6 +141,7 @@ class DemoRun:
     model_port: int = 0
     gateway_port: int = 0
     served_name: str = EMBEDDED_MODEL_NAME
+    cascade: dict[str, Any] = field(default_factory=dict)  # the gateway's cascade settings beyond the demo's
 
     @property
     def task(self) -> str:
@@ -203,7 +204,7 @@ class DemoRun:
             # shadow scoring: the teacher is asked too for this share of student answers, and the pair is scored
             # on the version's scorer (similarity through the model server's /v1/embeddings): live parity
             "cascade": {"refresh_s": 0.5, "shadow_rate": self.options.spec.shadow_rate, "timeout_s": 60,
-                        **student_price},
+                        **student_price, **self.cascade},
             "compute": {"price_refresh_s": PRICE_REFRESH_S},
         }
 
@@ -230,6 +231,16 @@ class DemoRun:
                str(self.gateway_port), "--store", self.store_url, "--log-level", "warning"]
         self.children.append(start_child("gateway", cmd, self.run_dir / "gateway.log", f"{self.gateway_url}/healthz",
                                          60, env={"PROTEGE_ADMIN_TOKEN": self.admin_token}))
+
+    def restart_gateway(self, **cascade: Any) -> None:
+        """The gateway again, with these cascade settings (`bench/cascade` compares early stop and the predictor
+        on and off); the store keeps the rollout and the threshold."""
+        gateways = [c for c in self.children if c.name == "gateway"]
+        for child in gateways:
+            child.stop()
+            self.children.remove(child)
+        self.cascade = dict(cascade)
+        self.start_gateway()
 
     def stop_all(self) -> None:
         for job_dir in self.run_dir.glob("distill/*/*/training"):

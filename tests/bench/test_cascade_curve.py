@@ -45,3 +45,29 @@ def test_apgr_is_one_when_the_curve_keeps_full_parity_and_zero_when_it_falls_str
     inverted = curve([sample(i, -0.1 * i, 0.0 if i < 3 else 1.0) for i in range(6)])
     assert area_and_apgr(inverted) < area_and_apgr(perfect)
     assert curve([]) == []
+
+
+def test_a_cascade_pass_reports_what_rejections_cost() -> None:
+    import dataclasses
+
+    from bench.cascade import variant
+    from distiller.demo.report import Answer
+    from gateway.store import Exchange, ExchangeExtra, StudentNote
+
+    def row(request_id: str, cost: float, tokens: int | None = None) -> Exchange:
+        note = StudentNote(version=1, reason="low_confidence", completion_tokens=tokens) if tokens else None
+        return Exchange(request_id=request_id, created_at=0.0, task="t", task_source="header", route="teacher",
+                        model="m", upstream_model="m", status="ok", http_status=200, stream=False, request={},
+                        cost_usd=cost, extra=dataclasses.replace(ExchangeExtra(), student=note))
+
+    reference = [Answer(i, f"ref{i}", "teacher", 1.0, '{"a": 1}') for i in range(4)]
+    answers = [Answer(0, "s0", "student", 0.2, '{"a": 1}'), Answer(1, "s1", "student", 0.2, '{"a": 2}'),
+               Answer(2, "f2", "fallback", 1.5, '{"a": 1}'), Answer(3, "f3", "fallback", 2.5, '{"a": 1}')]
+    rows = {**{f"ref{i}": row(f"ref{i}", 1.0) for i in range(4)}, "s0": row("s0", 0.1), "s1": row("s1", 0.1),
+            "f2": row("f2", 1.02, tokens=2), "f3": row("f3", 1.04, tokens=4)}
+    result = variant(answers, reference, rows)
+    assert result["routes"] == {"student": 2, "fallback": 2, "teacher": 0} and result["student_share"] == 0.5
+    assert result["served_parity"] == pytest.approx(0.75)  # the student's second answer disagrees
+    assert result["cost"] == pytest.approx((0.1 + 0.1 + 1.02 + 1.04) / 4.0)
+    assert result["fallback_latency_s"] == {"p50": 2.5, "p99": 2.5, "n": 2}
+    assert result["student_tokens_per_rejected_request"] == 3.0
