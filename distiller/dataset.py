@@ -156,6 +156,7 @@ class CuratedExample:
     tokens: int
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
+    stop: list[str] | None = None  # the app's stop sequences: evaluation asks the same way
 
     def example(self) -> dict[str, Any]:
         """The OpenAI chat fine-tuning example: `{"messages": [...], "tools": [...]}`."""
@@ -167,7 +168,8 @@ class CuratedExample:
     def record(self) -> dict[str, Any]:
         """The JSONL line: the example plus `metadata` (strip it for services that reject unknown keys)."""
         return {**self.example(),
-                "metadata": {"request_id": self.request_id, "language": self.language, "split": self.split}}
+                "metadata": {"request_id": self.request_id, "language": self.language, "split": self.split,
+                             **({"stop": self.stop} if self.stop else {})}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +234,13 @@ class _Candidate:
     language: str = ""
 
 
+def stop_sequences(value: object) -> list[str] | None:
+    """A request's `stop` (a string or a list of them) as a list; None without one."""
+    stops = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    kept = [s for s in stops if isinstance(s, str) and s]
+    return kept or None
+
+
 async def load_task_exchanges(store: Store, task: str) -> list[Exchange]:
     """Every captured exchange of a task, all statuses (so the report counts what was dropped), oldest first."""
     return await store.list_exchanges(task=task)
@@ -284,7 +293,8 @@ def curate(exchanges: Iterable[Exchange], config: CurationConfig | None = None, 
         split = split_of(candidate.messages, validation_fraction=cfg.validation_fraction,
                          test_fraction=cfg.test_fraction, seed=cfg.seed)
         splits[split].append(CuratedExample(candidate.exchange.request_id, split, candidate.language,
-                                            candidate.tokens, candidate.messages, candidate.tools))
+                                            candidate.tokens, candidate.messages, candidate.tools,
+                                            stop_sequences(candidate.exchange.request.get("stop"))))
 
     system_hash = text_hash(distilled) if distilled is not None else None
     examples = [example for name in SPLITS for example in splits[name]]

@@ -39,6 +39,7 @@ class EvalExample:
     reference: dict[str, Any]  # the teacher's assistant message
     tools: list[dict[str, Any]] | None = None
     request_id: str | None = None  # the captured exchange it comes from
+    stop: list[str] | None = None  # the app's stop sequences: every model is asked with them, as the teacher was
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +121,11 @@ def load_split(dataset_dir: Path, split: str) -> list[EvalExample]:
         messages = record["messages"]
         if not messages or messages[-1].get("role") != "assistant":
             continue
-        request_id = (record.get("metadata") or {}).get("request_id")
+        metadata = record.get("metadata") or {}
+        request_id, stop = metadata.get("request_id"), metadata.get("stop")
         examples.append(EvalExample(messages=messages[:-1], reference=messages[-1], tools=record.get("tools"),
-                                    request_id=str(request_id) if request_id else None))
+                                    request_id=str(request_id) if request_id else None,
+                                    stop=[str(s) for s in stop] if isinstance(stop, list) and stop else None))
     return examples
 
 
@@ -243,6 +246,8 @@ async def ask_model(api_base: str, model: str, examples: Sequence[EvalExample], 
                                     "max_tokens": max_tokens, "logprobs": True}
             if example.tools:
                 body["tools"] = example.tools
+            if example.stop:
+                body["stop"] = example.stop
             async with semaphore:
                 started = time.perf_counter()
                 try:

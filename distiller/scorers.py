@@ -162,7 +162,8 @@ async def measure_scale(embedder: Embedder, teacher: Teacher, examples: Sequence
     async def again(example: EvalExample) -> str | None:
         nonlocal cost
         body: dict[str, Any] = {"messages": request_of(example, system_prompt), "max_tokens": max_tokens,
-                                "temperature": scoring.reference_temperature}
+                                "temperature": scoring.reference_temperature,
+                                **({"stop": example.stop} if example.stop else {})}  # asked as the app asked
         async with semaphore:
             try:
                 completion = await teacher.complete(body)

@@ -314,3 +314,18 @@ async def test_curate_a_task_from_a_real_sqlite_store(tmp_path: Path) -> None:
     assert dataset.report["input"] == 13 and dataset.report["dropped"]["failed"] == 1
     assert dataset.report["kept"] == 12 and dataset.system_prompt_hash == text_hash(PROMPT)
     assert dataset.dataset_hash == curate(synthetic(12)).dataset_hash
+
+
+def test_the_apps_stop_sequences_travel_with_each_example(tmp_path: Path) -> None:
+    """Evaluation, calibration and the similarity scale ask every model the way the app asked the teacher."""
+    from distiller.evaluate import load_split
+
+    exchanges = synthetic(40)
+    for i, exchange in enumerate(exchanges):
+        exchange.request["stop"] = "\n" if i % 2 else ["\n\n", ""]
+    write_dataset(curate(exchanges), tmp_path / "out")
+    examples = [e for split in ("train", "validation", "test") for e in load_split(tmp_path / "out", split)]
+    assert {tuple(e.stop or ()) for e in examples} == {("\n",), ("\n\n",)}  # a string or a list; "" is no stop
+    plain = synthetic(40)
+    write_dataset(curate(plain), tmp_path / "plain")
+    assert all(e.stop is None for e in load_split(tmp_path / "plain", "train"))
