@@ -151,10 +151,10 @@ def admin(gateway: InProcessGateway, method: str, path: str,
 
 def cascade_settings(teacher: Server | Link, student: Server | Link, store: Path, *,
                      teacher_api_key: str | None = "sk-t", **cascade: Any) -> Settings:
-    """`protege serve --config <cascade: timeout_s 5, refresh_s 0.2 …; retry: attempts 0> --store … --teacher
-    openai/gpt-4o-mini --teacher-api-base <teacher>/v1 --teacher-api-key sk-t --student-api-base <student>/v1
+    """`protege serve --config <cascade: timeout_s 5, refresh_s 0.2, shadow_rate 0 …; retry: attempts 0> --store …
+    --teacher openai/gpt-4o-mini --teacher-api-base <teacher>/v1 --teacher-api-key sk-t --student-api-base <student>/v1
     --admin-token …` (teacher_api_key None: no --teacher-api-key)."""
-    return settings_for(None, store, config={"cascade": {"timeout_s": 5, "refresh_s": 0.2, **cascade},
+    return settings_for(None, store, config={"cascade": {"timeout_s": 5, "refresh_s": 0.2, "shadow_rate": 0, **cascade},
                                              "retry": {"attempts": 0}},
                         teacher="openai/gpt-4o-mini", teacher_api_base=f"{teacher.url}/v1",
                         teacher_api_key=teacher_api_key,
