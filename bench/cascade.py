@@ -9,8 +9,8 @@ the gateway three times (the openai SDK as the client; routes, confidences and a
 responses, costs from the captured rows — the gateway's own pricing):
 
 1. rollout 0 %: the teacher's answers, the reference for parity and the teacher-only cost;
-2. rollout 100 % with the threshold off (validators only): the student's answer and confidence for every
-   ticket, so the curve can be drawn for every threshold — a ticket is served by the student when its
+2. rollout 100 % with a threshold every answer reaches (validators only): the student's answer and confidence
+   for every ticket, so the curve can be drawn for every threshold — a ticket is served by the student when its
    confidence reaches the threshold and its answer passes the validators, otherwise it falls back and
    pays the teacher's answer too;
 3. rollout 100 % at the calibrated threshold (chosen by the distiller on the validation split, never on
@@ -52,6 +52,7 @@ from gateway.store import Exchange, open_store
 
 TARGET_PARITY = 0.95
 TARGET_COST = 0.20  # of teacher-only
+ACCEPT_ANY = -1e9  # a confidence threshold every answer reaches
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,9 @@ async def measure(run: DemoRun, console: Console) -> dict[str, Any]:
             calibrated = student.get("threshold")
             await run.set_rollout(0)
             reference = await run.send(indices, progress, "teacher-only: reference answers")
-            await run.admin("threshold", {"threshold": None})
+            # a threshold no answer misses: the student answers every ticket (a version without a threshold
+            # serves no routed traffic at all)
+            await run.admin("threshold", {"threshold": ACCEPT_ANY})
             await run.set_rollout(100)
             asked = await run.send(indices, progress, "student, validators only: every answer and confidence")
             await run.admin("threshold", {"threshold": calibrated})
@@ -181,6 +184,10 @@ def variant(answers: Sequence[Answer], reference: Sequence[Answer], rows: dict[s
     fallbacks = [a for a in measured if a.route == "fallback"]
     notes = [r.extra.student for a in fallbacks if (r := rows.get(a.request_id or "")) and r.extra.student]
     tokens = [n.completion_tokens for n in notes if n.completion_tokens is not None]
+    # a self-hosted student is priced by compute (CPU-hour over the model server's measured throughput), so its
+    # price per token moves from pass to pass: compare passes by tokens, or by cost at each pass's own price
+    served = [r for a in measured if a.route == "student" and (r := rows.get(a.request_id or ""))]
+    served_tokens = sum((r.prompt_tokens or 0) + (r.completion_tokens or 0) for r in served)
     scores = [agree(a.content if a.error is None else None, refs[a.index].content) for a in measured]
     parity = bootstrap_ci(scores)
     return {
@@ -192,6 +199,9 @@ def variant(answers: Sequence[Answer], reference: Sequence[Answer], rows: dict[s
         "fallback_latency_s": {"p50": _percentile([a.latency_s for a in fallbacks], 0.5),
                                "p99": _percentile([a.latency_s for a in fallbacks], 0.99), "n": len(fallbacks)},
         "student_tokens_per_rejected_request": sum(tokens) / len(tokens) if tokens else None,
+        "student_cost_per_rejected_request_usd": (sum(n.cost_usd or 0.0 for n in notes) / len(notes)
+                                                  if notes else None),
+        "student_price_per_token_usd": sum(_cost(r) for r in served) / served_tokens if served_tokens else None,
     }
 
 
@@ -285,12 +295,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"Early stop and the pre-generation predictor (the version's predictor: {result['predictor']['reason']}):",
         "",
         "| cascade | student / fallback / teacher | served parity | cost | fallback latency p50 / p99 (s) | "
-        "student tokens per rejected request |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "student tokens / USD per rejected request | student price per token (USD, measured) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *(f"| {name} | {v['routes']['student']} / {v['routes']['fallback']} / {v['routes']['teacher']} | "
           f"{v['served_parity']:.3f} [{v['served_parity_ci'][0]:.3f}–{v['served_parity_ci'][1]:.3f}] | "
           f"{_fmt(v['cost'])} | {_fmt(v['fallback_latency_s']['p50'], 2)} / {_fmt(v['fallback_latency_s']['p99'], 2)} "
-          f"| {_fmt(v['student_tokens_per_rejected_request'], 1)} |" for name, v in result["variants"].items()),
+          f"| {_fmt(v['student_tokens_per_rejected_request'], 1)} / {_usd(v['student_cost_per_rejected_request_usd'])} "
+          f"| {_usd(v['student_price_per_token_usd'])} |" for name, v in result["variants"].items()),
         "",
         "| threshold | student share | parity | cost |",
         "| --- | --- | --- | --- |",
@@ -303,6 +314,10 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _usd(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
 
 
 def write_chart(result: dict[str, Any], path: Path) -> None:

@@ -54,16 +54,19 @@ def test_a_cascade_pass_reports_what_rejections_cost() -> None:
     from distiller.demo.report import Answer
     from gateway.store import Exchange, ExchangeExtra, StudentNote
 
-    def row(request_id: str, cost: float, tokens: int | None = None) -> Exchange:
-        note = StudentNote(version=1, reason="low_confidence", completion_tokens=tokens) if tokens else None
+    def row(request_id: str, cost: float, tokens: int | None = None, served: int | None = None) -> Exchange:
+        note = (StudentNote(version=1, reason="low_confidence", completion_tokens=tokens, cost_usd=tokens * 0.01)
+                if tokens else None)
         return Exchange(request_id=request_id, created_at=0.0, task="t", task_source="header", route="teacher",
                         model="m", upstream_model="m", status="ok", http_status=200, stream=False, request={},
-                        cost_usd=cost, extra=dataclasses.replace(ExchangeExtra(), student=note))
+                        cost_usd=cost, prompt_tokens=served, completion_tokens=0 if served else None,
+                        extra=dataclasses.replace(ExchangeExtra(), student=note))
 
     reference = [Answer(i, f"ref{i}", "teacher", 1.0, '{"a": 1}') for i in range(4)]
     answers = [Answer(0, "s0", "student", 0.2, '{"a": 1}'), Answer(1, "s1", "student", 0.2, '{"a": 2}'),
                Answer(2, "f2", "fallback", 1.5, '{"a": 1}'), Answer(3, "f3", "fallback", 2.5, '{"a": 1}')]
-    rows = {**{f"ref{i}": row(f"ref{i}", 1.0) for i in range(4)}, "s0": row("s0", 0.1), "s1": row("s1", 0.1),
+    rows = {**{f"ref{i}": row(f"ref{i}", 1.0) for i in range(4)}, "s0": row("s0", 0.1, served=10),
+            "s1": row("s1", 0.1, served=10),
             "f2": row("f2", 1.02, tokens=2), "f3": row("f3", 1.04, tokens=4)}
     result = variant(answers, reference, rows)
     assert result["routes"] == {"student": 2, "fallback": 2, "teacher": 0} and result["student_share"] == 0.5
@@ -71,3 +74,5 @@ def test_a_cascade_pass_reports_what_rejections_cost() -> None:
     assert result["cost"] == pytest.approx((0.1 + 0.1 + 1.02 + 1.04) / 4.0)
     assert result["fallback_latency_s"] == {"p50": 2.5, "p99": 2.5, "n": 2}
     assert result["student_tokens_per_rejected_request"] == 3.0
+    assert result["student_cost_per_rejected_request_usd"] == pytest.approx(0.03)
+    assert result["student_price_per_token_usd"] == pytest.approx(0.2 / 20)  # what the served answers paid
