@@ -19,6 +19,7 @@ from gateway.admin.routes import build_admin_router
 from gateway.admin_auth import require_admin
 from gateway.anthropic.errors import ANTHROPIC
 from gateway.anthropic.routes import MESSAGES_PATH, build_anthropic_router
+from gateway.anthropic.routes import direct_routes as anthropic_direct_routes
 from gateway.auth import KeyRing
 from gateway.breaker import CircuitBreaker
 from gateway.capture import CaptureWriter
@@ -30,6 +31,7 @@ from gateway.config import Settings
 from gateway.console.errors import CONSOLE
 from gateway.console.pages import PREFIX as CONSOLE_PREFIX
 from gateway.console.routes import build_console_router
+from gateway.direct_routes import DirectRoutes
 from gateway.errors import ConfigError
 from gateway.feedback import FeedbackDesk
 from gateway.health.routes import build_health_router
@@ -37,6 +39,7 @@ from gateway.http_errors import install_error_handler
 from gateway.metrics import Metrics, multiprocess_dir
 from gateway.openai.errors import OPENAI
 from gateway.openai.routes import build_openai_router
+from gateway.openai.routes import direct_routes as openai_direct_routes
 from gateway.passthrough.routes import build_passthrough_router
 from gateway.ports import is_private, port_guard
 from gateway.pricing import Price, resolve_price
@@ -46,6 +49,7 @@ from gateway.providers.openai_compat import OpenAICompatibleProvider
 from gateway.ramp import RampController
 from gateway.ratelimit import RateLimiter
 from gateway.responses.routes import build_responses_router
+from gateway.responses.routes import direct_routes as responses_direct_routes
 from gateway.routing_table import RoutingTable
 from gateway.state import GatewayState
 from gateway.store import Store, StudentVersion, open_store
@@ -214,4 +218,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                build_admin_router(), build_console_router(), build_health_router())
     for router in routers:
         app.include_router(router)
+    if settings.admin_port is None:  # with two ports, every route goes through the app's port guard
+        app.add_middleware(DirectRoutes,
+                           routes=[*openai_direct_routes(), *responses_direct_routes(), *anthropic_direct_routes()])
     return app

@@ -16,6 +16,7 @@ from gateway.auth import bearer_token
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
 from gateway.chat.types import ChatRequest, RouteInfo
+from gateway.direct_routes import DirectRoute
 from gateway.errors import AuthenticationError
 from gateway.feedback import FEEDBACK_HEADER
 from gateway.http_errors import dialect_route
@@ -38,29 +39,37 @@ def messages_openapi() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+async def messages(request: Request) -> Response:
+    """`POST /v1/messages` (also served by `gateway.direct_routes`, past FastAPI's routing)."""
+    state = gateway_state(request)
+    client = await _client(state, request)
+    state.service.limiter.admit(client)
+    raw = await read_json_object(request, state)
+    parsed = parse_request(raw)
+    req = build_chat_request(to_openai(parsed), request.headers, client=client, user=parsed.user_id,
+                             skip_tasks=state.settings.capture.skip_tasks)
+    state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
+    msg_id = message_id(req.request_id)
+    service: ChatService = state.service
+    if req.stream:
+        chunks, info = await service.open_stream(req)
+        translator = StreamTranslator(msg_id, parsed.model, parsed.stop_sequences)
+        return SSEResponse(anthropic_events(chunks, translator),
+                           headers={**_headers(req, info), "cache-control": "no-cache"})
+    result, info = await service.complete(req)
+    message = from_openai(result, msg_id=msg_id, model=parsed.model, stop_sequences=parsed.stop_sequences)
+    return Response(orjson.dumps(message), media_type="application/json", headers=_headers(req, info))
+
+
+def direct_routes() -> list[DirectRoute]:
+    return [DirectRoute("POST", MESSAGES_PATH, messages, ANTHROPIC)]
+
+
 def build_anthropic_router() -> APIRouter:
     router = APIRouter(route_class=dialect_route(ANTHROPIC))
 
-    @router.post(MESSAGES_PATH, openapi_extra=messages_openapi(), response_model=None)
-    async def messages(request: Request) -> Response:
-        state = gateway_state(request)
-        client = await _client(state, request)
-        state.service.limiter.admit(client)
-        raw = await read_json_object(request, state)
-        parsed = parse_request(raw)
-        req = build_chat_request(to_openai(parsed), request.headers, client=client, user=parsed.user_id,
-                                 skip_tasks=state.settings.capture.skip_tasks)
-        state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
-        msg_id = message_id(req.request_id)
-        service: ChatService = state.service
-        if req.stream:
-            chunks, info = await service.open_stream(req)
-            translator = StreamTranslator(msg_id, parsed.model, parsed.stop_sequences)
-            return SSEResponse(anthropic_events(chunks, translator),
-                               headers={**_headers(req, info), "cache-control": "no-cache"})
-        result, info = await service.complete(req)
-        message = from_openai(result, msg_id=msg_id, model=parsed.model, stop_sequences=parsed.stop_sequences)
-        return Response(orjson.dumps(message), media_type="application/json", headers=_headers(req, info))
+    router.add_api_route(MESSAGES_PATH, messages, methods=["POST"], openapi_extra=messages_openapi(),
+                         response_model=None)
 
     @router.post(COUNT_TOKENS_PATH, response_model=None)
     async def count_tokens(request: Request) -> Response:

@@ -3,7 +3,7 @@ user, decide whether the exchange may be captured — so each API reaches the ch
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -22,7 +22,7 @@ def build_chat_request(body: dict[str, Any], headers: Mapping[str, str], *, clie
     X-Protege-User header wins over it. `skip_tasks` are never captured."""
     task, source = resolve_task(headers.get("x-protege-task"), body)
     capture = capture_wanted(headers.get("x-protege-capture")) and task not in skip_tasks
-    return ChatRequest(request_id="req_" + uuid.uuid4().hex, body=body, task=task, task_source=source,
+    return ChatRequest(request_id="req_" + secrets.token_hex(16), body=body, task=task, task_source=source,
                        user=headers.get("x-protege-user") or user, capture=capture, client=client,
                        trace_context=incoming_context(headers))
 

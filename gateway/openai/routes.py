@@ -10,12 +10,15 @@ from fastapi import APIRouter, Request, Response
 
 from gateway.chat.request import build_chat_request, route_headers
 from gateway.chat.service import ChatService
+from gateway.direct_routes import DirectRoute
 from gateway.feedback import FEEDBACK_HEADER, FeedbackBody, feedback_json
 from gateway.http_errors import dialect_route
 from gateway.http_utils import SSEResponse, bearer_client, gateway_state, read_json_object, validate
 from gateway.openai.errors import OPENAI
 from gateway.openai.stream import openai_events
 from gateway.protocol import CHAT_FIELDS, ChatCompletionRequest, ModelCard, ModelList, check_fields
+
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 
 
 def chat_completions_openapi() -> dict[str, Any]:
@@ -43,27 +46,34 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+async def chat_completions(request: Request) -> Response:
+    """`POST /v1/chat/completions` (also served by `gateway.direct_routes`, past FastAPI's routing)."""
+    state = gateway_state(request)
+    client = await bearer_client(request, state)
+    state.service.limiter.admit(client)
+    body = await read_json_object(request, state)
+    parsed = validate(ChatCompletionRequest, body)
+    check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
+    req = build_chat_request(body, request.headers, client=client, user=parsed.user,
+                             skip_tasks=state.settings.capture.skip_tasks)
+    state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
+    service: ChatService = state.service
+    if req.stream:
+        chunks, info = await service.open_stream(req)
+        return SSEResponse(openai_events(chunks), headers={**route_headers(req, info), "cache-control": "no-cache"})
+    result, info = await service.complete(req)
+    return Response(orjson.dumps(result), media_type="application/json", headers=route_headers(req, info))
+
+
+def direct_routes() -> list[DirectRoute]:
+    return [DirectRoute("POST", CHAT_COMPLETIONS_PATH, chat_completions, OPENAI)]
+
+
 def build_openai_router() -> APIRouter:
     router = APIRouter(route_class=dialect_route(OPENAI))
 
-    @router.post("/v1/chat/completions", openapi_extra=chat_completions_openapi(), response_model=None)
-    async def chat_completions(request: Request) -> Response:
-        state = gateway_state(request)
-        client = await bearer_client(request, state)
-        state.service.limiter.admit(client)
-        body = await read_json_object(request, state)
-        parsed = validate(ChatCompletionRequest, body)
-        check_fields(body, CHAT_FIELDS, state.settings.forward_fields)
-        req = build_chat_request(body, request.headers, client=client, user=parsed.user,
-                                 skip_tasks=state.settings.capture.skip_tasks)
-        state.feedback.submit_header(request.headers.get(FEEDBACK_HEADER), client=client)
-        service: ChatService = state.service
-        if req.stream:
-            chunks, info = await service.open_stream(req)
-            return SSEResponse(openai_events(chunks), headers={**route_headers(req, info), "cache-control": "no-cache"})
-        result, info = await service.complete(req)
-        return Response(orjson.dumps(result), media_type="application/json",
-                        headers=route_headers(req, info))
+    router.add_api_route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"],
+                         openapi_extra=chat_completions_openapi(), response_model=None)
 
     @router.post("/v1/feedback", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_refs(FeedbackBody.model_json_schema())}}}})
