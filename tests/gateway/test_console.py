@@ -197,13 +197,21 @@ def text_of(driver: Any, css: str) -> str:
 
 def navigating(driver: Any, action: Callable[[], object]) -> None:
     """Do what loads a new page (a click, Enter in a form) and wait until the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
     action()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(old))
+
+    def old_page_gone(_: Any) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:  # stale, or chromedriver's "does not belong to the document" mid-navigation
+            return True
+        return False
+
+    WebDriverWait(driver, 10).until(old_page_gone)
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
