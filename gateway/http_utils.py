@@ -108,15 +108,36 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 class SSEResponse(StreamingResponse):
-    """A streaming response that always closes its iterator, so a client that goes away mid-stream
-    is recorded (as incomplete) at once rather than whenever the generator is collected."""
+    """A streaming response that stops as soon as its client goes away and always closes its iterator, so
+    the exchange is recorded (as incomplete) and the upstream call ends at once, not whenever the generator
+    is collected.
+
+    Starlette watches for the disconnect from an anyio task group per response, a tenth of a stream's CPU in
+    the gateway; here one plain task waits for it and cancels the stream."""
 
     media_type = "text/event-stream"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            streaming.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            streaming.uncancel()  # the cancellation was ours: the client left, the request ends normally
         finally:
+            watcher.cancel()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
