@@ -114,14 +114,14 @@ def test_a_peer_failing_requests_is_not_scored_and_its_error_rate_is_reported() 
 
 def test_capture_on_and_off_inside_the_noise_band_is_no_difference() -> None:
     # two runs of the same direct load differ by 0.3 ms at p50: the band
-    runs = [Run("direct", "non-stream", 100, "grid", _result(50.0, 52.0)),
-            Run("direct", "non-stream", 100, "repeat", _result(50.3, 52.5)),
-            Run("protege", "non-stream", 100, "grid", _result(51.0, 53.0)),
-            Run("protege-nocapture", "non-stream", 100, "grid", _result(51.2, 53.0))]
-    assert noise_band(runs, "non-stream", 100, "p50") == pytest.approx(0.3)
+    runs = [Run("direct", "non-stream", 200, "grid", _result(50.0, 52.0)),
+            Run("direct", "non-stream", 200, "repeat", _result(50.3, 52.5)),
+            Run("protege", "non-stream", 200, "grid", _result(51.0, 53.0)),
+            Run("protege-nocapture", "non-stream", 200, "grid", _result(51.2, 53.0))]
+    assert noise_band(runs, "non-stream", 200, "p50") == pytest.approx(0.3)
     [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal.startswith("capture cost")]
     assert check.verdict == "no difference (inside the noise band)" and "±0.30 ms" in check.measured
-    runs[2] = Run("protege", "non-stream", 100, "grid", _result(52.0, 53.0))  # +0.8 ms: outside, and over 0.5
+    runs[2] = Run("protege", "non-stream", 200, "grid", _result(52.0, 53.0))  # +0.8 ms: outside, and over 0.5
     [check] = [c for c in target_checks(runs, ["non-stream"]) if c.goal.startswith("capture cost")]
     assert check.verdict is None and check.passed is False
 
@@ -132,5 +132,23 @@ def test_a_peer_that_sustains_no_tested_rate_is_not_a_multiple_to_beat() -> None
     runs = [Run("direct", "stream", 50, "grid", base),
             Run("protege", "stream", 50, "grid", mine, added_latency(mine, base), True),
             Run("litellm", "stream", 50, "grid", theirs, added_latency(theirs, base), False)]
-    [check] = [c for c in target_checks(runs, ["stream"]) if c.goal.startswith("max sustainable")]
+    [check] = [c for c in target_checks(runs, ["stream"]) if c.goal == "max sustainable rate ≥ 2× LiteLLM's"]
     assert check.passed is None and check.verdict == "not scored: LiteLLM sustains none of the tested rates"
+
+
+def test_the_targets_pinned_and_unpinned() -> None:
+    base = _result(50.0, 52.0)
+    fast, slow = _result(50.8, 54.5), _result(51.5, 54.5)
+    runs = [Run("direct", "non-stream", 200, "grid", base),
+            Run("protege", "non-stream", 200, "grid", fast, added_latency(fast, base), True),
+            Run("protege", "non-stream", 1000, "grid", slow, added_latency(slow, base), True)]
+    pinned = {c.goal: c for c in target_checks(runs, ["non-stream"])}
+    assert pinned["added p50 at 200 req/s ≤ 1 ms"].passed is True  # 0.8 ms
+    assert pinned["added p99 at 200 req/s ≤ 3 ms"].passed is True  # 2.5 ms
+    assert pinned["max sustainable rate ≥ 1000 req/s"].passed is True
+    runs[2] = Run("protege", "non-stream", 1000, "grid", slow, added_latency(slow, base), False)
+    assert {c.goal: c for c in target_checks(runs, ["non-stream"])}["max sustainable rate ≥ 1000 req/s"].passed is False
+    unpinned = {c.goal: c for c in target_checks(runs, ["non-stream"], pinned=False)}
+    assert unpinned["added p50 at 200 req/s ≤ 2 ms"].passed is True
+    assert unpinned["at 500 req/s: errors < 0.1 %, added p99 < 50 ms"].passed is None  # not run
+    assert "max sustainable rate ≥ 1000 req/s" not in unpinned
