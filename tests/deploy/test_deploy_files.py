@@ -783,12 +783,12 @@ def test_scale_out_doc_names_real_files_and_figures() -> None:
             assert (REPO / path).exists(), f"docs/scale-out.md names {path}, which does not exist"
     results = (REPO / "bench" / "RESULTS.md").read_text()
     # The sizing figures are the ones bench/RESULTS.md quotes from the same raw file.
-    for figure in ("200 req/s", "100 req/s", "3.02 / 4.81", "3.59 / 7.88", "2.58 / 6.53", "65.3", "13.5"):
+    for figure in ("200 req/s", "100 req/s", "1.63 / −2.03", "1.79 / 7.99", "1.75 / 4.83", "65.3", "13.5"):
         assert figure in doc, f"docs/scale-out.md no longer says {figure}: update this test"
         assert figure in results, f"bench/RESULTS.md no longer says {figure}: update docs/scale-out.md"
     raw = re.search(r"`(bench/results/overhead-[\w-]+\.json)`", doc)
     assert raw and raw.group(1) in results, "docs/scale-out.md should quote the overhead run RESULTS.md quotes"
-    assert "~200 req/s" in doc and "up to **10 connections**" in doc
+    assert "~600 req/s" in doc and "up to **10 connections**" in doc
     snippet = re.search(r"python -c '([^']+)'", doc)
     assert snippet
     check_python_snippet(snippet.group(1), "docs/scale-out.md")
