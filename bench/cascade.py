@@ -140,6 +140,9 @@ async def measure(run: DemoRun, console: Console) -> dict[str, Any]:
             await run.admin("threshold", {"threshold": ACCEPT_ANY})
             await run.set_rollout(100)
             asked = await run.send(indices, progress, "student, validators only: every answer and confidence")
+            if not any(a.route in ("student", "fallback") for a in asked):  # a curve of nothing: say so, loudly
+                raise RuntimeError("at 100 % rollout the student answered none of the tickets: the model server "
+                                   f"could not load it? ({run.run_dir}/model-server.log)")
             await run.admin("threshold", {"threshold": calibrated})
             served = await run.send(indices, progress, f"cascade at the calibrated threshold {calibrated}")
             variant_answers = await _variant_passes(run, indices, progress)
