@@ -7,8 +7,7 @@ Same semantics as the SQLite store, with these choices:
   order is part of the prompt a student is trained on; metadata (`extra_json`, `details_json`) is JSONB;
 - PostgreSQL refuses NUL characters in TEXT and JSONB, so those are replaced by U+FFFD rather than
   losing a whole capture batch (the JSON payload columns keep them, escaped);
-- every asyncpg or connection error becomes a StoreError, which the gateway's background loops expect.
-"""
+- every asyncpg or connection error becomes a StoreError, which the gateway's background loops expect."""
 
 from __future__ import annotations
 
