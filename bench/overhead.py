@@ -394,7 +394,7 @@ class Run:
     target: str
     mode: str
     rate: float
-    phase: str  # "grid" or "search"
+    phase: str  # "grid", "search" or "repeat" (a grid rate run again, for the noise band)
     result: dict[str, Any]
     added: dict[str, float | None] = field(default_factory=dict)
     sustainable: bool | None = None
@@ -566,7 +566,7 @@ class Bench:
         self._show("direct", mode, rate, result, None)
 
     def measure(self, target: str, endpoint: Endpoint, mode: str, rate: float, phase: str) -> Run:
-        duration = self.s.duration if phase == "grid" else self.s.search_duration
+        duration = self.s.search_duration if phase == "search" else self.s.duration
         base = self.baseline(mode, rate, duration)
         result = self.load(target, endpoint, mode, rate, duration)
         added = added_latency(result, base)
@@ -707,6 +707,10 @@ class Bench:
             run_loadgen(self.s, endpoint, self.s.modes[0], self.s.rates[0], 1.0)
             for mode in self.s.modes:
                 self.grid(target, endpoint, mode)
+                if target != "litellm":  # the same load again: how far two runs of this gateway differ
+                    for rate in COMPARE_RATES:
+                        if rate in self.s.rates and find(self.runs, target, mode, rate) is not None:
+                            self.measure(target, endpoint, mode, rate, "repeat")
                 if self.s.search:
                     self.search(target, endpoint, mode)
         except RuntimeError as exc:
@@ -727,7 +731,8 @@ def _p99(result: dict[str, Any]) -> float:
 
 def bracket(runs: Sequence[Run], target: str, mode: str) -> tuple[float, float | None]:
     """(highest sustainable rate whose lower tested rates all are too, lowest failing rate above it)."""
-    tested = sorted((r.rate, bool(r.sustainable)) for r in runs if r.target == target and r.mode == mode)
+    tested = sorted((r.rate, bool(r.sustainable)) for r in runs
+                    if r.target == target and r.mode == mode and r.phase != "repeat")
     lo: float = 0.0
     for rate, ok in tested:
         if not ok:
@@ -744,7 +749,7 @@ def max_sustainable(runs: Sequence[Run], target: str, mode: str) -> float:
 
 
 def find(runs: Sequence[Run], target: str, mode: str, rate: float) -> Run | None:
-    matches = [r for r in runs if r.target == target and r.mode == mode and r.rate == rate]
+    matches = [r for r in runs if r.target == target and r.mode == mode and r.rate == rate and r.phase != "repeat"]
     return matches[-1] if matches else None
 
 
@@ -793,11 +798,16 @@ def _ratio_check(runs: Sequence[Run], mode: str, rate: float, p: str) -> Check:
 
 
 def noise_band(runs: Sequence[Run], mode: str, rate: float, p: str) -> float | None:
-    """How far two runs of the same direct load differ at percentile `p` (the grid's and the repeat's)."""
-    pair = [r for r in runs if r.target == "direct" and r.mode == mode and r.rate == rate]
-    values = [pct(r.result, "latency_ms", p) for r in pair]
-    known = [v for v in values if v is not None]
-    return max(NOISE_FLOOR_MS, max(known) - min(known)) if len(known) >= 2 else None
+    """How far two runs of the same load differ at percentile `p` (a grid run and its repeat): the widest
+    spread of the direct load and of each Protégé gateway that was run twice."""
+    spreads = []
+    for target in ("direct", "protege", "protege-nocapture"):
+        values = [pct(r.result, "latency_ms", p) for r in runs
+                  if r.target == target and r.mode == mode and r.rate == rate and r.phase in ("grid", "repeat")]
+        known = [v for v in values if v is not None]
+        if len(known) >= 2:
+            spreads.append(max(known) - min(known))
+    return max(NOISE_FLOOR_MS, *spreads) if spreads else None
 
 
 def _capture_check(runs: Sequence[Run], mode: str, rate: float) -> Check:
