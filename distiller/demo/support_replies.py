@@ -19,6 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from distiller.demo.workload import TicketSplit
+
 TASK = "support-replies"
 # the help desk's ticket as the app hands it over; the trailing "Reply:" is the examples' cue
 USER_FORMAT = "Message from {name} about order {order_id}: {message}\nReply:"
@@ -140,28 +142,7 @@ class ReplyTicket:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyWorkload:
-    task: str
-    system_prompt: str
-    tickets: tuple[ReplyTicket, ...]
-    train_count: int
-
-    @property
-    def train(self) -> tuple[ReplyTicket, ...]:
-        return self.tickets[:self.train_count]
-
-    @property
-    def held_out(self) -> tuple[ReplyTicket, ...]:
-        return self.tickets[self.train_count:]
-
-    @property
-    def train_indices(self) -> range:
-        return range(self.train_count)
-
-    @property
-    def held_out_indices(self) -> range:
-        return range(self.train_count, len(self.tickets))
-
+class ReplyWorkload(TicketSplit[ReplyTicket]):
     def messages(self, ticket: ReplyTicket) -> list[dict[str, str]]:
         """The chat request's messages: the long system prompt, then the ticket as the help desk formats it."""
         template = USER_FORMAT if ticket.order_id else USER_FORMAT_NO_ORDER

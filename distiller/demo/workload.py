@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 TASK = "support-extract"
 # how the app hands a ticket over; the trailing "JSON:" is what makes a 135M model answer in JSON
@@ -96,19 +97,24 @@ class Ticket:
     kind: str = "regular"  # or one of UNUSUAL_KINDS: held-out traffic unlike the training tickets
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
-class Workload:
+class TicketSplit(Generic[T]):
+    """A demo task's tickets: the first `train_count` are captured for training, the rest held out."""
+
     task: str
     system_prompt: str
-    tickets: tuple[Ticket, ...]
+    tickets: tuple[T, ...]
     train_count: int
 
     @property
-    def train(self) -> tuple[Ticket, ...]:
+    def train(self) -> tuple[T, ...]:
         return self.tickets[:self.train_count]
 
     @property
-    def held_out(self) -> tuple[Ticket, ...]:
+    def held_out(self) -> tuple[T, ...]:
         return self.tickets[self.train_count:]
 
     @property
@@ -119,6 +125,9 @@ class Workload:
     def held_out_indices(self) -> range:
         return range(self.train_count, len(self.tickets))
 
+
+@dataclass(frozen=True, slots=True)
+class Workload(TicketSplit[Ticket]):
     def messages(self, ticket: Ticket) -> list[dict[str, str]]:
         """The chat request's messages: the long system prompt, then the ticket as the app formats it."""
         return [{"role": "system", "content": self.system_prompt},
