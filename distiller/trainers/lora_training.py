@@ -349,8 +349,20 @@ class _Reporter:
                             TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=self.console)
         self.task = self.bar.add_task("training", total=None, loss="-")
         self.fields: dict[str, Any] = {"progress": 0.0}
+        self.training = False
+        self.cancelled: str | None = None  # the signal that asked to stop, once training runs
+
+    def cancel(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: before training, stop at once; during it, at the next step — an exception raised at
+        any bytecode could land in library code that swallows it, and training would go on."""
+        if not self.training:
+            raise Cancelled(signal.Signals(signum).name)
+        self.cancelled = signal.Signals(signum).name
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        self.training = True
+        if self.cancelled is not None:
+            raise Cancelled(self.cancelled)
         self.fields.update(fields)
         total = self.fields.get("total_steps") or 1
         self.fields["progress"] = round(self.fields.get("step", 0) / total, 4)
@@ -377,10 +389,6 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _cancel(signum: int, frame: FrameType | None) -> None:
-    raise Cancelled(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distiller.trainers.lora_training",
                                      description="LoRA fine-tuning on a curated dataset.")
@@ -388,12 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True, help="where status.json and adapter/ go")
     parser.add_argument("--config", default="{}", help="LocalLoRAConfig as JSON")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _cancel)
-    signal.signal(signal.SIGINT, _cancel)
     run_dir: Path = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     reporter = _Reporter(run_dir, started)
+    signal.signal(signal.SIGTERM, reporter.cancel)
+    signal.signal(signal.SIGINT, reporter.cancel)
     try:
         config = LocalLoRAConfig.from_dict(json.loads(args.config))
         write_status(run_dir, "queued", progress=0.0, message="loading the base model and the dataset")
